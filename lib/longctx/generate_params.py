@@ -1,0 +1,113 @@
+"""Parameters of stage 1 (QA generation): one typed field per knob, one doc line each.
+
+Defaults are the paper's method settings (25 hierarchical + 50 diverse questions per book, 4K
+chunks under 12K sections, 32 requests in flight). ``params/demo/01_generate_qa.yaml`` shrinks
+the run for a laptop; ``params/paper/01_generate_qa.yaml`` points at the paper's books and a
+72B generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import bad, param
+from .walk import DIVERSE_TYPES
+
+__all__ = ["GenerateParams", "PROMPT_OVERHEAD_TOKENS"]
+
+# Tokens a question prompt adds around its passages (instructions, summaries, previous QA);
+# used only to check that prompts fit the embedded server's context.
+PROMPT_OVERHEAD_TOKENS = 1024
+
+
+@dataclass
+class GenerateParams:
+    # --- corpus
+    corpus: str = param("austen", "'austen', a folder of .txt, a .jsonl/.parquet file, or 'hf:<dataset id>'")
+    corpus_data_files: str = param("", "data_files for an hf: corpus (e.g. the books file of Long-Data-Collections)")
+    corpus_split: str = param("train", "split of an hf: corpus")
+    text_field: str = param("text", "field holding the document text in jsonl/parquet/hf rows")
+    id_field: str = param("id", "field holding the document id (row number when absent)")
+    title_field: str = param("title", "field holding the document title (id when absent)")
+    max_documents: int = param(0, "process at most this many usable documents (0 = all)", min=0)
+    max_document_tokens: int = param(0, "cut each document to at most this many tokens at a chunk "
+                                        "boundary (0 = whole document; the demo uses it to fit its time budget)", min=0)
+    # --- outputs
+    output_dir: str = param("runs/generate", "where qa.jsonl, manifest.json and the work folder go")
+    cache_dir: str = param("", "request cache folder (empty = <output_dir>/cache); share it between runs to reuse answers")
+    # --- tokens and chunks
+    tokenizer: str = param("llama3", "'llama3' (offline Meta Llama-3.1 tokenizer) or a Hugging Face tokenizer name/path")
+    small_chunk_tokens: int = param(4096, "token budget of a small chunk (paper: about 4K)", min=1)
+    medium_chunk_tokens: int = param(12288, "token budget of a section of consecutive chunks (paper: about 12K)", min=1)
+    # --- the method
+    n_hierarchical: int = param(25, "hierarchical questions per document (paper: 25)", min=0)
+    n_diverse: int = param(50, "diverse questions per document (paper: 50)", min=0)
+    n_global_questions: int = param(2, "of the hierarchical questions, how many are about the whole document", min=0)
+    questions_per_section: int = param(3, "hierarchical questions the walk aims to spend per visited section", min=1)
+    follow_up_probability: float = param(0.5, "chance that the next chunk question goes deeper on the same chunk "
+                                              "(exploit) rather than moving to the next chunk (explore)", min=0.0, max=1.0)
+    diverse_types: list[str] = param(list(DIVERSE_TYPES), "pool of diverse question types, drawn uniformly")
+    multi_hop_min_chunks: int = param(2, "fewest chunks a multi-hop question spans", min=2)
+    multi_hop_max_chunks: int = param(4, "most chunks a multi-hop question spans", min=2)
+    max_qa_attempts: int = param(3, "generations per question or summary before it counts as failed "
+                                    "(each retry uses a new seed)", min=1)
+    prompts_dir: str = param("", "folder whose template files override the built-in prompts (empty = built-in)")
+    seed: int = param(0, "seed for the walk, the diverse draws and the generator's sampling")
+    # --- generator
+    llm_base_url: str = param("", "OpenAI-compatible base URL, e.g. http://host:8000/v1 (empty = embedded llama.cpp server)")
+    llm_model: str = param("SmolLM2-135M-Instruct", "model name sent to the endpoint")
+    llm_api_key_env: str = param("", "NAME of the environment variable holding the API key (the key itself never goes in params)")
+    max_concurrency: int = param(32, "requests in flight at once (paper: 32)", min=1)
+    documents_in_flight: int = param(4, "documents processed at the same time", min=1)
+    request_timeout_s: float = param(300.0, "seconds before a request counts as timed out and is retried", min=1.0)
+    max_http_attempts: int = param(6, "attempts per request on 429/5xx/timeouts/bad JSON before it fails", min=1)
+    response_format: str = param("json_schema", "structured output mode sent to the server",
+                                 choices=("json_schema", "json_object", "none"))
+    temperature: float = param(0.7, "sampling temperature of every request", min=0.0)
+    max_summary_tokens: int = param(400, "completion budget of a summary request", min=16)
+    max_qa_tokens: int = param(300, "completion budget of a question-answer request", min=16)
+    price_input_per_mtok: float = param(0.0, "USD per million prompt tokens, for the cost estimate", min=0.0)
+    price_output_per_mtok: float = param(0.0, "USD per million completion tokens, for the cost estimate", min=0.0)
+    # --- embedded server (used when llm_base_url is empty)
+    embedded_n_ctx: int = param(8192, "context of the embedded llama.cpp server, shared by its slots", min=512)
+    embedded_parallel: int = param(2, "request slots of the embedded server (each gets n_ctx / parallel tokens)", min=1)
+    embedded_threads: int = param(0, "CPU threads of the embedded server (0 = all cores)", min=0)
+    # --- scale-out
+    shard_index: int = param(0, "this process's slice of the corpus (see --shard i/n)", min=0)
+    shard_count: int = param(1, "number of slices the corpus is split into", min=1)
+    progress: bool = param(True, "show a live progress bar with ETA")
+
+    def check(self) -> None:
+        if self.medium_chunk_tokens < self.small_chunk_tokens:
+            raise bad("medium_chunk_tokens", f"must be >= small_chunk_tokens ({self.small_chunk_tokens}), "
+                                             f"got {self.medium_chunk_tokens}")
+        if self.n_global_questions > self.n_hierarchical:
+            raise bad("n_global_questions", f"must be <= n_hierarchical ({self.n_hierarchical}), "
+                                            f"got {self.n_global_questions}")
+        if self.multi_hop_max_chunks < self.multi_hop_min_chunks:
+            raise bad("multi_hop_max_chunks", f"must be >= multi_hop_min_chunks ({self.multi_hop_min_chunks}), "
+                                              f"got {self.multi_hop_max_chunks}")
+        unknown = sorted(set(self.diverse_types) - set(DIVERSE_TYPES))
+        if unknown or not self.diverse_types:
+            raise bad("diverse_types", f"unknown type {unknown[0]!r}; choose from {list(DIVERSE_TYPES)}"
+                      if unknown else "needs at least one type")
+        if self.max_document_tokens and self.max_document_tokens < self.small_chunk_tokens:
+            raise bad("max_document_tokens", f"must be 0 or >= small_chunk_tokens ({self.small_chunk_tokens}), "
+                                             f"got {self.max_document_tokens}")
+        if self.shard_index >= self.shard_count:
+            raise bad("shard_index", f"must be < shard_count ({self.shard_count}), got {self.shard_index}")
+        if not self.llm_base_url:
+            slot = self.embedded_n_ctx // self.embedded_parallel
+            widest = self.small_chunk_tokens * (self.multi_hop_max_chunks if "multi_hop" in self.diverse_types else 1)
+            need = widest + PROMPT_OVERHEAD_TOKENS + self.max_qa_tokens
+            if need > slot:
+                raise bad("small_chunk_tokens",
+                          f"a prompt of {widest} passage tokens + {PROMPT_OVERHEAD_TOKENS} overhead + "
+                          f"{self.max_qa_tokens} completion = {need} tokens does not fit an embedded server "
+                          f"slot of {slot} (embedded_n_ctx {self.embedded_n_ctx} / embedded_parallel "
+                          f"{self.embedded_parallel}); lower small_chunk_tokens or multi_hop_max_chunks, "
+                          "or raise embedded_n_ctx")
+
+    @property
+    def uses_embedded_server(self) -> bool:
+        return not self.llm_base_url
