@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import shutil
 import struct
 import subprocess
@@ -113,6 +114,10 @@ def _download_deb(workdir: Path) -> Path:
             f"novels as .txt files into {austen_dir()}, or set corpus to your own texts.")
     cmd = ["apt-get", "download", DEB_PACKAGE]
     result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if result.returncode != 0 and "Unable to locate" in result.stderr and os.geteuid() == 0:
+        # A fresh machine may have no package lists yet; as root we can fetch them.
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        result = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if result.returncode != 0:
         hint = ("run 'apt-get update' (as root) first" if "Unable to locate" in result.stderr
                 else "check that Debian's package archive is reachable")
