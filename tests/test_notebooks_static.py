@@ -1,0 +1,56 @@
+"""Committed notebooks: no outputs, a house-template parameters cell that matches the demo YAML."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def cells(path):
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def parameters_cell(path):
+    tagged = [c for c in cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+    return "".join(tagged[0]["source"])
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no NN_*.ipynb"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs(path):
+    for i, cell in enumerate(cells(path)):
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), f"{path.name} cell {i} has outputs"
+            assert cell.get("execution_count") is None, f"{path.name} cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_parameters_cell_is_literals_equal_to_demo_params(path):
+    tree = ast.parse(parameters_cell(path))
+    values = {}
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
+            f"{path.name}: the parameters cell may only assign names (line {node.lineno})"
+        # papermill does not re-evaluate expressions: literals only
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    demo = ROOT / "params" / "demo" / f"{path.stem}.yaml"
+    assert demo.is_file(), f"{path.name} has no demo params file {demo.relative_to(ROOT)}"
+    assert values == (yaml.safe_load(demo.read_text()) or {}), \
+        f"{path.name}'s parameters cell and {demo.relative_to(ROOT)} disagree"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_is_a_title(path):
+    first = cells(path)[0]
+    assert first["cell_type"] == "markdown" and "".join(first["source"]).startswith("# ")

@@ -1,0 +1,25 @@
+"""Every committed params file parses into its stage's dataclass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from longctx.config import load_params
+from longctx.stages import STAGES, params_class
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = sorted((ROOT / "params").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_params_file_is_valid(path):
+    assert path.stem in STAGES, f"{path} names no stage; known: {sorted(STAGES)}"
+    load_params(params_class(path.stem), path)
+
+
+def test_each_stage_has_demo_and_paper_profiles():
+    for stage in STAGES:
+        for profile in ("demo", "paper"):
+            assert (ROOT / "params" / profile / f"{stage}.yaml").is_file(), f"missing params/{profile}/{stage}.yaml"
