@@ -40,10 +40,14 @@ def test_parameters_cell_is_literals_equal_to_demo_params(path):
     tree = ast.parse(parameters_cell(path))
     values = {}
     for node in tree.body:
-        assert isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name), \
-            f"{path.name}: the parameters cell may only assign names (line {node.lineno})"
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name = node.target.id
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        else:
+            raise AssertionError(f"{path.name}: the parameters cell may only assign names (line {node.lineno})")
         # papermill does not re-evaluate expressions: literals only
-        values[node.targets[0].id] = ast.literal_eval(node.value)
+        values[name] = ast.literal_eval(node.value)
     demo = ROOT / "params" / "demo" / f"{path.stem}.yaml"
     assert demo.is_file(), f"{path.name} has no demo params file {demo.relative_to(ROOT)}"
     assert values == (yaml.safe_load(demo.read_text()) or {}), \

@@ -12,6 +12,7 @@ __all__ = ["STAGES", "params_class"]
 
 STAGES: dict[str, str] = {
     "01_generate_qa": "longctx.generate_params:GenerateParams",
+    "02_concatenate": "longctx.concatenate:ConcatConfig",
 }
 
 
