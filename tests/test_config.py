@@ -88,7 +88,8 @@ def test_generate_params_cross_field_checks():
     # the embedded server's slot must hold the widest prompt: numbers in the message
     with pytest.raises(ParamsError, match=r"4096 passage tokens.*slot of 4096 \(embedded_n_ctx 8192 / embedded_parallel 2\)"):
         from_mapping(GenerateParams, {"multi_hop_max_chunks": 2, "multi_hop_min_chunks": 2,
-                                      "diverse_types": ["temporal"], "small_chunk_tokens": 4096})
+                                      "diverse_types": ["temporal"], "small_chunk_tokens": 4096,
+                                      "embedded_parallel": 2})
     # a remote generator has no such limit
     assert from_mapping(GenerateParams, {"llm_base_url": "http://x/v1"}).small_chunk_tokens == 4096
 

@@ -51,6 +51,8 @@ class GenerateParams:
     multi_hop_max_chunks: int = param(4, "most chunks a multi-hop question spans", min=2)
     max_qa_attempts: int = param(3, "generations per question or summary before it counts as failed "
                                     "(each retry uses a new seed)", min=1)
+    summary_fallback: bool = param(True, "when a summary fails every attempt, use the passage's opening sentences "
+                                         "(listed under summaries.fallbacks) instead of dropping the document")
     prompts_dir: str = param("", "folder whose template files override the built-in prompts (empty = built-in)")
     seed: int = param(0, "seed for the walk, the diverse draws and the generator's sampling")
     # --- generator
@@ -70,7 +72,8 @@ class GenerateParams:
     price_output_per_mtok: float = param(0.0, "USD per million completion tokens, for the cost estimate", min=0.0)
     # --- embedded server (used when llm_base_url is empty)
     embedded_n_ctx: int = param(8192, "context of the embedded llama.cpp server, shared by its slots", min=512)
-    embedded_parallel: int = param(2, "request slots of the embedded server (each gets n_ctx / parallel tokens)", min=1)
+    embedded_parallel: int = param(1, "request slots of the embedded server (each gets n_ctx / parallel tokens); "
+                                      "1 keeps answers byte-identical across kills and reruns", min=1)
     embedded_threads: int = param(0, "CPU threads of the embedded server (0 = all cores)", min=0)
     # --- scale-out
     shard_index: int = param(0, "this process's slice of the corpus (see --shard i/n)", min=0)

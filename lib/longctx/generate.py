@@ -1,0 +1,389 @@
+"""Stage 1: books -> hierarchical and diverse QA (the paper's Algorithm 1), resumable and shardable.
+
+Launch::
+
+    python -m longctx.generate --params params/demo/01_generate_qa.yaml        # laptop demo
+    python -m longctx.generate --params params/paper/01_generate_qa.yaml --shard 3/64
+    python -m longctx.generate --params params/paper/01_generate_qa.yaml --merge
+    python -m longctx.generate --params FILE --set n_diverse=10 --set seed=1   # overrides, checked
+    python -m longctx.generate --params params/paper/01_generate_qa.yaml --dry-run --set max_documents=20
+        # projects requests, prompt tokens and cost against a stand-in server; sends nothing
+
+Layout of ``output_dir`` (a sharded run writes the same under ``shards/<i>-of-<n>/``)::
+
+    qa.jsonl            one record per document, corpus order (docs/CONTRACTS.md)
+    rejected.jsonl      every generation a quality gate refused, with its reason
+    manifest.json       params, generator, counts, tokens, cost, timings, skipped documents
+    work/docs/*.json    one file per finished document, written atomically
+    cache/*.sqlite      every validated response, keyed by the request's content
+
+Kill it at any moment and start it again: finished documents are not redone and finished
+requests are answered from the cache, so the output equals that of a run never killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from . import __version__
+from .chunking import Chunking, chunk_document
+from .config import ParamsError, load_params, resolve_path, to_dict
+from .corpus import Document, Skipped, iter_corpus
+from .generate_params import GenerateParams
+from .llm.accounting import Accounting
+from .llm.cache import ResponseCache
+from .llm.client import LLMClient, LLMConfig
+from .llm.dry_run import DryRunServer
+from .llm.server import EmbeddedServer
+from .prompts import load_prompts
+from .qa_pipeline import DocumentFailed, expected_requests, generate_document
+from .tokenizer import Tokenizer, load_tokenizer
+
+__all__ = ["run", "merge", "main", "shard_dir"]
+
+
+def shard_dir(params: GenerateParams) -> Path:
+    """Where this process writes: ``output_dir`` or ``output_dir/shards/<i>-of-<n>``."""
+    out = resolve_path(params.output_dir)
+    if params.shard_count > 1:
+        out = out / "shards" / f"{params.shard_index:05d}-of-{params.shard_count:05d}"
+    return out
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+# Parameters that do not change what a document's record contains: a finished document is reused
+# across changes of these, and redone after a change of any other.
+_NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurrency", "documents_in_flight",
+                       "request_timeout_s", "max_http_attempts", "price_input_per_mtok",
+                       "price_output_per_mtok", "shard_index", "shard_count", "progress"}
+
+
+def fingerprint(params: GenerateParams) -> str:
+    """Hash of every parameter that shapes a document's record."""
+    relevant = {k: v for k, v in to_dict(params).items() if k not in _NOT_IN_FINGERPRINT}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _finished(path: Path, print_: str) -> bool:
+    """A document file from an earlier run that can be reused as is."""
+    if not path.is_file():
+        return False
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False  # a torn file cannot exist (atomic writes), but never trust, redo
+    return entry.get("status") == "ok" and entry.get("fingerprint") == print_
+
+
+def _assigned(params: GenerateParams) -> Iterator[tuple[int, Document | Skipped]]:
+    """(position, item) for this shard; position counts the corpus's usable documents."""
+    position = 0
+    for item in iter_corpus(params.corpus, text_field=params.text_field, id_field=params.id_field,
+                            title_field=params.title_field, data_files=params.corpus_data_files,
+                            split=params.corpus_split):
+        if isinstance(item, Skipped):
+            if params.shard_index == 0:  # report each bad document once, not once per shard
+                yield -1, item
+            continue
+        if params.max_documents and position >= params.max_documents:
+            return
+        if position % params.shard_count == params.shard_index:
+            yield position, item
+        position += 1
+
+
+def prepare_document(doc: Document, tokenizer: Tokenizer, params: GenerateParams) -> tuple[Document, Chunking] | str:
+    """Cut to ``max_document_tokens`` at a chunk boundary and chunk; a reason string if unusable."""
+    chunking = chunk_document(doc.text, tokenizer, params.small_chunk_tokens, params.medium_chunk_tokens)
+    if chunking.n_tokens < params.small_chunk_tokens:
+        return f"shorter than one small chunk ({chunking.n_tokens} < {params.small_chunk_tokens} tokens)"
+    if params.max_document_tokens and chunking.n_tokens > params.max_document_tokens:
+        keep = [c for c in chunking.chunks if c.token_end <= params.max_document_tokens]
+        doc = Document(doc.id, doc.title, doc.source, doc.text[:keep[-1].char_end])
+        chunking = chunk_document(doc.text, tokenizer, params.small_chunk_tokens, params.medium_chunk_tokens)
+    return doc, chunking
+
+
+class _Progress:
+    """A tqdm bar over requests whose total grows as documents are chunked."""
+
+    def __init__(self, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=0, unit="req", desc="QA generation", dynamic_ncols=True)
+
+    def add_total(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.total += n
+            self.bar.refresh()
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+async def _run_async(params: GenerateParams, base_url: str, model: str, concurrency: int,
+                     out: Path, accounting: Accounting) -> dict[str, Any]:
+    tokenizer = load_tokenizer(params.tokenizer)
+    prompts = load_prompts(resolve_path(params.prompts_dir) if params.prompts_dir else None)
+    docs_dir = out / "work" / "docs"
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = resolve_path(params.cache_dir) if params.cache_dir else resolve_path(params.output_dir) / "cache"
+    cache = ResponseCache(cache_dir, writer_name=f"responses-{params.shard_index}-of-{params.shard_count}")
+    config = LLMConfig(base_url=base_url, model=model, api_key_env=params.llm_api_key_env,
+                       max_concurrency=concurrency, timeout_s=params.request_timeout_s,
+                       max_attempts=params.max_http_attempts, response_format=params.response_format,
+                       price_input_per_mtok=params.price_input_per_mtok,
+                       price_output_per_mtok=params.price_output_per_mtok)
+    progress = _Progress(params.progress)
+    skipped: list[dict] = []
+    slots = asyncio.Semaphore(params.documents_in_flight)
+    resumed = 0
+    print_ = fingerprint(params)
+
+    async def one(position: int, doc: Document, llm: LLMClient) -> None:
+        try:
+            prepared = await asyncio.to_thread(prepare_document, doc, tokenizer, params)
+            if isinstance(prepared, str):
+                skipped.append({"id": doc.id, "source": doc.source, "reason": prepared})
+                return
+            doc, chunking = prepared
+            progress.add_total(expected_requests(params, chunking))
+            entry: dict[str, Any] = {"position": position, "id": doc.id, "source": doc.source,
+                                     "fingerprint": print_}
+            try:
+                result = await generate_document(llm, prompts, params, doc, chunking, progress.step)
+                entry.update(status="ok", record=result.record, rejects=result.rejects,
+                             failed_items=result.failed_items)
+            except DocumentFailed as err:
+                entry.update(status="failed", reason=str(err), rejects=[])
+            entry["accounting"] = accounting.for_doc(doc.id)
+            _write_atomic(docs_dir / f"{position:07d}.json", json.dumps(entry, ensure_ascii=False))
+        finally:
+            slots.release()
+
+    async with LLMClient(config, cache=cache, accounting=accounting) as llm:
+        tasks = []
+        for position, item in _assigned(params):
+            if isinstance(item, Skipped):
+                skipped.append({"id": item.id, "source": item.source, "reason": item.reason})
+                continue
+            if _finished(docs_dir / f"{position:07d}.json", print_):
+                resumed += 1
+                continue
+            await slots.acquire()
+            tasks.append(asyncio.create_task(one(position, item, llm)))
+        await asyncio.gather(*tasks)
+    progress.close()
+    cache.close()
+    return {"skipped": skipped, "resumed_documents": resumed}
+
+
+def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
+    """Write qa.jsonl and rejected.jsonl from finished document files; return counts."""
+    files = sorted((f for d in docs_dirs for f in d.glob("*.json")), key=lambda f: int(f.stem))
+    counts: Counter = Counter()
+    by_level: Counter = Counter()
+    by_type: Counter = Counter()
+    reasons: Counter = Counter()
+    failed_docs, per_doc = [], []
+    book_tokens = 0
+    tmp_qa, tmp_rej = out / ".qa.jsonl.tmp", out / ".rejected.jsonl.tmp"
+    with open(tmp_qa, "w", encoding="utf-8") as qa_out, open(tmp_rej, "w", encoding="utf-8") as rej_out:
+        for path in files:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            per_doc.append({"id": entry["id"], "status": entry["status"], **entry.get("accounting", {})})
+            if entry["status"] != "ok":
+                failed_docs.append({"id": entry["id"], "source": entry["source"], "reason": entry["reason"]})
+                continue
+            record = entry["record"]
+            qa_out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            for reject in entry["rejects"]:
+                rej_out.write(json.dumps(reject, ensure_ascii=False) + "\n")
+                reasons[reject["reason"]] += 1
+            counts["documents_written"] += 1
+            counts["failed_questions"] += len(entry["failed_items"])
+            counts["summary_fallbacks"] += len(record["summaries"].get("fallbacks", []))
+            book_tokens += record["n_tokens"]
+            by_level.update(q["level"] for q in record["hierarchical_qa"])
+            by_type.update(q["type"] for q in record["diverse_qa"])
+    tmp_qa.replace(out / "qa.jsonl")
+    tmp_rej.replace(out / "rejected.jsonl")
+    return {"counts": {**counts, "documents_failed": len(failed_docs),
+                       "hierarchical_qa": sum(by_level.values()), "diverse_qa": sum(by_type.values()),
+                       "hierarchical_by_level": dict(by_level), "diverse_by_type": dict(by_type),
+                       "rejected_total": sum(reasons.values()), "rejected_by_reason": dict(reasons)},
+            "book_tokens": book_tokens, "failed_documents": failed_docs, "per_document": per_doc}
+
+
+def _totals(per_doc: list[dict], book_tokens: int) -> dict[str, Any]:
+    keys = ("calls", "requests", "cache_hits", "retries", "failures", "prompt_tokens", "completion_tokens", "cost_usd")
+    total = {k: sum(d.get(k, 0) or 0 for d in per_doc) for k in keys}
+    calls = total["calls"]
+    per_k = 1000 / book_tokens if book_tokens else 0.0
+    total["llm_calls_per_1000_book_tokens"] = round(calls * per_k, 3)
+    total["prompt_tokens_per_1000_book_tokens"] = round(total["prompt_tokens"] * per_k, 1)
+    return total
+
+
+def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
+    """Run (or resume) stage 1 for this shard and write its outputs; returns the manifest.
+
+    ``dry_run`` answers every request with :class:`~longctx.llm.dry_run.DryRunServer` and writes
+    under ``<output_dir>/dry-run``: the manifest then projects a real run's requests and cost.
+    """
+    if dry_run:
+        out_root = resolve_path(params.output_dir) / "dry-run"
+        params = dataclasses.replace(params, output_dir=str(out_root), cache_dir=str(out_root / "cache"))
+    out = shard_dir(params)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    accounting = Accounting()
+    with contextlib.ExitStack() as stack:
+        if dry_run:
+            server = stack.enter_context(DryRunServer(params.tokenizer))
+            base_url, model, concurrency = server.base_url, params.llm_model, params.max_concurrency
+            generator = f"dry run (stand-in for {params.llm_base_url or 'the embedded server'})"
+        elif params.uses_embedded_server:
+            server = stack.enter_context(EmbeddedServer(
+                n_ctx=params.embedded_n_ctx, n_parallel=params.embedded_parallel,
+                n_threads=params.embedded_threads or (os.cpu_count() or 1)))
+            # llama.cpp queues requests beyond its slots; sending more only adds waiting
+            # time to every request's timeout clock, so match the slots.
+            base_url, model = server.base_url, params.llm_model
+            concurrency = min(params.max_concurrency, params.embedded_parallel)
+            generator = f"embedded llama.cpp server ({server.model_name})"
+        else:
+            base_url, model, concurrency = params.llm_base_url, params.llm_model, params.max_concurrency
+            generator = base_url
+        live = asyncio.run(_run_async(params, base_url, model, concurrency, out, accounting))
+    assembled = _assemble(out, [out / "work" / "docs"])
+    finished = time.time()
+    manifest = {
+        "stage": "generate", "longctx_version": __version__,
+        "params": to_dict(params),
+        "generator": {"endpoint": generator, "model": model, "effective_concurrency": concurrency},
+        "tokenizer": params.tokenizer,
+        "shard": f"{params.shard_index}/{params.shard_count}",
+        **{k: assembled[k] for k in ("counts", "book_tokens")},
+        "skipped_documents": live["skipped"], "failed_documents": assembled["failed_documents"],
+        "totals": _totals(assembled["per_document"], assembled["book_tokens"]),
+        "this_invocation": {"resumed_documents": live["resumed_documents"], **accounting.to_dict()},
+        "per_document": assembled["per_document"],
+        "timings": {"started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+                    "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
+                    "wall_s": round(finished - started, 2)},
+        "prompts": load_prompts(resolve_path(params.prompts_dir) if params.prompts_dir else None).origin,
+    }
+    manifest["counts"]["documents_skipped"] = len(live["skipped"])
+    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    return manifest
+
+
+def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
+    """Join the shards of a sharded run into ``output_dir``'s qa.jsonl and manifest.json."""
+    out = resolve_path(params.output_dir) / ("dry-run" if dry_run else "")
+    shards = sorted((out / "shards").glob("*-of-*"))
+    if not shards:
+        raise FileNotFoundError(f"{out / 'shards'} holds no shard folders; run with --shard i/n first")
+    expected = int(shards[0].name.split("-of-")[1])
+    missing = sorted(set(range(expected)) - {int(s.name.split("-of-")[0]) for s in shards})
+    if missing:
+        raise RuntimeError(f"cannot merge: shards {missing} of {expected} have not run (no folder under {out / 'shards'})")
+    manifests = []
+    for shard in shards:
+        path = shard / "manifest.json"
+        if not path.is_file():
+            raise RuntimeError(f"cannot merge: shard {shard.name} has no manifest.json (not finished)")
+        manifests.append(json.loads(path.read_text(encoding="utf-8")))
+    assembled = _assemble(out, [s / "work" / "docs" for s in shards])
+    manifest = {
+        "stage": "generate", "longctx_version": __version__, "merged_shards": len(shards),
+        "params": {**manifests[0]["params"], "shard_index": 0, "shard_count": 1},
+        "generator": manifests[0]["generator"], "tokenizer": manifests[0]["tokenizer"],
+        **{k: assembled[k] for k in ("counts", "book_tokens")},
+        "skipped_documents": [d for m in manifests for d in m["skipped_documents"]],
+        "failed_documents": assembled["failed_documents"],
+        "totals": _totals(assembled["per_document"], assembled["book_tokens"]),
+        "per_document": assembled["per_document"],
+        "timings": {"shard_wall_s": [m["timings"]["wall_s"] for m in manifests]},
+    }
+    manifest["counts"]["documents_skipped"] = len(manifest["skipped_documents"])
+    _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    return manifest
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m longctx.generate", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", required=True, help="YAML file of GenerateParams")
+    parser.add_argument("--shard", default="", help="i/n: process slice i of n (0-based)")
+    parser.add_argument("--merge", action="store_true", help="join finished shards into output_dir")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="answer every request with a local stand-in and project requests, tokens and cost")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one parameter (YAML value), checked like the file")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key] = _parse_value(value)
+    if args.shard:
+        try:
+            index, count = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            parser.error(f"--shard expects i/n such as 3/64, got {args.shard!r}")
+        overrides.update(shard_index=index, shard_count=count)
+    try:
+        params = load_params(GenerateParams, args.params, overrides)
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = merge(params, args.dry_run) if args.merge else run(params, dry_run=args.dry_run)
+    c = manifest["counts"]
+    print(f"{c.get('documents_written', 0)} documents, {c['hierarchical_qa']} hierarchical + "
+          f"{c['diverse_qa']} diverse QA, {c['rejected_total']} rejected, "
+          f"{c['documents_skipped']} skipped, {c['documents_failed']} failed")
+    t = manifest["totals"]
+    print(f"{t['calls']} LLM calls ({t['cache_hits']} from cache), {t['prompt_tokens']} prompt + "
+          f"{t['completion_tokens']} completion tokens, cost estimate ${t['cost_usd']:.2f}"
+          + (" (dry run: projected)" if args.dry_run else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Notebook 01 executed headless by papermill on the tiny profile; asserts on recorded values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from papermill.exceptions import PapermillExecutionError
+
+from longctx.notebook import execute
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "01_generate_qa.ipynb"
+
+pytestmark = pytest.mark.slow
+
+
+def test_notebook_01_runs_on_the_tiny_profile(tmp_path):
+    params = yaml.safe_load((ROOT / "params" / "test" / "01_generate_qa.yaml").read_text())
+    params["output_dir"] = str(tmp_path / "out")
+    rec = execute(NOTEBOOK, params, output=tmp_path / "01.ipynb", timeout=900)
+    assert rec["documents"] == 1
+    assert 0 < rec["hierarchical_per_document"][0] <= 4 and 0 < rec["diverse_per_document"][0] <= 4
+    assert "global" in rec["levels"]
+    assert rec["chunks_cover_document"] is True
+    assert rec["max_chunk_tokens"] <= 256
+    assert Path(rec["qa_path"]).is_file() and (tmp_path / "out" / "manifest.json").is_file()
+
+
+def test_notebook_01_rejects_an_unknown_injected_parameter(tmp_path):
+    with pytest.raises(PapermillExecutionError, match="unknown key 'n_divers'"):
+        execute(NOTEBOOK, {"n_divers": 3}, output=tmp_path / "bad.ipynb", timeout=300)
