@@ -1,0 +1,20 @@
+"""Stage 4: evaluation from 4K to 1M tokens (RULER, InfiniteBench, LongBench, MMLU).
+
+=====================  ===========================================================================
+``haystack``           token-exact sizing: units tokenised once, prefix sums, needles by position
+``ruler``              RULER's 13 tasks: registry, templates, cached preparation
+``ruler_tasks``        niah (8 variants), variable tracking, common / frequent words
+``ruler_qa``           qa_1 (SQuAD) and qa_2 (HotpotQA) with distractor paragraphs
+``infinitebench``      12 tasks: 6 generated offline, 6 from the hub; official scoring
+``infinitebench_synth`` passkey, number string, kv retrieval, math find / calc, code run
+``longbench``          LongBench v1's 21 data sets, official metrics and post-processing
+``mmlu``               5-shot MMLU, micro-averaged accuracy
+``metrics``            every scoring function, official semantics
+``fit``                the window budget and the explicit truncation / skip policy
+``backends``           local HF model and OpenAI-compatible server behind one interface
+``hub``                ``datasets`` loading with "skipped: not reachable" reporting
+``results``            the tidy results table and the paper's reported numbers
+``runner``             prepare -> fit -> generate -> score -> append rows
+``params``             :class:`EvalConfig`
+=====================  ===========================================================================
+"""

@@ -1,0 +1,317 @@
+"""Two ways to run a model behind one interface: a local Hugging Face model, or any
+OpenAI-compatible server (vLLM, llama.cpp, SGLang, hosted APIs).
+
+Both answer :class:`Backend`: a name, the context window, the tokenizer used to size prompts,
+the number of tokens the chat template adds around one user turn (so the budget can reserve
+them), ``generate`` for a list of samples, and ``choice_logprobs`` where log-probabilities are
+available (MMLU's original scoring; the HF backend only).
+
+* :class:`HFBackend` loads a checkpoint with ``transformers``. Its RoPE settings are the ones in
+  the checkpoint's ``config.json`` (stage 3 writes them there), computed in float64 by
+  :func:`longctx.rope.install_rope`; ``rope`` overrides them (the zero-shot baseline: Llama-3.1-
+  8B-Instruct with the 1M stage's RoPE and no training). Chat template from the tokenizer.
+* :class:`OpenAIBackend` posts to ``/chat/completions`` (``/completions`` for samples sent
+  without a chat template). The server applies the template; the assistant prefix is sent as a
+  final assistant message (continued by llama.cpp and vLLM). With ``tokenizer: server`` prompts
+  are sized with the server's own ``/tokenize`` (llama.cpp), and the template cost is measured
+  with ``/apply-template``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from ..tokenizer import Tokenizer, load_tokenizer
+from .sample import Sample
+
+__all__ = ["Backend", "Generation", "HFBackend", "OpenAIBackend", "ServerTokenizer"]
+
+_PROBE = "Hello"  # user text used to measure what the chat template adds
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int = 0      # as counted by the backend (server usage / input ids)
+    error: str = ""             # non-empty: the request failed; the sample scores 0 and says why
+
+
+class Backend(Protocol):
+    name: str
+    context_window: int
+    tokenizer: Tokenizer
+
+    def template_tokens(self) -> int:
+        """Tokens the chat template adds around one user turn plus the assistant header."""
+
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        """Greedy answers, one per sample, each at most ``sample.max_new_tokens`` tokens."""
+
+    def choice_logprobs(self, sample: Sample) -> list[float] | None:
+        """Next-token log-probabilities of ``sample.choices`` (None when unavailable)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the model (path, RoPE, window)."""
+
+
+# --------------------------------------------------------------------------- HTTP helpers
+
+
+def _post(url: str, body: dict[str, Any], timeout: float, headers: dict[str, str] | None = None) -> Any:
+    req = urllib.request.Request(url, data=json.dumps(body).encode("utf-8"),
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _get(url: str, timeout: float) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def _server_root(base_url: str) -> str:
+    root = base_url.rstrip("/")
+    return root[:-3] if root.endswith("/v1") else root
+
+
+class ServerTokenizer:
+    """The :class:`~longctx.tokenizer.Tokenizer` interface over llama.cpp's ``/tokenize`` and
+    ``/detokenize`` (the served model's own vocabulary, no local files needed)."""
+
+    def __init__(self, base_url: str, timeout: float = 120.0, model: str = ""):
+        self.root = _server_root(base_url)
+        # named after the served model, not the URL: caches keyed by it survive a new port
+        self.name = "server:" + (model or self.root)
+        self.timeout = timeout
+        self.vocab_size = 0
+
+    def _pieces(self, text: str) -> list[dict[str, Any]]:
+        out = _post(self.root + "/tokenize", {"content": text, "add_special": False, "with_pieces": True},
+                    self.timeout)
+        return out["tokens"]
+
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        out = _post(self.root + "/tokenize", {"content": text, "add_special": False}, self.timeout)
+        return [t if isinstance(t, int) else t["id"] for t in out["tokens"]]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], np.ndarray]:
+        pieces = self._pieces(text) if text else []
+        lengths = [len(p["piece"].encode("utf-8")) if isinstance(p["piece"], str) else len(p["piece"])
+                   for p in pieces]
+        byte_starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if pieces else np.zeros(0, np.int64)
+        raw = text.encode("utf-8")
+        char_of_byte = np.cumsum((np.frombuffer(raw, dtype=np.uint8) & 0xC0) != 0x80) - 1
+        return [p["id"] for p in pieces], char_of_byte[np.minimum(byte_starts, len(raw) - 1)] if pieces else byte_starts
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return _post(self.root + "/detokenize", {"tokens": list(ids)}, self.timeout)["content"] if ids else ""
+
+    def special_id(self, token: str) -> int:
+        ids = self.encode(token)
+        if len(ids) != 1:
+            raise KeyError(f"{token!r} is not a special token of {self.name}")
+        return ids[0]
+
+
+# --------------------------------------------------------------------------- OpenAI-compatible
+
+
+class OpenAIBackend:
+    """A model behind an OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, model: str, *, tokenizer: str = "server", api_key_env: str = "",
+                 context_window: int = 0, template_tokens: int = -1, max_concurrency: int = 4,
+                 timeout_s: float = 600.0, name: str = ""):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = name or model
+        self.timeout_s = timeout_s
+        self.max_concurrency = max_concurrency
+        self._headers = {}
+        if api_key_env:
+            key = os.environ.get(api_key_env, "")
+            if not key:
+                raise RuntimeError(f"environment variable {api_key_env} is empty or unset")
+            self._headers["Authorization"] = f"Bearer {key}"
+        self.tokenizer = (ServerTokenizer(self.base_url, timeout_s, model) if tokenizer == "server"
+                          else load_tokenizer(tokenizer))
+        self.context_window = context_window or self._ask_window()
+        self._template_tokens = template_tokens
+
+    def _ask_window(self) -> int:
+        root = _server_root(self.base_url)
+        try:  # llama.cpp
+            props = _get(root + "/props", 30)
+            return int(props["default_generation_settings"]["n_ctx"])
+        except (urllib.error.URLError, KeyError, ValueError, TypeError, OSError):
+            pass
+        try:  # vLLM lists max_model_len with the model
+            for m in _get(self.base_url + "/models", 30).get("data", []):
+                if m.get("max_model_len"):
+                    return int(m["max_model_len"])
+        except (urllib.error.URLError, KeyError, ValueError, TypeError, OSError):
+            pass
+        raise RuntimeError(f"{self.base_url}: cannot read the model's context window; set context_window")
+
+    def template_tokens(self) -> int:
+        if self._template_tokens < 0:
+            try:  # llama.cpp renders the template for us
+                rendered = _post(_server_root(self.base_url) + "/apply-template",
+                                 {"messages": [{"role": "user", "content": _PROBE}]}, 30)["prompt"]
+                self._template_tokens = len(self.tokenizer.encode(rendered)) - len(self.tokenizer.encode(_PROBE))
+                # the server adds BOS on its own when the template does not write it
+                self._template_tokens += 1
+            except (urllib.error.URLError, KeyError, OSError):
+                self._template_tokens = 64  # unknown template: a conservative reserve
+        return self._template_tokens
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "openai", "base_url": self.base_url, "model": self.model,
+                "context_window": self.context_window, "tokenizer": self.tokenizer.name,
+                "template_tokens": self.template_tokens()}
+
+    def choice_logprobs(self, sample: Sample) -> list[float] | None:
+        return None
+
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        def run() -> list[Generation]:
+            return asyncio.run(self._generate_all(list(samples)))
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return run()
+        # called from a running event loop (a Jupyter kernel): use a loop of our own in a thread
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(run).result()
+
+    async def _generate_all(self, samples: list[Sample]) -> list[Generation]:
+        import aiohttp
+
+        slots = asyncio.Semaphore(self.max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
+            async def one(sample: Sample) -> Generation:
+                async with slots:
+                    return await self._request(session, sample)
+            return list(await asyncio.gather(*(one(s) for s in samples)))
+
+    async def _request(self, session, sample: Sample) -> Generation:
+        import aiohttp
+
+        body: dict[str, Any] = {"model": self.model, "max_tokens": sample.max_new_tokens,
+                                "temperature": 0.0, "seed": 0}
+        if sample.chat:
+            messages = [{"role": "user", "content": sample.prompt}]
+            if sample.answer_prefix:
+                messages.append({"role": "assistant", "content": sample.answer_prefix})
+            body["messages"] = messages
+            url = self.base_url + "/chat/completions"
+        else:
+            body["prompt"] = sample.prompt + sample.answer_prefix
+            url = self.base_url + "/completions"
+        try:
+            async with session.post(url, json=body) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    return Generation("", error=f"HTTP {resp.status}: {raw[:200].decode('utf-8', 'replace')}")
+            payload = json.loads(raw)
+            choice = payload["choices"][0]
+            text = choice["message"]["content"] if sample.chat else choice["text"]
+            usage = payload.get("usage") or {}
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as err:
+            return Generation("", error=f"{type(err).__name__}: {err}")
+        text = text or ""
+        if sample.answer_prefix and text.startswith(sample.answer_prefix.strip()):
+            # llama.cpp echoes a continued assistant message; keep only the new text
+            text = text[len(sample.answer_prefix.strip()):]
+        return Generation(text, int(usage.get("prompt_tokens") or 0))
+
+
+# --------------------------------------------------------------------------- local HF model
+
+
+class HFBackend:
+    """A local ``transformers`` causal LM (a checkpoint folder or hub name)."""
+
+    def __init__(self, model_path: str, *, name: str = "", dtype: str = "bfloat16", device: str = "auto",
+                 attn_implementation: str = "sdpa", rope: Any = None, max_position_embeddings: int = 0,
+                 context_window: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from ..rope import install_rope
+        from ..tokenizer import HFTokenizer
+
+        self.name = name or model_path
+        self.model_path = model_path
+        self.tokenizer = HFTokenizer(model_path)
+        self._hf = self.tokenizer.hf
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation).to(device).eval()
+        # RoPE: the checkpoint's own settings, or the override; float64 frequencies either way
+        install_rope(self.model, rope, max_position_embeddings or None)
+        self.rope_parameters = dict(getattr(self.model.config, "rope_parameters", None) or {})
+        self.context_window = context_window or int(self.model.config.max_position_embeddings)
+        self._template: int | None = None
+
+    def _render(self, sample: Sample) -> list[int]:
+        if sample.chat and self._hf.chat_template:
+            text = self._hf.apply_chat_template([{"role": "user", "content": sample.prompt}],
+                                                tokenize=False, add_generation_prompt=True)
+            return self._hf(text + sample.answer_prefix, add_special_tokens=False)["input_ids"]
+        return self._hf(sample.prompt + sample.answer_prefix, add_special_tokens=True)["input_ids"]
+
+    def template_tokens(self) -> int:
+        if self._template is None:
+            probe = Sample("probe", "probe", 0, 0, _PROBE, [], 1)
+            self._template = len(self._render(probe)) - len(self.tokenizer.encode(_PROBE))
+        return self._template
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "hf", "model_path": self.model_path, "context_window": self.context_window,
+                "rope_parameters": self.rope_parameters, "template_tokens": self.template_tokens(),
+                "device": self.device}
+
+    def generate(self, samples: Sequence[Sample]) -> list[Generation]:
+        import torch
+
+        eos = [i for i in {self._hf.eos_token_id, self._hf.convert_tokens_to_ids("<|eot_id|>")}
+               if isinstance(i, int) and i >= 0 and i != self._hf.unk_token_id]
+        out = []
+        for sample in samples:
+            ids = self._render(sample)
+            with torch.inference_mode():
+                gen = self.model.generate(torch.tensor([ids], device=self.device), do_sample=False,
+                                          max_new_tokens=sample.max_new_tokens, eos_token_id=eos or None,
+                                          pad_token_id=eos[0] if eos else 0)
+            text = self._hf.decode(gen[0, len(ids):], skip_special_tokens=True)
+            out.append(Generation(text, len(ids)))
+        return out
+
+    def choice_logprobs(self, sample: Sample) -> list[float] | None:
+        import torch
+
+        ids = self._render(sample)
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, -1].float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        return [float(logprobs[self.tokenizer.encode(" " + c)[0]]) for c in sample.choices]

@@ -1,0 +1,131 @@
+"""RULER's QA tasks: a real question, its gold paragraphs, and distractor paragraphs up to the length.
+
+qa_1 reads SQuAD v2 (``rajpurkar/squad_v2``, validation; answerable questions only) and qa_2
+HotpotQA (``hotpotqa/hotpot_qa``, ``distractor``, validation), both through ``datasets``
+(:func:`longctx.eval.hub.load_rows`; a local file with the same columns works offline). As in
+RULER, the documents are all distinct paragraphs of the split; a sample holds its gold
+paragraphs, then paragraphs of the same article (SQuAD), then random others, shuffled and
+numbered ``Document i:``. Sample ``i`` asks question ``i`` at every length.
+
+Sizing: paragraph token counts are computed once per (dataset, tokenizer) and cached; a sample's
+token count is a sum over its paragraphs and numbered headers, so the number of distractors is
+found by binary search over prefix sums and the text is built once. When the split runs out of
+paragraphs the sample is shorter than the budget (RULER behaves the same) and says so in ``meta``.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+from . import haystack
+from .haystack import TokenizedUnits, count_tokens, largest_fitting, tokenize_units
+from .hub import load_rows
+from .ruler import ANSWER_PREFIXES, TEMPLATES, RulerContext, RulerTask
+
+__all__ = ["make_qa", "qa_from_squad", "qa_from_hotpotqa", "SOURCES"]
+
+SOURCES = {  # dataset -> (hub id, config, split)
+    "squad": ("rajpurkar/squad_v2", None, "validation"),
+    "hotpotqa": ("hotpotqa/hotpot_qa", "distractor", "validation"),
+}
+_LOADED: dict[tuple[str, str, str, str], tuple[list[dict], list[str], TokenizedUnits]] = {}
+
+
+def qa_from_squad(rows: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+    """SQuAD rows -> (questions, documents). Unanswerable questions are dropped; ``more`` lists
+    the other paragraphs of the same article (preferred distractors, as RULER)."""
+    docs = sorted({r["context"] for r in rows})
+    index = {d: i for i, d in enumerate(docs)}
+    by_title: dict[str, list[int]] = {}
+    for r in rows:
+        ids = by_title.setdefault(r["title"], [])
+        if index[r["context"]] not in ids:
+            ids.append(index[r["context"]])
+    qas = []
+    for r in rows:
+        answers = list(r["answers"]["text"])
+        if not answers:
+            continue
+        gold = index[r["context"]]
+        qas.append({"query": r["question"], "outputs": answers, "context": [gold],
+                    "more": [i for i in by_title[r["title"]] if i != gold]})
+    return qas, docs
+
+
+def qa_from_hotpotqa(rows: list[dict[str, Any]]) -> tuple[list[dict], list[str]]:
+    """HotpotQA (distractor) rows -> (questions, documents); a document is ``title\\ntext``."""
+    def paragraphs(r):
+        ctx = r["context"]
+        return [f"{t}\n{''.join(s)}" for t, s in zip(ctx["title"], ctx["sentences"])]
+
+    docs = sorted({p for r in rows for p in paragraphs(r)})
+    index = {d: i for i, d in enumerate(docs)}
+    qas = [{"query": r["question"], "outputs": [r["answer"]],
+            "context": [index[p] for p in paragraphs(r)], "more": []} for r in rows]
+    return qas, docs
+
+
+def _load(ctx: RulerContext, dataset: str) -> tuple[list[dict], list[str], TokenizedUnits]:
+    local = ctx.squad_path if dataset == "squad" else ctx.hotpotqa_path
+    key = (dataset, local, ctx.tokenizer.name, haystack.SIZING)
+    if key not in _LOADED:
+        hub_id, config, split = SOURCES[dataset]
+        rows = load_rows(hub_id, config, split, local_path=local or None)  # raises Unavailable
+        qas, docs = (qa_from_squad if dataset == "squad" else qa_from_hotpotqa)(rows)
+        units = tokenize_units(ctx.tokenizer, [d + "\n\n" for d in docs], ctx._units_cache(), f"qa-{dataset}")
+        _LOADED[key] = (qas, docs, units)
+    return _LOADED[key]
+
+
+def make_qa(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: random.Random,
+            index: int) -> tuple[str, str, list[str], int, dict[str, Any]]:
+    qas, docs, units = _load(ctx, spec.args["dataset"])
+    tok = ctx.tokenizer
+    qa = qas[index % len(qas)]
+    gold = list(qa["context"])
+    more = list(qa["more"])
+    rng.shuffle(more)
+    taken = set(gold) | set(more)
+    others = [int(i) for i in np.random.default_rng(rng.getrandbits(32)).permutation(len(docs)) if int(i) not in taken]
+    distractors = more + others
+
+    head, tail = TEMPLATES["qa"].format(context="\x00", query=qa["query"]).split("\x00")
+    prefix = ANSWER_PREFIXES["qa"]
+    fixed = count_tokens(tok, head) + count_tokens(tok, tail) + count_tokens(tok, prefix)
+    gold_tokens = int(units.lengths[gold].sum())
+    distractor_cum = np.concatenate(([0], np.cumsum(units.lengths[distractors])))
+    n_header = min(len(docs), len(gold) + budget // 8 + 1)
+    headers = tokenize_units(tok, [f"Document {i}:\n" for i in range(1, n_header + 1)],
+                             ctx._units_cache(), "doc-headers")
+    header_cum = np.concatenate(([0], np.cumsum(headers.lengths)))
+
+    order_seed = rng.random()
+
+    def text_for(n: int) -> tuple[str, list[int]]:
+        chosen = gold + distractors[:n]
+        random.Random(order_seed).shuffle(chosen)
+        context = "".join(f"Document {i + 1}:\n{docs[d]}\n\n" for i, d in enumerate(chosen)).strip()
+        return head + context + tail, chosen
+
+    prefix_tokens = count_tokens(tok, prefix)
+    if haystack.SIZING == "naive":
+        def cost(n: int) -> int:
+            return count_tokens(tok, text_for(n)[0]) + prefix_tokens
+    else:
+        def cost(n: int) -> int:
+            return fixed + gold_tokens + int(distractor_cum[n]) + int(header_cum[min(len(gold) + n, n_header)])
+
+    n = largest_fitting(cost, 0, min(len(distractors), n_header - len(gold)), budget)
+    while True:
+        prompt, chosen = text_for(n)
+        n_tokens = (count_tokens(tok, prompt) + prefix_tokens) if ctx.verify else cost(n)
+        if n_tokens <= budget or n == 0:
+            break
+        n -= 1
+    meta = {"dataset": spec.args["dataset"], "n_documents": len(chosen),
+            "gold_positions": [chosen.index(g) + 1 for g in gold], "verified": ctx.verify,
+            "exhausted": n == len(distractors)}
+    return prompt, prefix, list(qa["outputs"]), n_tokens, meta

@@ -1,0 +1,219 @@
+"""Run a suite: prepare (or load) samples, fit them to the model, generate, score, append rows.
+
+:func:`open_backend` turns :class:`~longctx.eval.params.EvalConfig` into a backend (starting the
+embedded llama.cpp server when no URL is given); :func:`run_suite` evaluates every (benchmark,
+task, length) of the config on it, appends one row per group to ``results.csv``, writes every
+prediction with its fit (prompt tokens, truncation, skip reason) to
+``{output_dir}/{run_id}/predictions.jsonl``, and returns the new rows as a DataFrame.
+A data set that cannot be loaded becomes a row with ``skipped = "skipped: not reachable (...)"``,
+logged as such; the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+
+from ..config import resolve_path
+from . import metrics as M
+from .backends import Backend, HFBackend, OpenAIBackend
+from .fit import fit_sample
+from .hub import Unavailable
+from .infinitebench import IB_SYNTHETIC, load_infinitebench_hub, prepare_infinitebench_synthetic, score_infinitebench
+from .longbench import load_longbench, metric_of, score_longbench
+from .mmlu import load_mmlu, score_mmlu_text
+from .params import EvalConfig
+from .results import append_rows, row
+from .ruler import RULER_TASKS, RulerContext, prepare_ruler
+from .sample import Sample
+
+__all__ = ["open_backend", "run_suite", "score_sample"]
+
+log = logging.getLogger("longctx.evaluate")
+
+
+@contextlib.contextmanager
+def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
+    """The configured backend; the embedded llama.cpp server lives as long as the ``with``."""
+    if cfg.backend == "hf":
+        yield HFBackend(cfg.hf_model_path, name=cfg.model_name, dtype=cfg.hf_dtype, device=cfg.hf_device,
+                        attn_implementation=cfg.attn_implementation, rope=cfg.rope,
+                        max_position_embeddings=cfg.max_position_embeddings, context_window=cfg.context_window)
+        return
+    kwargs = dict(tokenizer=cfg.tokenizer or "server", api_key_env=cfg.llm_api_key_env,
+                  context_window=cfg.context_window, template_tokens=cfg.template_tokens,
+                  max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name)
+    if cfg.llm_base_url:
+        yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, **kwargs)
+        return
+    from ..llm.server import EmbeddedServer
+
+    with EmbeddedServer(n_ctx=cfg.context_window or 8192, n_parallel=1) as server:
+        yield OpenAIBackend(server.base_url, cfg.llm_model, **kwargs)
+
+
+def score_sample(sample: Sample, prediction: str) -> tuple[float, str]:
+    """(score in [0, 1], metric name) of one prediction, with the benchmark's official semantics."""
+    if sample.benchmark == "ruler":
+        metric = RULER_TASKS[sample.task].metric
+        fn = M.string_match_part if metric == "string_match_part" else M.string_match_all
+        return fn(M.ruler_postprocess(prediction), [str(r) for r in sample.references]), metric
+    if sample.benchmark == "infinitebench":
+        return score_infinitebench(sample.task, prediction, sample.references), "official"
+    if sample.benchmark == "longbench":
+        return (score_longbench(sample.task, prediction, sample.references, sample.meta.get("all_classes", [])),
+                metric_of(sample.task))
+    if sample.benchmark == "mmlu":
+        return score_mmlu_text(prediction, sample.references), "accuracy"
+    raise ValueError(f"unknown benchmark {sample.benchmark!r}")
+
+
+class _Suite:
+    def __init__(self, cfg: EvalConfig, backend: Backend, run_id: str, out_dir: Path):
+        self.cfg, self.backend, self.run_id = cfg, backend, run_id
+        self.template = backend.template_tokens()
+        self.results = out_dir / "results.csv"
+        self.predictions = out_dir / run_id / "predictions.jsonl"
+        self.predictions.parent.mkdir(parents=True, exist_ok=True)
+        self.cache = str(resolve_path(cfg.cache_dir)) if cfg.cache_dir else None
+        self.rows: list[dict[str, Any]] = []
+
+    def max_new(self, official: int) -> int:
+        return min(official, self.cfg.max_new_tokens_cap) if self.cfg.max_new_tokens_cap else official
+
+    def group(self, benchmark: str, task: str, length: int, load: Callable[[], list[Sample]], note: str = "") -> None:
+        base = dict(run_id=self.run_id, model=self.cfg.model_name, benchmark=benchmark, task=task,
+                    context_length=length)
+        started = time.monotonic()
+        window = self.backend.context_window
+        if length > window:
+            reason = f"skipped: length {length} exceeds the model's {window}-token window"
+            self._add(base, n_samples=0, skipped=reason, note=note)
+            return
+        try:
+            samples = load()
+        except (Unavailable, ValueError) as err:  # data not reachable / task impossible at this length
+            log.warning("%s/%s: %s", benchmark, task, err)
+            self._add(base, n_samples=0, skipped=str(err), note=note)
+            return
+        for s in samples:
+            s.max_new_tokens = self.max_new(s.max_new_tokens)
+        fits = [fit_sample(s, self.backend.tokenizer, window, self.template, self.cfg.truncation) for s in samples]
+        send = [f.sample for f in fits if f.sample is not None]
+        logprob_mode = bool(send) and benchmark == "mmlu" and self.backend.choice_logprobs(send[0]) is not None
+        if logprob_mode:
+            gens = [None] * len(send)
+        else:
+            gens = self.backend.generate(send)
+        scores, prompt_tokens, failed = [], [], 0
+        records, k = [], 0
+        for f in fits:
+            target = length - self.max_new(samples[0].max_new_tokens) - self.template if length else None
+            rec = {"run_id": self.run_id, "benchmark": benchmark, "task": task, "context_length": length,
+                   "prompt_tokens": f.prompt_tokens, "target_tokens": target, "budget": f.budget,
+                   "truncated_tokens": f.truncated_tokens, "skipped": f.skipped_reason}
+            if f.sample is not None:
+                s, gen = f.sample, gens[k]
+                k += 1
+                rec.update(index=s.index, references=s.references, meta=s.meta)
+                if logprob_mode:
+                    lp = self.backend.choice_logprobs(s)
+                    prediction = s.choices[max(range(len(lp)), key=lp.__getitem__)]
+                    score = float(prediction == s.references[0])
+                elif gen.error:
+                    failed += 1
+                    rec.update(skipped=f"request failed: {gen.error}")
+                    records.append(rec)
+                    continue
+                else:
+                    prediction = gen.text
+                    score, _ = score_sample(s, prediction)
+                rec.update(prediction=prediction, score=score,
+                           server_prompt_tokens=getattr(gen, "prompt_tokens", 0) if gen else 0)
+                scores.append(score)
+                prompt_tokens.append(s.n_tokens or f.prompt_tokens)
+            records.append(rec)
+        with self.predictions.open("a", encoding="utf-8") as handle:
+            for rec in records:
+                handle.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
+        metric = score_sample(samples[0], "")[1] if samples else ""
+        n_trunc = sum(1 for f in fits if f.sample is not None and f.truncated_tokens)
+        extra = [note] if note else []
+        if n_trunc:
+            extra.append(f"{n_trunc} truncated ({self.cfg.truncation})")
+        if failed:
+            extra.append(f"{failed} requests failed")
+        if self.cfg.max_new_tokens_cap:
+            extra.append(f"generation capped at {self.cfg.max_new_tokens_cap} tokens")
+        self._add(base, n_samples=len(samples), n_scored=len(scores), n_truncated=n_trunc,
+                  n_skipped=len(samples) - len(scores),
+                  score=round(100 * sum(scores) / len(scores), 2) if scores else "",
+                  metric=metric, mean_prompt_tokens=round(sum(prompt_tokens) / len(prompt_tokens), 1) if prompt_tokens else "",
+                  skipped="" if scores else next((r["skipped"] for r in records if r["skipped"]), "skipped: no samples"),
+                  note="; ".join(extra))
+        log.info("%s/%s @%s: %s (%d scored) in %.1fs", benchmark, task, length,
+                 self.rows[-1]["score"], len(scores), time.monotonic() - started)
+
+    def _add(self, base: dict[str, Any], **values: Any) -> None:
+        r = row(**base, **values)  # every column present ("" when empty), as in the CSV
+        self.rows.append(r)
+        append_rows(self.results, [r])
+
+
+def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFrame:
+    """Evaluate every configured (benchmark, task, length) on ``backend``; returns the new rows."""
+    run_id = run_id or cfg.run_id or f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = resolve_path(cfg.output_dir)
+    suite = _Suite(cfg, backend, run_id, out_dir)
+    tok = backend.tokenizer
+    (out_dir / run_id).mkdir(parents=True, exist_ok=True)
+    manifest = {"run_id": run_id, "params": _plain(cfg), "backend": backend.describe()}
+    (out_dir / run_id / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+
+    def budget(length: int, max_new: int) -> int:
+        return length - suite.max_new(max_new) - suite.template
+
+    if "ruler" in cfg.benchmarks:
+        ctx = RulerContext(tok, cfg.haystack_corpus, suite.cache, cfg.verify_lengths,
+                           str(resolve_path(cfg.squad_path)) if cfg.squad_path else "",
+                           str(resolve_path(cfg.hotpotqa_path)) if cfg.hotpotqa_path else "")
+        for task in cfg.ruler_tasks:
+            spec = RULER_TASKS[task]
+            note = f"haystack: {cfg.haystack_corpus}" if spec.args.get("haystack") == "essay" else ""
+            for length in cfg.ruler_lengths:
+                suite.group("ruler", task, length, lambda t=task, L=length, s=spec: prepare_ruler(
+                    t, L, budget(L, s.tokens_to_generate), cfg.n_samples, cfg.seed, ctx), note)
+    if "infinitebench" in cfg.benchmarks:
+        for task in cfg.infinitebench_tasks:
+            if task in IB_SYNTHETIC:
+                for length in cfg.infinitebench_lengths:
+                    suite.group("infinitebench", task, length, lambda t=task, L=length: prepare_infinitebench_synthetic(
+                        t, L, lambda m, L=L: budget(L, m), cfg.n_samples, cfg.seed, tok, suite.cache,
+                        cfg.verify_lengths))
+            else:
+                local = cfg.infinitebench_files.get(task, "")
+                suite.group("infinitebench", task, 0, lambda t=task, p=local: load_infinitebench_hub(
+                    t, cfg.n_samples, str(resolve_path(p)) if p else ""))
+    if "longbench" in cfg.benchmarks:
+        for task in cfg.longbench_tasks:
+            local = cfg.longbench_files.get(task, "")
+            suite.group("longbench", task, 0, lambda t=task, p=local: load_longbench(
+                t, cfg.n_samples, str(resolve_path(p)) if p else "", cfg.longbench_hub_id))
+    if "mmlu" in cfg.benchmarks:
+        suite.group("mmlu", "mmlu", 0, lambda: load_mmlu(
+            cfg.mmlu_shots, cfg.mmlu_max_questions,
+            str(resolve_path(cfg.mmlu_dev_path)) if cfg.mmlu_dev_path else "",
+            str(resolve_path(cfg.mmlu_test_path)) if cfg.mmlu_test_path else ""))
+    return pd.DataFrame(suite.rows)
+
+
+def _plain(cfg: EvalConfig) -> dict[str, Any]:
+    from ..config import to_dict
+
+    return to_dict(cfg)
