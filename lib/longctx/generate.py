@@ -274,7 +274,7 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         elif params.uses_embedded_server:
             server = stack.enter_context(EmbeddedServer(
                 n_ctx=params.embedded_n_ctx, n_parallel=params.embedded_parallel,
-                n_threads=params.embedded_threads or (os.cpu_count() or 1)))
+                n_threads=params.embedded_threads or None))
             # llama.cpp queues requests beyond its slots; sending more only adds waiting
             # time to every request's timeout clock, so match the slots.
             base_url, model = server.base_url, params.llm_model

@@ -5,10 +5,12 @@
 ``cache``          :class:`ResponseCache`: content-addressed, crash-safe, one SQLite file per shard
 ``accounting``     :class:`Accounting`: requests, cache hits, retries, tokens, cost by stage/doc
 ``schema``         the JSON-schema subset every structured answer is checked against
+``group_commit``   answers arriving during a commit share the next one (durable before returned)
 ``retry``          full-jitter backoff and ``Retry-After``
 ``errors``         :class:`LLMCallFailed` and the failure reasons
 ``server``         :class:`EmbeddedServer`: SmolLM2 on llama.cpp in a child process
 ``lifeline``       the child dies with its parent
+``dry_run``        :class:`DryRunServer`: instant schema-valid answers, to project a run's cost
 =================  ====================================================================
 """
 

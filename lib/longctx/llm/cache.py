@@ -3,7 +3,8 @@
 A run that dies (SIGKILL, OOM, pre-emption) and starts again must not pay for a request twice.
 Each request is named by :func:`request_key`, the sha256 of the canonical JSON of everything
 that determines the answer (model, messages, sampling parameters incl. seed, max_tokens,
-schema). Each validated response is committed on its own, durably, before the caller sees it.
+schema). Each validated response is committed durably before the caller sees it (answers that
+arrive during a commit share the next one: :mod:`longctx.llm.group_commit`).
 
 Layout, designed for sharded runs::
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -101,10 +103,9 @@ class ResponseCache:
         self.path = self.folder / name
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        if not self.path.exists():
+            self._create(self.path)
         self._writer = self._connect(self.path, read_only=False)
-        with self._writer:
-            self._writer.executescript(_SCHEMA_SQL)
-            self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('format', ?)", (CACHE_FORMAT,))
         self._check_format(self._writer, self.path)
         # Own file first: in a resumed shard nearly every hit is there.
         self._readers: list[tuple[Path, sqlite3.Connection]] = [(self.path, self._connect(self.path, read_only=True))]
@@ -113,12 +114,39 @@ class ResponseCache:
 
     # ------------------------------------------------------------------ connections
     @staticmethod
+    def _create(path: Path) -> None:
+        """Create an initialised cache file at ``path`` atomically.
+
+        Another shard may glob the folder at any moment; it must never find a file without
+        its tables. So the file is built under a hidden name (not ``*.sqlite``) and linked into
+        place, which also leaves an existing file alone if two processes race.
+        """
+        scratch = path.with_name(f".{path.name}.{os.getpid()}.init")
+        scratch.unlink(missing_ok=True)
+        conn = sqlite3.connect(scratch, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # stored in the file: every opener gets WAL
+            conn.executescript(_SCHEMA_SQL)
+            conn.execute("INSERT INTO meta VALUES ('format', ?)", (CACHE_FORMAT,))
+        finally:
+            conn.close()  # last connection: SQLite folds the WAL back and removes it
+        try:
+            os.link(scratch, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links (some FUSE and network mounts)
+            if not path.exists():
+                os.replace(scratch, path)
+        finally:
+            scratch.unlink(missing_ok=True)
+
+    @staticmethod
     def _connect(path: Path, read_only: bool) -> sqlite3.Connection:
         if read_only:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False,
                                    isolation_level=None)
         else:
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, one transaction per response.
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves (see put_many).
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30.0)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")  # WAL + FULL: fsync on every commit

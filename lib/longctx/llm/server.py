@@ -14,22 +14,26 @@ SIGKILL included (:mod:`longctx.llm.lifeline`).
 ``n_ctx`` is split evenly across the ``n_parallel`` slots: 8192 with 2 slots is 4096 tokens per
 request (prompt + answer).
 
-Determinism (measured with xllamacpp 2026.10, SmolLM2-135M Q4_1, 2 CPU threads, 8 prompts of
-100-700 words, temperature 0.8, fixed seed, json_schema)::
+Determinism, measured through this class and :class:`~longctx.llm.client.LLMClient`
+(xllamacpp 2026.10, SmolLM2-135M Q4_1; 8 prompts of 100-700 words, temperature 0.8, seed 7,
+json_schema, 120 tokens; each prompt sent once in order, then all at once in reverse order;
+every setting started twice or compared with the first)::
 
-    setting                                   same request, same answer?
-    n_parallel=1, cache_prompt=False          yes: any order, concurrent or not, across restarts
-    n_parallel=1, cache_prompt=True           only for the same request ORDER (2/8 equal when
-                                              reordered: the reused prompt prefix changes how the
-                                              rest of the prompt is batched, hence the floats)
-    n_parallel>1, requests in flight at once  no (1-3/8 equal): batch composition varies
-    different n_threads (1 vs 2)              no (1/8 equal)
+    setting                                    same request -> same answer?
+    n_parallel=1, cache_prompt=False           yes: 8/8 in any order or concurrency, 8/8 across
+                                               restarts
+    n_parallel=1, cache_prompt=True            only in the same request ORDER: 3/8 when reordered
+                                               (the reused prompt prefix changes how the rest of
+                                               the prompt is batched, hence the floats)
+    n_parallel=2 or 4, requests at once        no: 7/8 and 1/8 (batch composition varies)
+    n_threads=2 instead of 1                   deterministic, but different answers (2/8 equal)
 
-So the defaults here, ``n_parallel=1`` and ``cache_prompt=False`` with a fixed ``n_threads``,
-make the server a pure function of (request, seed): a run that is killed and resumed re-sends
-its unfinished requests and gets exactly the answers an uninterrupted run got. Larger
-``n_parallel`` or ``cache_prompt=True`` are faster and fine when byte-identical reruns do not
-matter (the response cache still makes every *finished* request free).
+So the defaults, ``n_parallel=1`` and ``cache_prompt=False`` with a fixed ``n_threads``, make the
+server a pure function of the request (seed included): a run that is killed and resumed
+re-sends its unfinished requests and gets exactly the answers an uninterrupted run got, on the
+same machine type and xllamacpp build. Larger ``n_parallel`` or ``cache_prompt=True`` are faster
+and fine when byte-identical reruns do not matter; the response cache still makes every
+*finished* request free.
 """
 
 from __future__ import annotations

@@ -1,0 +1,186 @@
+"""LLMClient against a real local HTTP server that injects faults (tests/fault_server.py).
+
+Each test asserts the run completes, every fault is counted under its reason, nothing is lost,
+and the limits (Retry-After, max_attempts, max_concurrency) hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import pytest
+
+from fault_server import FaultServer, answer_for
+from longctx.llm import Accounting, LLMCallFailed, LLMClient, LLMConfig, ResponseCache
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}, "n": {"type": "integer"}},
+          "required": ["answer", "n"], "additionalProperties": False}
+
+
+def messages(name: str, faults: str = "") -> list[dict]:
+    user = f"request {name}" + (f"\nfaults: {faults}" if faults else "")
+    return [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": user}]
+
+
+def config(server: FaultServer, **overrides) -> LLMConfig:
+    base = dict(base_url=server.base_url, model="fault-model", timeout_s=0.5, max_attempts=4,
+                backoff_base_s=0.01, backoff_max_s=0.05)
+    base.update(overrides)
+    return LLMConfig(**base)
+
+
+def test_every_fault_is_retried_counted_and_answered():
+    scripts = {"rate": "429", "server": "500,503", "hang": "hang", "drop": "drop", "body": "badbody",
+               "prose": "notjson", "shape": "schema", "cut": "length"}
+    scripts.update({f"clean{i}": "" for i in range(4)})
+    accounting = Accounting()
+    with FaultServer(hang_s=1.5, retry_after_s=0.2) as server:
+        async def run():
+            async with LLMClient(config(server), accounting=accounting) as llm:
+                return await asyncio.gather(*[
+                    llm.chat(messages(name, faults), schema=SCHEMA, seed=7, max_tokens=50,
+                             stage="diverse", doc_id=name) for name, faults in scripts.items()])
+        results = asyncio.run(run())
+
+    assert len(results) == len(scripts)  # nothing lost
+    for (name, faults), result in zip(scripts.items(), results, strict=True):
+        content_retries = faults in ("notjson", "schema", "length")
+        # content failures are re-sent with seed + 1; transient ones keep the seed
+        assert result.data == {"answer": answer_for(messages(name, faults), 7 + content_retries), "n": 2}
+        assert result.attempts == 1 + len(faults.split(",")) * bool(faults)
+        seeds = [e["seed"] for e in server.requests_for(f"request {name}")]
+        assert seeds == ([7, 8] if content_retries else [7] * result.attempts)
+    total = accounting.total().to_dict()
+    assert total["retries_by_reason"] == {"429": 1, "5xx": 2, "timeout": 1, "connection": 1, "bad_response": 1,
+                                          "bad_json": 1, "schema": 1, "length": 1}
+    assert total["requests"] == len(server.log) == len(scripts) + 9
+    assert total["calls"] == len(scripts) and total["failures"] == 0 and total["cache_hits"] == 0
+    # usage of every received answer is paid for, rejected content included (not the one that hung)
+    answered = sum(1 for e in server.log if e["fault"] in ("ok", "notjson", "schema", "length"))
+    assert total["prompt_tokens"] == 10 * answered
+    assert accounting.for_doc("shape")["retries_by_reason"] == {"schema": 1}
+    assert accounting.for_stage("diverse")["calls"] == len(scripts)
+
+
+@pytest.mark.parametrize("fault, at_least_s", [("429", 1.0), ("429date", 1.5)])
+def test_retry_after_is_honoured(fault, at_least_s):
+    with FaultServer(retry_after_s=1.0) as server:
+        async def run():
+            async with LLMClient(config(server, timeout_s=5)) as llm:
+                return await llm.chat(messages("wait", fault), schema=SCHEMA, seed=1)
+        result = asyncio.run(run())
+        first, second = server.requests_for("request wait")
+    assert result.attempts == 2
+    # the client's backoff is at most 0.05 s here, so only the header explains the wait
+    assert second["t"] - first["t"] >= at_least_s
+
+
+def test_exhausted_attempts_raise_typed_error_and_run_goes_on():
+    accounting = Accounting()
+    with FaultServer() as server:
+        async def run():
+            async with LLMClient(config(server, max_attempts=3), accounting=accounting) as llm:
+                return await asyncio.gather(
+                    llm.chat(messages("doomed", "500,500,500,500"), schema=SCHEMA, stage="s", doc_id="d1"),
+                    llm.chat(messages("denied", "401echo"), schema=SCHEMA, stage="s", doc_id="d2"),
+                    llm.chat(messages("fine"), schema=SCHEMA, stage="s", doc_id="d3"),
+                    return_exceptions=True)
+        doomed, denied, fine = asyncio.run(run())
+    assert isinstance(doomed, LLMCallFailed) and doomed.reason == "5xx" and doomed.attempts == 3
+    assert doomed.doc_id == "d1" and "500" in str(doomed)
+    # a 4xx other than 408/429 is not retried
+    assert isinstance(denied, LLMCallFailed) and denied.reason == "http_4xx" and denied.attempts == 1
+    assert fine.data["n"] == 2
+    total = accounting.total().to_dict()
+    assert total["failures_by_reason"] == {"5xx": 1, "http_4xx": 1}
+    assert total["retries_by_reason"] == {"5xx": 2}
+    assert total["requests"] == 3 + 1 + 1
+
+
+def test_response_format_falls_back_once_and_is_remembered():
+    accounting = Accounting()
+    with FaultServer(reject_json_schema=True) as server:
+        async def run():
+            async with LLMClient(config(server), accounting=accounting) as llm:
+                burst = await asyncio.gather(*[llm.chat(messages(f"b{i}"), schema=SCHEMA) for i in range(4)])
+                later = await llm.chat(messages("later"), schema=SCHEMA)
+                return llm.response_format, burst, later
+        mode, burst, later = asyncio.run(run())
+    assert mode == "json_object"  # four concurrent 400s step down one level, not three
+    assert all(r.attempts == 1 for r in burst + [later])  # discovery is not charged to the call
+    assert [e["response_format"] for e in server.requests_for("request later")] == ["json_object"]
+    assert Counter(e["response_format"] for e in server.log) == {"json_schema": 4, "json_object": 5}
+    assert accounting.total().retries["response_format"] == 4
+
+
+def test_concurrency_bound_is_respected():
+    with FaultServer(delay_s=0.05) as server:
+        async def run():
+            async with LLMClient(config(server, max_concurrency=8, timeout_s=10)) as llm:
+                return await asyncio.gather(*[llm.chat(messages(f"c{i}"), schema=SCHEMA) for i in range(80)])
+        results = asyncio.run(run())
+    assert len(results) == 80 and len(server.log) == 80
+    assert 2 <= server.max_in_flight <= 8
+
+
+def test_cache_hits_are_not_sent_and_are_counted(tmp_path):
+    accounting, outcomes = Accounting(), []
+    with FaultServer() as server:
+        async def run():
+            with ResponseCache(tmp_path, "responses-0-of-1") as cache:
+                async with LLMClient(config(server), cache=cache, accounting=accounting,
+                                     on_done=lambda stage, outcome: outcomes.append(outcome)) as llm:
+                    first = await llm.chat(messages("same"), schema=SCHEMA, seed=3, temperature=0.5, stage="x")
+                    again = await llm.chat(messages("same"), schema=SCHEMA, seed=3, temperature=0.5, stage="x")
+                    other_seed = await llm.chat(messages("same"), schema=SCHEMA, seed=4, temperature=0.5, stage="x")
+                    return first, again, other_seed
+        first, again, other_seed = asyncio.run(run())
+    assert not first.cached and again.cached and not other_seed.cached
+    assert again.data == first.data and again.key == first.key and again.attempts == 0
+    assert other_seed.data != first.data
+    assert len(server.log) == 2
+    assert outcomes == ["sent", "cached", "sent"]
+    total = accounting.total()
+    assert (total.calls, total.cache_hits, total.requests) == (3, 1, 2)
+
+
+def test_schema_violation_is_never_cached(tmp_path):
+    with FaultServer() as server:
+        async def run():
+            with ResponseCache(tmp_path) as cache:
+                async with LLMClient(config(server, max_attempts=2), cache=cache) as llm:
+                    with pytest.raises(LLMCallFailed) as err:
+                        await llm.chat(messages("bad", "schema,schema"), schema=SCHEMA, seed=1)
+                return err.value, len(cache)
+        err, stored = asyncio.run(run())
+    assert err.reason == "schema" and stored == 0
+
+
+def test_cost_estimate_uses_prices():
+    accounting = Accounting()
+    with FaultServer() as server:
+        async def run():
+            cfg = config(server, price_input_per_mtok=2.0, price_output_per_mtok=10.0)
+            async with LLMClient(cfg, accounting=accounting) as llm:
+                await llm.chat(messages("priced"), schema=SCHEMA)
+        asyncio.run(run())
+    assert accounting.total().cost_usd == pytest.approx((10 * 2.0 + 5 * 10.0) / 1e6)
+
+
+def test_client_refuses_use_outside_context():
+    llm = LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m"))
+    with pytest.raises(RuntimeError, match="async with"):
+        asyncio.run(llm.chat(messages("x")))
+
+
+def test_closed_port_fails_as_connection_error_quickly():
+    cfg = LLMConfig(base_url="http://127.0.0.1:9/v1", model="m", max_attempts=2, backoff_base_s=0.01)
+    async def run():
+        async with LLMClient(cfg) as llm:
+            return await llm.chat(messages("nobody home"))
+    started = time.monotonic()
+    with pytest.raises(LLMCallFailed) as err:
+        asyncio.run(run())
+    assert err.value.reason == "connection" and time.monotonic() - started < 5
