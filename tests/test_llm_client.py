@@ -158,6 +158,42 @@ def test_schema_violation_is_never_cached(tmp_path):
     assert err.reason == "schema" and stored == 0
 
 
+def test_length_answer_is_accepted_only_when_asked(tmp_path):
+    # evaluation: a generation that reaches its budget is a result, not a fault
+    accounting = Accounting()
+    with FaultServer() as server:
+        async def run():
+            with ResponseCache(tmp_path) as cache:
+                async with LLMClient(config(server), cache=cache, accounting=accounting) as llm:
+                    accepted = await llm.chat(messages("budget", "length"), seed=5, max_tokens=4,
+                                              accept_length=True, stage="eval")
+                    replayed = await llm.chat(messages("budget", "length"), seed=5, max_tokens=4,
+                                              accept_length=True, stage="eval")
+                    retried = await llm.chat(messages("strict", "length"), seed=5, max_tokens=4, stage="gen")
+                return accepted, replayed, retried
+        accepted, replayed, retried = asyncio.run(run())
+        budget_seeds = [e["seed"] for e in server.requests_for("request budget")]
+        strict_seeds = [e["seed"] for e in server.requests_for("request strict")]
+    assert (accepted.finish_reason, accepted.attempts, accepted.data) == ("length", 1, None)
+    assert len(accepted.content) == 12  # the server's cut answer, returned as sent
+    assert replayed.cached and replayed.content == accepted.content  # stored like any answer
+    assert budget_seeds == [5]
+    # without accept_length the cut answer is retried with seed + 1 (and the clean one returned)
+    assert (retried.finish_reason, retried.attempts) == ("stop", 2) and strict_seeds == [5, 6]
+    assert accounting.for_stage("eval")["retries"] == 0
+    assert accounting.for_stage("gen")["retries_by_reason"] == {"length": 1}
+
+
+def test_completion_mode_takes_one_raw_prompt_without_schema():
+    async def run(**kwargs):
+        async with LLMClient(LLMConfig(base_url="http://127.0.0.1:9/v1", model="m")) as llm:
+            await llm.chat(**kwargs)
+    with pytest.raises(ValueError, match="one raw prompt"):
+        asyncio.run(run(messages=messages("two"), completion=True))
+    with pytest.raises(ValueError, match="one raw prompt"):
+        asyncio.run(run(messages=messages("two")[-1:], schema=SCHEMA, completion=True))
+
+
 def test_cost_estimate_uses_prices():
     accounting = Accounting()
     with FaultServer() as server:

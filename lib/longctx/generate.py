@@ -46,6 +46,7 @@ from .llm.accounting import Accounting
 from .llm.cache import ResponseCache
 from .llm.client import LLMClient, LLMConfig
 from .llm.dry_run import DryRunServer
+from .llm.sync import run_sync
 from .llm.server import EmbeddedServer
 from .prompts import load_prompts
 from .qa_pipeline import DocumentFailed, expected_requests, generate_document
@@ -283,7 +284,7 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         else:
             base_url, model, concurrency = params.llm_base_url, params.llm_model, params.max_concurrency
             generator = base_url
-        live = asyncio.run(_run_async(params, base_url, model, concurrency, out, accounting))
+        live = run_sync(_run_async(params, base_url, model, concurrency, out, accounting))
     assembled = _assemble(out, [out / "work" / "docs"])
     finished = time.time()
     manifest = {

@@ -10,25 +10,31 @@ available (MMLU's original scoring; the HF backend only).
   the checkpoint's ``config.json`` (stage 3 writes them there), computed in float64 by
   :func:`longctx.rope.install_rope`; ``rope`` overrides them (the zero-shot baseline: Llama-3.1-
   8B-Instruct with the 1M stage's RoPE and no training). Chat template from the tokenizer.
-* :class:`OpenAIBackend` posts to ``/chat/completions`` (``/completions`` for samples sent
-  without a chat template). The server applies the template; the assistant prefix is sent as a
-  final assistant message (continued by llama.cpp and vLLM). With ``tokenizer: server`` prompts
-  are sized with the server's own ``/tokenize`` (llama.cpp), and the template cost is measured
-  with ``/apply-template``.
+* :class:`OpenAIBackend` asks ``/chat/completions`` (``/completions`` for samples sent
+  without a chat template) through the project's :class:`~longctx.llm.LLMClient`: retries,
+  bounded concurrency, accounting, and a response cache that makes a repeated run free. The
+  server applies the template; the assistant prefix is sent as a final assistant message
+  (continued by llama.cpp and vLLM). With ``tokenizer: server`` prompts are sized with the
+  server's own ``/tokenize`` (llama.cpp), and the template cost is measured with
+  ``/apply-template``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from ..llm import Accounting, LLMCallFailed, LLMClient, LLMConfig, LLMSetupError, ResponseCache
+from ..llm.sync import run_sync
 from ..tokenizer import Tokenizer, load_tokenizer
 from .sample import Sample
 
@@ -130,22 +136,29 @@ class ServerTokenizer:
 
 
 class OpenAIBackend:
-    """A model behind an OpenAI-compatible server."""
+    """A model behind an OpenAI-compatible server, asked through :class:`~longctx.llm.LLMClient`.
+
+    Every generation is one client call (retries with backoff, bounded concurrency), tagged
+    ``stage = "benchmark/task"`` and ``doc_id = "benchmark/task/length/index"`` in
+    :attr:`accounting`. With ``cache_dir`` the answers are kept in a
+    :class:`~longctx.llm.ResponseCache` there, so an interrupted or repeated evaluation re-sends
+    no finished request. The key is the model *name* sent and the exact request: a different
+    checkpoint served under the same name needs another cache folder.
+    """
 
     def __init__(self, base_url: str, model: str, *, tokenizer: str = "server", api_key_env: str = "",
                  context_window: int = 0, template_tokens: int = -1, max_concurrency: int = 4,
-                 timeout_s: float = 600.0, name: str = ""):
+                 timeout_s: float = 600.0, name: str = "", cache_dir: str | Path | None = None):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = name or model
-        self.timeout_s = timeout_s
-        self.max_concurrency = max_concurrency
-        self._headers = {}
-        if api_key_env:
-            key = os.environ.get(api_key_env, "")
-            if not key:
-                raise RuntimeError(f"environment variable {api_key_env} is empty or unset")
-            self._headers["Authorization"] = f"Bearer {key}"
+        # retries and backoff keep LLMConfig's defaults; tune them on this object if needed
+        self.llm_config = LLMConfig(base_url=self.base_url, model=model, api_key_env=api_key_env,
+                                    max_concurrency=max_concurrency, timeout_s=timeout_s)
+        if api_key_env and not os.environ.get(api_key_env):  # fail here, not at the first generate()
+            raise LLMSetupError(f"environment variable {api_key_env} is empty or unset")
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.accounting = Accounting()  # every call of this backend; the runner's manifest records it
         self.tokenizer = (ServerTokenizer(self.base_url, timeout_s, model) if tokenizer == "server"
                           else load_tokenizer(tokenizer))
         self.context_window = context_window or self._ask_window()
@@ -181,66 +194,41 @@ class OpenAIBackend:
     def describe(self) -> dict[str, Any]:
         return {"backend": "openai", "base_url": self.base_url, "model": self.model,
                 "context_window": self.context_window, "tokenizer": self.tokenizer.name,
-                "template_tokens": self.template_tokens()}
+                "template_tokens": self.template_tokens(),
+                "response_cache": str(self.cache_dir) if self.cache_dir else ""}
 
     def choice_logprobs(self, sample: Sample) -> list[float] | None:
         return None
 
     def generate(self, samples: Sequence[Sample]) -> list[Generation]:
-        def run() -> list[Generation]:
-            return asyncio.run(self._generate_all(list(samples)))
-
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return run()
-        # called from a running event loop (a Jupyter kernel): use a loop of our own in a thread
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(run).result()
+        return run_sync(self._generate_all(list(samples)))  # also from a Jupyter kernel's loop
 
     async def _generate_all(self, samples: list[Sample]) -> list[Generation]:
-        import aiohttp
+        with contextlib.ExitStack() as stack:
+            cache = stack.enter_context(ResponseCache(self.cache_dir)) if self.cache_dir else None
+            async with LLMClient(self.llm_config, cache=cache, accounting=self.accounting) as llm:
+                return list(await asyncio.gather(*(self._generate_one(llm, s) for s in samples)))
 
-        slots = asyncio.Semaphore(self.max_concurrency)
-        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        async with aiohttp.ClientSession(timeout=timeout, headers=self._headers) as session:
-            async def one(sample: Sample) -> Generation:
-                async with slots:
-                    return await self._request(session, sample)
-            return list(await asyncio.gather(*(one(s) for s in samples)))
-
-    async def _request(self, session, sample: Sample) -> Generation:
-        import aiohttp
-
-        body: dict[str, Any] = {"model": self.model, "max_tokens": sample.max_new_tokens,
-                                "temperature": 0.0, "seed": 0}
+    async def _generate_one(self, llm: LLMClient, sample: Sample) -> Generation:
         if sample.chat:
             messages = [{"role": "user", "content": sample.prompt}]
-            if sample.answer_prefix:
+            if sample.answer_prefix:  # continued by llama.cpp and vLLM
                 messages.append({"role": "assistant", "content": sample.answer_prefix})
-            body["messages"] = messages
-            url = self.base_url + "/chat/completions"
-        else:
-            body["prompt"] = sample.prompt + sample.answer_prefix
-            url = self.base_url + "/completions"
+        else:  # sent to /completions as is: no chat template
+            messages = [{"role": "user", "content": sample.prompt + sample.answer_prefix}]
+        stage = f"{sample.benchmark}/{sample.task}"
         try:
-            async with session.post(url, json=body) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    return Generation("", error=f"HTTP {resp.status}: {raw[:200].decode('utf-8', 'replace')}")
-            payload = json.loads(raw)
-            choice = payload["choices"][0]
-            text = choice["message"]["content"] if sample.chat else choice["text"]
-            usage = payload.get("usage") or {}
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError, IndexError, TypeError) as err:
-            return Generation("", error=f"{type(err).__name__}: {err}")
-        text = text or ""
-        if sample.answer_prefix and text.startswith(sample.answer_prefix.strip()):
-            # llama.cpp echoes a continued assistant message; keep only the new text
-            text = text[len(sample.answer_prefix.strip()):]
-        return Generation(text, int(usage.get("prompt_tokens") or 0))
+            # greedy; reaching the budget is a normal end of an evaluation answer
+            result = await llm.chat(messages, temperature=0.0, seed=0, max_tokens=sample.max_new_tokens,
+                                    accept_length=True, completion=not sample.chat, stage=stage,
+                                    doc_id=f"{stage}/{sample.context_length}/{sample.index}")
+        except LLMCallFailed as err:
+            return Generation("", error=str(err))
+        text, prefix = result.content, sample.answer_prefix.strip()
+        if sample.chat and prefix and text.lstrip().startswith(prefix):
+            # llama.cpp echoes a continued assistant message (with its leading space); keep the new text
+            text = text.lstrip()[len(prefix):]
+        return Generation(text, result.prompt_tokens)
 
 
 # --------------------------------------------------------------------------- local HF model

@@ -5,6 +5,8 @@ embedded llama.cpp server when no URL is given); :func:`run_suite` evaluates eve
 task, length) of the config on it, appends one row per group to ``results.csv``, writes every
 prediction with its fit (prompt tokens, truncation, skip reason) to
 ``{output_dir}/{run_id}/predictions.jsonl``, and returns the new rows as a DataFrame.
+Server answers are cached in ``{output_dir}/cache`` (openai backend): a repeated or resumed run
+re-sends no finished request, and its ``manifest.json`` counts requests, cache hits and tokens.
 A data set that cannot be loaded becomes a row with ``skipped = "skipped: not reachable (...)"``,
 logged as such; the run goes on.
 """
@@ -48,7 +50,8 @@ def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
         return
     kwargs = dict(tokenizer=cfg.tokenizer or "server", api_key_env=cfg.llm_api_key_env,
                   context_window=cfg.context_window, template_tokens=cfg.template_tokens,
-                  max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name)
+                  max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name,
+                  cache_dir=resolve_path(cfg.output_dir) / "cache")
     if cfg.llm_base_url:
         yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, **kwargs)
         return
@@ -174,7 +177,8 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
     tok = backend.tokenizer
     (out_dir / run_id).mkdir(parents=True, exist_ok=True)
     manifest = {"run_id": run_id, "params": _plain(cfg), "backend": backend.describe()}
-    (out_dir / run_id / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+    manifest_path = out_dir / run_id / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
 
     def budget(length: int, max_new: int) -> int:
         return length - suite.max_new(max_new) - suite.template
@@ -210,6 +214,12 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
             cfg.mmlu_shots, cfg.mmlu_max_questions,
             str(resolve_path(cfg.mmlu_dev_path)) if cfg.mmlu_dev_path else "",
             str(resolve_path(cfg.mmlu_test_path)) if cfg.mmlu_test_path else ""))
+    accounting = getattr(backend, "accounting", None)  # server backends count their requests
+    if accounting is not None:
+        # since the backend opened: one backend per run in evaluate.py and notebook 04
+        llm = accounting.to_dict()
+        manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"])
+        manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     return pd.DataFrame(suite.rows)
 
 

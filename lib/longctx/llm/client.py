@@ -33,6 +33,11 @@ Quality gates beyond the schema belong to the caller, which regenerates with ano
 is deliberate: a gated-out answer stays cached under its own key, so a resumed run replays the
 same decision from the cache instead of paying for the rejected request again.
 
+Evaluation asks for two things structured generation does not: ``accept_length=True`` takes an
+answer cut at ``max_tokens`` as final (a generation budget reached is a result there, not a
+fault), and ``completion=True`` sends one raw prompt to ``/completions``, so no chat template is
+applied (few-shot MMLU, LongBench's non-chat tasks). Both default to off.
+
 ``response_format`` modes: ``json_schema`` (strict, grammar-constrained on llama.cpp/vLLM),
 ``json_object``, ``none``. A server answering 400 about ``response_format`` makes the client step
 down one mode, remember it for all later calls, and re-send (counted as reason
@@ -104,6 +109,10 @@ class LLMConfig:
     @property
     def chat_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
+
+    @property
+    def completions_url(self) -> str:
+        return self.base_url.rstrip("/") + "/completions"
 
 
 @dataclass(frozen=True)
@@ -207,8 +216,14 @@ class LLMClient:
     async def chat(self, messages: Sequence[Mapping[str, str]], *, schema: Mapping[str, Any] | None = None,
                    schema_name: str = "response", temperature: float | None = None,
                    top_p: float | None = None, seed: int | None = None, max_tokens: int | None = None,
-                   stage: str = "default", doc_id: str = "") -> ChatResult:
+                   stage: str = "default", doc_id: str = "", accept_length: bool = False,
+                   completion: bool = False) -> ChatResult:
         """Answer ``messages``; with ``schema`` the content must be JSON matching it.
+
+        ``accept_length``: an answer with ``finish_reason == "length"`` is returned (and cached)
+        instead of retried (free text only: with a schema a cut answer is still a failure).
+        ``completion``: ``messages`` is one message whose content is sent as a raw ``prompt`` to
+        ``/completions`` (no chat template); ``ChatResult.content`` is the completion's text.
 
         Raises :class:`LLMCallFailed` when every attempt failed (or at once for a 4xx that no
         retry can fix); everything else a server does is retried.
@@ -218,7 +233,11 @@ class LLMClient:
         if schema is not None and self._checked_schemas.get(id(schema)) is not schema:
             check_schema(schema)
             self._checked_schemas[id(schema)] = schema  # holding it keeps its id from being reused
-        key = request_key(self.config.model, messages, temperature=temperature, top_p=top_p,
+        if completion and (schema is not None or len(messages) != 1):
+            raise ValueError("completion=True sends one raw prompt: pass exactly one message and no schema")
+        # A raw prompt is keyed without a role, so it never shares a key with a chat request.
+        keyed = [{"prompt": messages[0]["content"]}] if completion else messages
+        key = request_key(self.config.model, keyed, temperature=temperature, top_p=top_p,
                           seed=seed, max_tokens=max_tokens, schema=schema)
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -229,7 +248,13 @@ class LLMClient:
                                   hit.prompt_tokens, hit.completion_tokens, hit.finish_reason,
                                   cached=True, attempts=0, key=key)
         self.accounting.call(stage, doc_id, cached=False)
-        base = {"model": self.config.model, "messages": list(messages)}
+        base: dict[str, Any] = {"model": self.config.model}
+        if completion:
+            base["prompt"] = messages[0]["content"]
+        else:
+            base["messages"] = list(messages)
+        url = self.config.completions_url if completion else self.config.chat_url
+        accept_length = accept_length and schema is None  # cut JSON cannot match the schema
         for name, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
             if value is not None:
                 base[name] = value
@@ -248,8 +273,8 @@ class LLMClient:
             attempts += 1
             try:
                 async with self._slots:
-                    response, data = await self._attempt(json.dumps(body).encode("utf-8"), schema,
-                                                         mode, stage, doc_id)
+                    response, data = await self._attempt(url, json.dumps(body).encode("utf-8"), schema,
+                                                         mode, stage, doc_id, accept_length, completion)
             except _AttemptFailed as err:
                 if err.reason == "response_format":
                     attempts -= 1  # discovering the server's abilities is not the call's fault
@@ -278,14 +303,15 @@ class LLMClient:
                               response.finish_reason, cached=False, attempts=attempts, key=key)
 
     # ------------------------------------------------------------------ one attempt
-    async def _attempt(self, body: bytes, schema: Mapping[str, Any] | None, mode: str,
-                       stage: str, doc_id: str) -> tuple[CachedResponse, Any]:
+    async def _attempt(self, url: str, body: bytes, schema: Mapping[str, Any] | None, mode: str,
+                       stage: str, doc_id: str, accept_length: bool,
+                       completion: bool) -> tuple[CachedResponse, Any]:
         """Send once (the caller holds a concurrency slot); return the validated answer or
         raise :class:`_AttemptFailed`."""
         assert self._session is not None
         try:
             self.accounting.request(stage, doc_id)
-            async with self._session.post(self.config.chat_url, data=body) as resp:
+            async with self._session.post(url, data=body) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 raw = await resp.read()
@@ -311,7 +337,7 @@ class LLMClient:
         try:
             payload = json.loads(raw)
             choice = payload["choices"][0]
-            content = choice["message"].get("content")
+            content = choice.get("text") if completion else choice["message"].get("content")
             finish_reason = str(choice.get("finish_reason") or "")
             usage = payload.get("usage") or {}
             prompt_tokens = int(usage.get("prompt_tokens") or 0)
@@ -324,7 +350,7 @@ class LLMClient:
         self.accounting.usage(stage, doc_id, prompt_tokens, completion_tokens,
                               prompt_tokens * self._price_in + completion_tokens * self._price_out)
 
-        if finish_reason == "length":
+        if finish_reason == "length" and not accept_length:
             raise _AttemptFailed("length", f"answer cut at max_tokens ({completion_tokens} completion tokens)")
         if not isinstance(content, str):
             raise _AttemptFailed("bad_response", f"message content is {type(content).__name__}, expected a string")

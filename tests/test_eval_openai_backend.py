@@ -1,0 +1,141 @@
+"""The OpenAI-compatible evaluation backend sends every request through ``LLMClient``.
+
+Against a scripted local server: what each request carries (greedy, the sample's budget, the
+chat or raw-completion endpoint), that a cut answer is a result, that a failed request becomes a
+reported failed generation, and that a repeated ``generate`` is answered from the cache. Against
+the embedded llama.cpp SmolLM2: a second evaluation run over the same output folder sends
+nothing and reproduces the first run's predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from aiohttp import web
+from test_eval_fixtures import corpus_dir, mmlu_rows, write_jsonl
+
+from longctx.config import from_mapping
+from longctx.eval.backends import OpenAIBackend
+from longctx.eval.params import EvalConfig
+from longctx.eval.runner import open_backend, run_suite
+from longctx.eval.sample import Sample
+
+
+class ScriptedServer:
+    """``/v1/chat/completions`` and ``/v1/completions`` on a free port, in a background thread.
+
+    Answers ``"chat answer"`` / ``"raw answer"``, cut (``finish_reason: length``) when the prompt
+    contains ``CUT``; prompts containing ``BROKEN`` get a 500. A final assistant message is
+    echoed before the answer, with a leading space, as llama.cpp does. Every (path, body) is logged.
+    """
+
+    def __init__(self):
+        self.log: list[tuple[str, dict]] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "ScriptedServer":
+        self._thread.start()
+        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
+
+    async def _start(self) -> int:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._answer)
+        app.router.add_post("/v1/completions", self._answer)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return self._runner.addresses[0][1]
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.log.append((request.path, body))
+        prompt = body.get("prompt") or json.dumps(body.get("messages"))
+        if "BROKEN" in prompt:
+            return web.json_response({"error": "boom"}, status=500)
+        raw = request.path == "/v1/completions"
+        messages = body.get("messages", [])
+        echo = " " + messages[-1]["content"] if messages and messages[-1]["role"] == "assistant" else ""
+        choice = {"index": 0, "finish_reason": "length" if "CUT" in prompt else "stop"}
+        choice.update({"text": "raw answer"} if raw
+                      else {"message": {"role": "assistant", "content": echo + " chat answer"}})
+        return web.json_response({"model": body["model"], "choices": [choice],
+                                  "usage": {"prompt_tokens": 11, "completion_tokens": 3}})
+
+
+def sample(task: str, prompt: str, max_new: int, **kw) -> Sample:
+    return Sample("ruler", task, 0, 1024, prompt, ["x"], max_new, **kw)
+
+
+def test_requests_go_through_the_client_and_repeat_from_the_cache(tmp_path):
+    samples = [sample("chat", "Where is the key? CUT", 7, answer_prefix="The key is"),
+               sample("raw", "Q: 2+2?\nA:", 3, chat=False),
+               sample("down", "BROKEN", 5)]
+    with ScriptedServer() as server:
+        backend = OpenAIBackend(server.base_url, "fake", context_window=4096, template_tokens=8,
+                                cache_dir=tmp_path / "cache")
+        backend.llm_config.max_attempts, backend.llm_config.backoff_base_s = 2, 0.01
+        first = backend.generate(samples)
+        sent_first = list(server.log)
+        again = backend.generate(samples)
+    cut, raw, down = first
+    # a cut answer is a result; the echoed assistant prefix is removed
+    assert (cut.text, cut.prompt_tokens, cut.error) == (" chat answer", 11, "")
+    assert (raw.text, raw.error) == ("raw answer", "")
+    assert down.text == "" and "5xx" in down.error and "ruler/down" in down.error  # reported, no crash
+    sent = {json.dumps(body.get("messages") or body["prompt"]): (path, body) for path, body in sent_first}
+    chat_path, chat_body = next(v for k, v in sent.items() if "CUT" in k)
+    assert chat_path == "/v1/chat/completions"
+    assert chat_body["messages"][-1] == {"role": "assistant", "content": "The key is"}
+    assert (chat_body["temperature"], chat_body["seed"], chat_body["max_tokens"]) == (0.0, 0, 7)
+    raw_path, raw_body = next(v for k, v in sent.items() if "2+2" in k)
+    assert raw_path == "/v1/completions" and "messages" not in raw_body
+    assert (raw_body["prompt"], raw_body["max_tokens"]) == ("Q: 2+2?\nA:", 3)
+    assert len(sent_first) == 2 + 2  # the broken sample was retried once
+    # the second pass re-sends only the request that never got an answer
+    assert [(g.text, g.error) for g in again[:2]] == [(" chat answer", ""), ("raw answer", "")]
+    assert [body["messages"][0]["content"] for _, body in server.log[4:]] == ["BROKEN"] * 2
+    total = backend.accounting.total().to_dict()
+    assert (total["calls"], total["cache_hits"], total["failures"]) == (6, 2, 2)
+    assert backend.accounting.for_stage("ruler/down")["failures_by_reason"] == {"5xx": 2}
+
+
+def test_second_run_over_the_same_output_dir_is_answered_from_the_cache(tmp_path, monkeypatch):
+    pytest.importorskip("xllamacpp")
+    from longctx.llm.server import EmbeddedServer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with EmbeddedServer(n_ctx=2048) as server:
+        cfg = from_mapping(EvalConfig, {
+            "llm_base_url": server.base_url, "benchmarks": ["ruler", "mmlu"],  # mmlu: /completions
+            "ruler_tasks": ["niah_single_1"], "ruler_lengths": [512], "n_samples": 1,
+            "mmlu_dev_path": str(write_jsonl(tmp_path / "dev.jsonl", mmlu_rows("dev"))),
+            "mmlu_test_path": str(write_jsonl(tmp_path / "test.jsonl", mmlu_rows("test"))),
+            "mmlu_max_questions": 2, "max_new_tokens_cap": 4,
+            "haystack_corpus": str(corpus_dir(tmp_path)), "output_dir": str(tmp_path / "out"),
+            "cache_dir": str(tmp_path / "samples")})
+        runs = {}
+        for run_id in ("first", "again"):  # a fresh backend each time, as a new process would open
+            with open_backend(cfg) as backend:
+                run_suite(cfg, backend, run_id)
+            manifest = json.loads((tmp_path / "out" / run_id / "manifest.json").read_text())
+            preds = [json.loads(line) for line in (tmp_path / "out" / run_id / "predictions.jsonl").open()]
+            runs[run_id] = manifest["llm_total"], [(p["task"], p.get("index"), p.get("prediction")) for p in preds]
+    (first, first_preds), (again, again_preds) = runs["first"], runs["again"]
+    assert (first["calls"], first["cache_hits"], first["failures"]) == (3, 0, 0)  # 1 RULER + 2 MMLU
+    assert first["requests"] == 3 and first["prompt_tokens"] > 0
+    assert (again["calls"], again["cache_hits"], again["requests"]) == (3, 3, 0)
+    assert again_preds == first_preds and all(p[2] is not None for p in first_preds)
+    assert (tmp_path / "out" / "cache" / "responses.sqlite").is_file()
