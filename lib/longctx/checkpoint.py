@@ -1,0 +1,132 @@
+"""Checkpoints: resumable (model + optimizer, every N steps), final (model only), transformers export.
+
+Layout under ``{output_dir}/{stage}/``::
+
+    checkpoints/step_000050/   torch.distributed.checkpoint shards + trainer_state.json
+    final/                     model shards + trainer_state.json (the next stage starts here)
+    hf/                        optional save_pretrained export of the final weights
+
+``trainer_state.json`` is written by rank 0 after every rank finished writing its shards, so a
+folder without it (a job killed while saving) is ignored. ``torch.distributed.checkpoint``
+reshards on load: a stage may resume, or the next stage start, on another number of GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from . import dist
+
+__all__ = ["STATE_FILE", "save", "load", "latest", "is_complete", "prune", "step_dir", "export_hf"]
+
+STATE_FILE = "trainer_state.json"
+
+
+def _single() -> bool:
+    return dist.current().world_size == 1
+
+
+@contextlib.contextmanager
+def _quiet():
+    """DCP warns on every single-process save/load that it assumes a single process: it may."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def step_dir(stage_dir: Path, step: int) -> Path:
+    return Path(stage_dir) / "checkpoints" / f"step_{step:06d}"
+
+
+def is_complete(path: Path) -> bool:
+    return (Path(path) / STATE_FILE).is_file()
+
+
+def save(path: Path, model: nn.Module, optimizer=None, state: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and ``optimizer``) shards from every rank, then ``state`` from rank 0."""
+    path = Path(path)
+    if dist.current().is_main and path.exists():
+        shutil.rmtree(path)  # a partial folder from a killed save
+    dist.barrier()
+    if optimizer is not None:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        payload = {"model": model_sd, "optim": optim_sd}
+    else:
+        payload = {"model": get_model_state_dict(model)}
+    with _quiet():
+        dcp.save(payload, checkpoint_id=str(path), no_dist=_single())
+    dist.barrier()
+    if dist.current().is_main:
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state or {}, indent=1), encoding="utf-8")
+        os.replace(tmp, path / STATE_FILE)
+    dist.barrier()
+    return path
+
+
+def load(path: Path, model: nn.Module, optimizer=None) -> dict[str, Any]:
+    """Load shards saved by :func:`save` into ``model`` (and ``optimizer``); return the state."""
+    path = Path(path)
+    if not is_complete(path):
+        raise FileNotFoundError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
+    if optimizer is not None:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        payload = {"model": model_sd, "optim": optim_sd}
+        with _quiet():
+            dcp.load(payload, checkpoint_id=str(path), no_dist=_single())
+        set_state_dict(model, optimizer, model_state_dict=payload["model"], optim_state_dict=payload["optim"])
+    else:
+        payload = {"model": get_model_state_dict(model)}
+        with _quiet():
+            dcp.load(payload, checkpoint_id=str(path), no_dist=_single())
+        set_model_state_dict(model, payload["model"])
+    return json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+
+
+def latest(stage_dir: Path) -> Path | None:
+    """The newest complete resumable checkpoint of a stage, if any."""
+    folder = Path(stage_dir) / "checkpoints"
+    done = sorted(p for p in folder.glob("step_*") if is_complete(p)) if folder.is_dir() else []
+    return done[-1] if done else None
+
+
+def prune(stage_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` complete checkpoints (rank 0); ``keep=0`` deletes all."""
+    folder = Path(stage_dir) / "checkpoints"
+    if not dist.current().is_main or not folder.is_dir():
+        return
+    done = sorted(p for p in folder.glob("step_*") if is_complete(p))
+    for old in (done[:-keep] if keep else done):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_hf(wrapper: nn.Module, out_dir: Path) -> Path | None:
+    """Gather the full weights to rank 0's CPU and ``save_pretrained`` them (transformers layout)."""
+    full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.current().is_main:
+        lm = wrapper.lm
+        clean = {k.removeprefix("lm."): v for k, v in full.items()}
+        training_value = lm.config.use_cache
+        lm.config.use_cache = True  # the exported model is for generation (evaluation)
+        try:
+            lm.save_pretrained(str(out_dir), state_dict=clean)
+        finally:
+            lm.config.use_cache = training_value
+    dist.barrier()
+    return Path(out_dir) if dist.current().is_main else None

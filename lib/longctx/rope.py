@@ -1,0 +1,235 @@
+"""Stepwise RoPE scaling: per-stage rotary settings for a Llama-3.1 model, computed in float64.
+
+Each training stage sets its own :class:`RopeSettings` (type and base ``theta``). They are written
+into the Hugging Face config in transformers 5's layout (``config.rope_parameters = {"rope_type",
+"rope_theta", ...}``) and the model's rotary module is swapped for :class:`RotaryEmbedding`, which
+computes the same frequencies as transformers' ``ROPE_INIT_FUNCTIONS`` but in float64:
+
+* transformers builds ``inv_freq`` and the angles ``position * inv_freq`` in float32. At position
+  ~1M the angle of the fastest dimension is ~1e6 rad and float32 keeps only ~0.06 rad of it,
+  so cos/sin drift by up to ~0.1 (measured in ``tests/test_rope.py``). Float64 keeps the error
+  under 1e-6 at 1M positions, after which cos/sin are cast to the compute dtype.
+* No table is built: a rank computes cos/sin for exactly the positions it holds (its
+  sequence-parallel shard), ``S/sp x head_dim`` values, whatever the global length.
+
+Supported types: ``default``, ``linear``, ``dynamic``, ``llama3``, ``yarn`` (transformers'
+semantics, including YaRN's attention factor). ``dynamic`` needs the *global* sequence length;
+under sequence parallelism it is taken as the maximum position over the sequence-parallel group.
+
+Theta schedule of the paper profile (our choice; the paper does not publish one). We drop
+Llama-3.1's piecewise ``llama3`` scaling and use plain RoPE (``type: default``) with the base
+``theta`` given by the extrapolation bound of "Scaling Laws of RoPE-based Extrapolation"
+(Liu et al., 2023), :func:`scaling_law_theta`::
+
+    theta(L) = theta0 ** (ln(L / 2pi) / ln(L0 / 2pi)),   theta0 = 5e5, L0 = 8192
+
+i.e. the base at which the critical dimension (the slowest one that completed a full turn within
+``L0`` tokens at ``theta0``, Llama-3's pre-training length and base) again completes a full turn
+within ``L`` tokens, so no dimension sees angles it never saw. It gives 1.5e8 at 180K (184,320),
+5.0e8 at 350K, 1.56e9 at 650K and 3.58e9 at 1M (1,048,576): the same order as Gradient's
+published 1M schedule (2.07e8 at 262K, 1.06e9 at 524K, 2.80e9 at 1048K) and above ProLong's
+1.28e8 at 512K. Each stage starts from the previous stage's weights, so the jump between stages
+is a ~3x change of base, which continued training absorbs (the idea of "stepwise" scaling).
+Plain RoPE rather than ``llama3`` on top: the bound is derived for plain RoPE, and stacking
+Llama-3.1's 8x low-frequency division on a 300x larger base would push the slow dimensions far
+beyond anything seen. The ``llama3``/``yarn``/``linear``/``dynamic`` types stay available per
+stage for ablations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from .config import bad, param
+
+__all__ = ["RopeSettings", "rope_parameters", "apply_rope", "scaling_law_theta", "inv_freq_float64",
+           "cos_sin", "RotaryEmbedding", "install_rope"]
+
+RopeType = Literal["default", "linear", "dynamic", "llama3", "yarn"]
+
+
+@dataclass
+class RopeSettings:
+    """Rotary position settings of one stage (keys follow transformers' ``rope_parameters``)."""
+
+    type: RopeType = param("llama3", "rope_type: default, linear, dynamic, llama3 (Llama-3.1's own) or yarn")
+    theta: float = param(500000.0, "base wavelength rope_theta (Llama-3.1: 5e5)", min=1.0)
+    factor: float = param(8.0, "scaling factor for linear/dynamic/llama3/yarn (Llama-3.1: 8)", min=1.0)
+    original_max_position_embeddings: int = param(
+        8192, "pre-training context the llama3/yarn scaling refers to (Llama-3.1: 8192)", min=1)
+    low_freq_factor: float = param(1.0, "llama3: wavelengths above original/low_freq_factor are scaled fully")
+    high_freq_factor: float = param(4.0, "llama3: wavelengths below original/high_freq_factor are kept")
+    beta_fast: float = param(32.0, "yarn: rotations bounding the extrapolated (kept) dimensions")
+    beta_slow: float = param(1.0, "yarn: rotations bounding the interpolated (scaled) dimensions")
+    attention_factor: float | None = param(None, "yarn: cos/sin multiplier; null = 0.1 ln(factor) + 1")
+
+    def check(self) -> None:
+        if self.type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
+            raise bad("high_freq_factor", f"must exceed low_freq_factor={self.low_freq_factor}, "
+                      f"got {self.high_freq_factor}")
+        if self.type == "yarn" and self.beta_fast <= self.beta_slow:
+            raise bad("beta_fast", f"must exceed beta_slow={self.beta_slow}, got {self.beta_fast}")
+
+
+def rope_parameters(settings: RopeSettings) -> dict[str, Any]:
+    """``settings`` as a transformers-5 ``rope_parameters`` dict (only the keys its type uses)."""
+    out: dict[str, Any] = {"rope_type": settings.type, "rope_theta": float(settings.theta)}
+    if settings.type in ("linear", "dynamic", "llama3", "yarn"):
+        out["factor"] = float(settings.factor)
+    if settings.type in ("llama3", "yarn"):
+        out["original_max_position_embeddings"] = int(settings.original_max_position_embeddings)
+    if settings.type == "llama3":
+        out["low_freq_factor"] = float(settings.low_freq_factor)
+        out["high_freq_factor"] = float(settings.high_freq_factor)
+    if settings.type == "yarn":
+        out["beta_fast"] = float(settings.beta_fast)
+        out["beta_slow"] = float(settings.beta_slow)
+        if settings.attention_factor is not None:
+            out["attention_factor"] = float(settings.attention_factor)
+    return out
+
+
+def apply_rope(config, settings: RopeSettings, max_position_embeddings: int) -> None:
+    """Write ``settings`` into a transformers config (in place) for a stage of that length."""
+    config.max_position_embeddings = int(max_position_embeddings)
+    config.rope_parameters = rope_parameters(settings)
+
+
+def scaling_law_theta(target_len: int, base_theta: float = 5e5, base_len: int = 8192) -> float:
+    """RoPE base for ``target_len`` tokens from the extrapolation bound (Liu et al., 2023)."""
+    return base_theta ** (math.log(target_len / (2 * math.pi)) / math.log(base_len / (2 * math.pi)))
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def inv_freq_float64(params: dict[str, Any], head_dim: int, max_position_embeddings: int,
+                     seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (float64, length ``dim/2``) and the cos/sin multiplier for ``params``.
+
+    Same formulas as transformers' rope init functions; ``seq_len`` matters for ``dynamic`` only.
+    """
+    kind = params.get("rope_type", "default")
+    base = float(params["rope_theta"])
+    dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    scaling = 1.0
+    if kind == "dynamic":
+        factor = float(params["factor"])
+        length = max(seq_len or max_position_embeddings, max_position_embeddings)
+        base = base * ((factor * length / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / base ** exponents
+    if kind == "linear":
+        inv_freq = inv_freq / float(params["factor"])
+    elif kind == "llama3":
+        factor = float(params["factor"])
+        low, high = float(params["low_freq_factor"]), float(params["high_freq_factor"])
+        old = float(params["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - low) / (high - low)
+        medium = (wavelen >= old / high) & (wavelen <= old / low)
+        inv_freq = torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    elif kind == "yarn":
+        inv_freq, scaling = _yarn(params, base, dim, max_position_embeddings)
+    elif kind not in ("default", "dynamic"):
+        raise ValueError(f"rope_type {kind!r} is not supported; use default, linear, dynamic, llama3 or yarn")
+    return inv_freq, scaling
+
+
+def _yarn(params: dict[str, Any], base: float, dim: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
+    original = float(params["original_max_position_embeddings"])
+    factor = params.get("factor") or max_position_embeddings / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = params.get("attention_factor")
+    if attention is None:
+        if params.get("mscale") and params.get("mscale_all_dim"):
+            attention = mscale(factor, params["mscale"]) / mscale(factor, params["mscale_all_dim"])
+        else:
+            attention = mscale(factor)
+    beta_fast, beta_slow = params.get("beta_fast") or 32, params.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if params.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # transformers' guard against a zero-width ramp
+    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention)
+
+
+def cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0,
+            dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, shape ``(*position_ids.shape, 2 * len(inv_freq))`` (transformers' half-split
+    layout), computed in float64 for exactly these positions and cast to ``dtype``."""
+    angles = position_ids.to(torch.float64)[..., None] * inv_freq.to(position_ids.device, torch.float64)
+    angles = torch.cat((angles, angles), dim=-1)
+    return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """Drop-in for transformers' ``LlamaRotaryEmbedding``: ``forward(x, position_ids) -> (cos, sin)``.
+
+    Frequencies are float64 plain attributes (not buffers), so ``model.to(bfloat16)`` and FSDP
+    leave them alone.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.params = dict(config.rope_parameters)
+        self.head_dim = _head_dim(config)
+        self.max_position_embeddings = int(config.max_position_embeddings)
+        self.inv_freq64, self.attention_scaling = inv_freq_float64(
+            self.params, self.head_dim, self.max_position_embeddings)
+        self._on: dict[torch.device, torch.Tensor] = {}
+
+    def _frequencies(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        if self.params.get("rope_type") == "dynamic":
+            from . import dist
+
+            longest = position_ids.max().to(torch.int64).reshape(1) + 1
+            dist.all_reduce(longest, "max", group=dist.sp_group())  # the global length, not the shard's
+            return inv_freq_float64(self.params, self.head_dim, self.max_position_embeddings, int(longest))
+        device = position_ids.device
+        if device not in self._on:
+            self._on[device] = self.inv_freq64.to(device)
+        return self._on[device], self.attention_scaling
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inv_freq, scaling = self._frequencies(position_ids)
+        return cos_sin(position_ids, inv_freq, scaling, x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.params}, head_dim={self.head_dim}"
+
+
+def install_rope(model, settings: RopeSettings | None = None, max_position_embeddings: int | None = None) -> RotaryEmbedding:
+    """Apply ``settings`` (if given) to ``model.config`` and swap its rotary module for ours.
+
+    Works for transformers' Llama-family models (``model.get_decoder().rotary_emb``).
+    """
+    if settings is not None:
+        apply_rope(model.config, settings, max_position_embeddings or model.config.max_position_embeddings)
+    decoder = model.get_decoder()
+    if not hasattr(decoder, "rotary_emb"):
+        raise TypeError(f"{type(decoder).__name__} has no rotary_emb; install_rope supports Llama-family models")
+    decoder.config = model.config
+    rotary = RotaryEmbedding(model.config)
+    decoder.rotary_emb = rotary
+    return rotary

@@ -1,0 +1,130 @@
+"""Starting stage-3 runs: on this machine (torchrun subprocess), on SLURM (sbatch lines), or dry.
+
+* :func:`launch_local` writes the validated params next to the run and starts
+  ``torchrun --standalone --nproc-per-node N -m longctx.train``, streaming its output (the demo
+  notebook trains with two gloo processes this way; a notebook kernel is a poor parent for
+  ``torch.multiprocessing``).
+* :func:`sbatch_commands` renders the job chain of the paper profile: one ``slurm/train.sbatch``
+  job per stage, each depending on the previous one (``afterok``), cluster settings from the
+  ignored ``slurm/cluster.env``.
+* :func:`dry_run` validates a profile without GPUs: world size per stage, sp/dp/grad-accum
+  divisibility, Ulysses head layout, padding, samples on disk, and the per-GPU memory estimate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import ulysses
+from .config import project_root, resolve_path, to_dict
+from .memory_estimate import dims_of, estimate
+from .train_config import TrainConfig, layout
+
+_LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
+
+__all__ = ["write_params", "launch_local", "sbatch_commands", "dry_run", "format_table"]
+
+
+def write_params(cfg: TrainConfig, path: Path | None = None) -> Path:
+    """``cfg`` as YAML (default ``{output_dir}/params.yaml``): what the launched processes read."""
+    path = Path(path) if path else resolve_path(cfg.output_dir) / "params.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def launch_local(cfg: TrainConfig, nproc: int | None = None, stage: str | None = None, check: bool = True,
+                 echo: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``longctx.train`` under torchrun with ``nproc`` local processes (default ``cfg.gpus_per_node``)."""
+    params = write_params(cfg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc or cfg.gpus_per_node}",
+           "-m", "longctx.train", "--params", str(params)] + (["--stage", stage] if stage else [])
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if echo and not _LAUNCHER_CHATTER.match(line):
+            print(line, end="", flush=True)
+    proc.wait(timeout=timeout_s)
+    result = subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), None)
+    if check and proc.returncode != 0:
+        tail = "".join(lines[-40:])
+        raise RuntimeError(f"{shlex.join(cmd)} exited with {proc.returncode}:\n{tail}")
+    return result
+
+
+def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
+    """Shell lines, run from the project root, that queue every stage as a SLURM job chained with
+    ``--dependency=afterok``; ``params_path`` is shown relative to the root when inside it."""
+    path = Path(params_path)
+    try:
+        params_path = path.resolve().relative_to(project_root()) if path.is_absolute() else path
+    except ValueError:
+        pass
+    lines = ["mkdir -p runs/slurm",
+             "set -a; source slurm/cluster.env; set +a   # partition, account, python, NCCL (cluster.env.example)"]
+    previous = None
+    for i, stage in enumerate(cfg.stages, start=1):
+        dependency = f" --dependency=afterok:$job{previous}" if previous else ""
+        lines.append(
+            f"job{i}=$(sbatch --parsable --nodes={stage.nodes} --gpus-per-node={cfg.gpus_per_node} "
+            f"--time={stage.slurm_time} --job-name=longctx-{stage.name}{dependency} "
+            f"--export=ALL,PARAMS={params_path},STAGE={stage.name} slurm/train.sbatch)")
+        previous = i
+    return lines
+
+
+def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
+    cannot run (with the numbers), reports memory that does not fit as ``fits: False``."""
+    dims = dims_of(cfg)
+    bytes_per = 4 if cfg.dtype == "float32" else 2
+    rows = []
+    for stage in cfg.stages:
+        world = stage.nodes * cfg.gpus_per_node
+        lay = layout(stage, world)
+        kv = ulysses.check_heads(dims.heads, dims.kv_heads, stage.sp)
+        mem = estimate(dims, stage.seq_len, stage.sp, world, bytes_per, cfg.activation_checkpointing,
+                       cfg.loss_chunk_tokens)
+        notes = []
+        if stage.seq_len % stage.sp:
+            notes.append(f"sequence length {stage.seq_len} is not divisible by sp={stage.sp} (pad to "
+                         f"{ulysses.padded_length(stage.seq_len, stage.sp)}); shard_inputs pads such samples")
+        if mem["total"] > cfg.gpu_memory_gb:
+            notes.append(f"estimated {mem['total']:.1f} GB per GPU exceeds {cfg.gpu_memory_gb:g} GB: raise sp or nodes")
+        samples = resolve_path(stage.samples)
+        on_disk = samples.is_file() or (samples / f"{stage.samples_stage or stage.name}.parquet").is_file()
+        rows.append({
+            "stage": stage.name, "seq_len": stage.seq_len, "nodes": stage.nodes, "gpus": world, "sp": lay.sp,
+            "dp": lay.dp, "grad_accum": lay.grad_accum, "global_batch": stage.global_batch,
+            "kv_heads": f"{dims.kv_heads} ({kv})", "tokens_per_gpu": int(mem["tokens_per_gpu"]),
+            "padding": ulysses.padded_length(stage.seq_len, stage.sp) - stage.seq_len,
+            "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g}",
+            "states_gb": round(mem["sharded_states"], 1), "activations_gb": round(mem["activation_checkpoints"], 1),
+            "working_gb": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["gathered_weights"], 1),
+            "est_gb": round(mem["total"], 1), "gpu_gb": cfg.gpu_memory_gb, "fits": mem["total"] <= cfg.gpu_memory_gb,
+            "samples_on_disk": on_disk, "notes": "; ".join(notes),
+        })
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """A plain-text table of dry-run rows."""
+    if not rows:
+        return "(no stages)"
+    keys = [k for k in rows[0] if k != "notes"]
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in keys}
+    out = ["  ".join(k.ljust(widths[k]) for k in keys)]
+    out += ["  ".join(str(r[k]).ljust(widths[k]) for k in keys) for r in rows]
+    out += [f"{r['stage']}: {r['notes']}" for r in rows if r.get("notes")]
+    return "\n".join(out)

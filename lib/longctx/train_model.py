@@ -1,0 +1,133 @@
+"""Build the model of one stage and apply parallelism to it from outside.
+
+Order (torchtitan's): Hugging Face Llama -> stage RoPE (float64 rotary module) -> Ulysses
+attention -> activation checkpointing per decoder layer -> answer-only loss wrapper -> FSDP2
+(``fully_shard`` per decoder layer, the embedding, then the root) over all ranks -> weights.
+
+Weights come from one of three places: the seeded random init of ``model: tiny`` (identical on
+every rank), a transformers checkpoint (hub id or local path: rank 0 reads it, FSDP scatters it,
+the other ranks build on the meta device and never hold the full model), or the previous
+stage's final checkpoint (``torch.distributed.checkpoint``, any world size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import dist, rope, ulysses
+from .loss import AnswerOnlyLM
+from .train_config import Stage, TrainConfig
+
+__all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
+
+
+def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU, unless ``cfg.dtype`` says otherwise."""
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, cfg.dtype)
+
+
+def model_config(cfg: TrainConfig, stage: Stage):
+    """The transformers config of ``cfg.model`` with ``stage``'s RoPE and length applied."""
+    if cfg.model == "tiny":
+        from transformers import LlamaConfig
+
+        t = cfg.tiny
+        config = LlamaConfig(vocab_size=t.vocab_size, hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
+                             num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
+                             num_key_value_heads=t.num_key_value_heads, tie_word_embeddings=False,
+                             bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(cfg.model)
+    rope.apply_rope(config, stage.rope, stage.seq_len)
+    config.use_cache = False
+    return config
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.get_decoder().layers
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    layers = decoder_layers(model)
+    for i, layer in enumerate(layers):
+        layers[i] = checkpoint_wrapper(layer)  # non-reentrant; FSDP's hooks stay outside the recompute
+
+
+def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
+    kwargs = {"mesh": par.fsdp_mesh, **({"mp_policy": policy} if policy else {})}
+    for layer in decoder_layers(wrapper.lm):
+        fully_shard(layer, **kwargs)
+    fully_shard(wrapper.lm.get_input_embeddings(), **kwargs)
+    fully_shard(wrapper, **kwargs)  # root: final norm + output head, used by the loss inside forward
+
+
+def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: Path | None = None) -> AnswerOnlyLM:
+    """The stage's training module on ``par``'s device, weights loaded.
+
+    ``init_from``: the previous stage's final checkpoint folder, or None for the base model.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from . import checkpoint
+
+    config = model_config(cfg, stage)
+    ulysses.check_heads(config.num_attention_heads, config.num_key_value_heads, par.sp)
+    if getattr(config, "tie_word_embeddings", False) and par.world_size > 1:
+        raise ValueError(f"{cfg.model} ties input and output embeddings; FSDP here shards them separately "
+                         "(Llama-3.1-8B does not tie them)")
+    seeded = cfg.model == "tiny" and init_from is None
+    if seeded:
+        torch.manual_seed(cfg.seed)
+        lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    else:
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    rope.install_rope(lm)
+    ulysses.enable(lm)
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(lm)
+    wrapper = AnswerOnlyLM(lm, cfg.loss_chunk_tokens)
+    dtype = compute_dtype(cfg, par.device)
+    if par.world_size > 1:
+        _apply_fsdp(wrapper, par, dtype)
+    if seeded:
+        wrapper.to(par.device)
+    else:
+        wrapper.to_empty(device=par.device)
+        if init_from is not None:
+            checkpoint.load(init_from, wrapper)
+        else:
+            _load_pretrained(cfg.model, wrapper, par)
+    if par.world_size == 1 and dtype != torch.float32:
+        wrapper.autocast_dtype = dtype  # one device: fp32 master weights, bf16 compute via autocast
+    return wrapper
+
+
+def _load_pretrained(source: str, wrapper: AnswerOnlyLM, par: dist.Parallel) -> None:
+    """Rank 0 reads the transformers checkpoint; FSDP scatters it to every rank's shard."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    full = {}
+    if par.is_main:
+        donor = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        full = {f"lm.{k}": v for k, v in donor.state_dict().items()}
+        del donor
+    if par.world_size == 1:
+        missing, unexpected = wrapper.load_state_dict(full, strict=False)
+        if unexpected or [k for k in missing if "rotary" not in k]:
+            raise ValueError(f"{source}: missing {missing[:3]} unexpected {unexpected[:3]}")
+        return
+    set_model_state_dict(wrapper, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

@@ -1,0 +1,186 @@
+"""Stage-3 trainer: schedule, data order, layout checks, dry run, and kill/resume on CPU.
+
+The resume test launches ``torchrun`` with two gloo processes (sp=2, FSDP over both): a run
+killed mid-stage and resumed reproduces the uninterrupted run's loss curve exactly (same data
+order, same weights; atol 1e-9), and a single-process run (sp=1, no FSDP) gives the same
+losses within 1e-5 (the FSDP gradient scaling is right).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from longctx import rope, train
+from longctx.config import load_params
+from longctx.train_config import Stage, TrainConfig, layout
+from longctx.train_data import SampleSet, StepPlan, open_stage_samples
+from longctx.train_launch import dry_run, launch_local, sbatch_commands
+from longctx.train_log import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+@pytest.fixture
+def one_thread():
+    """2-core CI machines run other tests at the same time: one OpenMP thread avoids stalls."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def write_samples(folder: Path) -> Path:
+    from longctx.samples import SampleWriter
+
+    rng = np.random.default_rng(0)
+    for name, n, length in [("a", 8, 60), ("b", 4, 90)]:
+        with SampleWriter(folder / f"{name}.parquet") as writer:
+            for i in range(n):
+                ids = rng.integers(1, 256, length - i)       # uneven lengths: odd ones get padded at sp=2
+                writer.write(ids, labels=np.where(rng.random(ids.size) < 0.2, ids, -100))
+    return folder
+
+
+def tiny_config(tmp_path: Path, samples: Path, sp: int, **overrides) -> TrainConfig:
+    stages = [{"name": "a", "samples": str(samples), "seq_len": 64, "sp": sp, "global_batch": 2,
+               "rope": {"type": "default", "theta": 1e4}},
+              {"name": "b", "samples": str(samples), "seq_len": 96, "sp": sp, "global_batch": 2,
+               "rope": {"type": "default", "theta": 3e4}}]
+    return load_params(TrainConfig, ROOT / "params/demo/03_train.yaml",
+                       {"tiny": TINY, "stages": stages, "output_dir": str(tmp_path / f"run_sp{sp}"),
+                        "gpus_per_node": sp, "checkpoint_every": 2, **overrides})
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_lr_schedule():
+    f = [train.lr_factor(s, 10, 2, "cosine", 0.1) for s in range(10)]
+    assert f[0] == 0.5 and f[1] == 1.0 and f[2] == 1.0 and f[-1] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[1:], f[2:]))
+    assert [train.lr_factor(s, 5, 0, "linear", 0.0) for s in (0, 4)] == [1.0, 0.0]
+    assert train.lr_factor(7, 10, 2, "constant", 0.1) == 1.0
+
+
+def test_step_plan_is_seeded_and_covers_each_epoch():
+    stage = Stage(name="s", epochs=2, global_batch=4)
+    plan = StepPlan.build(10, stage, dp=2, grad_accum=2, seed=3, stage_index=1)
+    assert plan.steps == 5                                  # 20 sample slots / 4 per step
+    again = StepPlan.build(10, stage, dp=2, grad_accum=2, seed=3, stage_index=1)
+    assert [plan.indices(s, r) for s in range(5) for r in range(2)] == \
+        [again.indices(s, r) for s in range(5) for r in range(2)]
+    first_epoch = [i for s in range(2) for r in range(2) for i in plan.indices(s, r)]
+    assert len(set(first_epoch)) == 8
+    assert sorted(plan.order[:10].tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="cannot fill one step"):
+        StepPlan.build(3, Stage(name="s", global_batch=4), dp=4, grad_accum=1, seed=0, stage_index=0)
+
+
+def test_layout_errors_give_numbers():
+    assert layout(Stage(sp=8, global_batch=4), 32) == layout(Stage(sp=8, global_batch=4), 32)
+    assert layout(Stage(sp=8, global_batch=4), 32).grad_accum == 1
+    with pytest.raises(ValueError, match=r"sp=3 does not divide world_size=8"):
+        layout(Stage(sp=3), 8)
+    with pytest.raises(ValueError, match=r"global_batch=2 is not a multiple of dp=4 \(world_size 32 / sp 8\)"):
+        layout(Stage(sp=8, global_batch=2), 32)
+
+
+def test_missing_samples_point_to_stage_2(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run notebooks/02_concatenate.ipynb"):
+        open_stage_samples(Stage(name="4K", samples=str(tmp_path / "nowhere")))
+
+
+def test_samples_longer_than_the_stage_fail():
+    items = [{"input_ids": np.arange(10), "labels": np.arange(10)}]
+    with pytest.raises(ValueError, match="more than the stage's seq_len=8"):
+        SampleSet(items, max_tokens=8)[0]
+
+
+# --------------------------------------------------------------------------- profiles and dry run
+
+
+def test_paper_profile_dry_run_and_sbatch_chain():
+    cfg = load_params(TrainConfig, ROOT / "params/paper/03_train.yaml")
+    rows = dry_run(cfg)
+    assert [r["stage"] for r in rows] == ["180K", "350K", "650K", "1M"]
+    assert all(r["fits"] for r in rows) and all(r["padding"] == 0 for r in rows)
+    assert [r["gpus"] for r in rows] == [8, 16, 32, 32]
+    for stage in cfg.stages:  # the documented schedule is the scaling-law bound, rounded
+        assert stage.rope.theta == pytest.approx(rope.scaling_law_theta(stage.seq_len), rel=0.01)
+    lines = sbatch_commands(cfg, "params/paper/03_train.yaml")
+    jobs = [line for line in lines if "sbatch" in line]
+    assert len(jobs) == 4 and "--dependency" not in jobs[0]
+    assert all(f"--dependency=afterok:$job{i}" in jobs[i] for i in (1, 2, 3))
+    assert "--nodes=4" in jobs[3] and "STAGE=1M" in jobs[3]
+    assert train.main(["--params", str(ROOT / "params/paper/03_train.yaml"), "--dry-run"]) == 0
+
+
+def test_dry_run_flags_memory_and_bad_degrees(capsys):
+    paper = ROOT / "params/paper/03_train.yaml"
+    cfg = load_params(TrainConfig, paper)
+    one_node = load_params(TrainConfig, paper, {"stages": [{**_stage_dict(cfg.stages[-1]), "nodes": 1, "sp": 8}]})
+    assert dry_run(one_node)[0]["fits"] is False           # 1M tokens on 8 GPUs: ~98 GB each
+    assert train.main(["--params", str(paper), "--dry-run", "--set",
+                       "stages=[{name: 1M, seq_len: 1048576, sp: 8, nodes: 1, global_batch: 1}]"]) == 1
+    bad_heads = load_params(TrainConfig, paper, {"stages": [{**_stage_dict(cfg.stages[0]), "sp": 64, "nodes": 8}]})
+    with pytest.raises(ValueError, match=r"32 query heads / 8 KV heads over sp=64.*valid sp: \[1, 2, 4, 8, 16, 32\]"):
+        dry_run(bad_heads)
+    demo = load_params(TrainConfig, ROOT / "params/demo/03_train.yaml")
+    assert [r["sp"] for r in dry_run(demo)] == [2, 2]
+
+
+def test_slurm_script_is_generic():
+    import subprocess
+
+    script = ROOT / "slurm/train.sbatch"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text()
+    assert "torch.distributed.run" in text and "--rdzv-backend=c10d" in text and "slurm/cluster.env" in text
+    assert not any(p in text for p in ("/home/", "/scratch/", "/gpfs/", "/lustre/"))   # no cluster paths
+    assert (ROOT / "slurm/cluster.env.example").is_file()
+
+
+def _stage_dict(stage: Stage) -> dict:
+    from longctx.config import to_dict
+
+    return to_dict(stage)
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+def test_killed_run_resumes_to_the_same_loss_curve(tmp_path, one_thread):
+    samples = write_samples(tmp_path / "samples")
+    straight = tiny_config(tmp_path, samples, sp=2)
+    launch_local(straight, echo=False)
+
+    killed = tiny_config(tmp_path, samples, sp=2, output_dir=str(tmp_path / "run_killed"), stop_after_steps=3)
+    result = launch_local(killed, echo=False, check=False)
+    assert result.returncode != 0 and "stopping at step 3" in result.stdout
+    assert [r["step"] for r in read_log(tmp_path / "run_killed/a/train_log.csv")] == [1, 2, 3]
+    resumed = tiny_config(tmp_path, samples, sp=2, output_dir=str(tmp_path / "run_killed"))
+    result = launch_local(resumed, echo=False)
+    assert "resumed from" in result.stdout and "at step 2" in result.stdout
+
+    single = tiny_config(tmp_path, samples, sp=1, export_hf=True)   # one process, no FSDP, no SP
+    summaries = train.train(single)
+    for stage, summary in zip("ab", summaries):
+        a = read_log(tmp_path / f"run_sp2/{stage}/train_log.csv")
+        b = read_log(tmp_path / f"run_killed/{stage}/train_log.csv")
+        assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, len(a) + 1))
+        np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], atol=1e-9, rtol=0)
+        np.testing.assert_allclose(summary["losses"], [r["loss"] for r in a], atol=1e-5, rtol=0)
+        assert all(r["tokens"] > 0 and r["answer_tokens"] > 0 and r["peak_mem_gb"] > 0 for r in a)
+    assert (tmp_path / "run_killed/b/final/trainer_state.json").is_file()
+    assert not list((tmp_path / "run_killed/a/checkpoints").glob("step_*"))   # superseded by final/
+    again = train.train(single)                              # finished stages are skipped
+    assert all(s["skipped"] for s in again)
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run_sp1/b/hf")   # stage b, for evaluation
+    assert exported.config.rope_parameters["rope_theta"] == 3e4 and exported.config.use_cache
