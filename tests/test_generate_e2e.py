@@ -38,7 +38,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server():
-    with EmbeddedServer(n_ctx=4096, n_parallel=1) as srv:
+    # every core: the suite runs alone (one thread is the safe default on a shared machine)
+    with EmbeddedServer(n_ctx=4096, n_parallel=1, n_threads=os.cpu_count()) as srv:
         yield srv
 
 

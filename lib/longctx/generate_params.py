@@ -74,8 +74,8 @@ class GenerateParams:
     embedded_n_ctx: int = param(8192, "context of the embedded llama.cpp server, shared by its slots", min=512)
     embedded_parallel: int = param(1, "request slots of the embedded server (each gets n_ctx / parallel tokens); "
                                       "1 keeps answers byte-identical across kills and reruns", min=1)
-    embedded_threads: int = param(0, "CPU threads of the embedded server (0 = all cores but one); the count "
-                                     "changes the answers, so pin it for identical reruns across machines", min=0)
+    embedded_threads: int = param(0, "CPU threads of the embedded server (0 = all cores but one, safe on a "
+                                     "shared machine); the count changes the answers, so pin it for identical reruns", min=0)
     # --- scale-out
     shard_index: int = param(0, "this process's slice of the corpus (see --shard i/n)", min=0)
     shard_count: int = param(1, "number of slices the corpus is split into", min=1)
