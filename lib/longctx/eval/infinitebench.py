@@ -221,29 +221,30 @@ def _code_debug(pred: str, label: list[str]) -> bool:
     if pred[:2] in (f"{letter}.", f"{letter}:"):
         return True
     pred = _squeeze(pred.strip(), "\n`'\"-*", ("Option", "option"))
-    for prefix in ("answer is:", "is:", "answer:"):
+    return bool(_after_prefix(pred, ("answer is:", "is:", "answer:"), (letter, fn_name)))
+
+
+def _after_prefix(pred: str, prefixes: tuple[str, ...], candidates) -> bool | None:
+    """The official scorers' rule: at the first prefix found, does what follows it (after one
+    separator character) start with a candidate? None when no prefix occurs."""
+    for prefix in prefixes:
         idx = pred.find(prefix)
         if idx == -1:
             continue
         if len(pred) < idx + len(prefix) + 1:
             return False
         rest = pred[idx + len(prefix) + 1:]
-        return any(rest.startswith(s) for s in (letter, fn_name))
-    return False
+        return any(rest.startswith(s) for s in candidates)
+    return None
 
 
 def _choice(pred: str, label: list[str]) -> bool:
     if pred and pred[0] in "ABCD":
         return pred[0] in label
     pred = _squeeze(pred, "\n\"'.,?!{}")
-    for prefix in ("answer is:", "answer:", "answer is", "option is"):
-        idx = pred.find(prefix)
-        if idx == -1:
-            continue
-        if len(pred) < idx + len(prefix) + 1:
-            return False
-        rest = pred[idx + len(prefix) + 1:]
-        return any(rest.startswith(s) for s in label)
+    found = _after_prefix(pred, ("answer is:", "answer:", "answer is", "option is"), label)
+    if found is not None:
+        return found
     for word in pred.split():
         if word in "ABCD":
             return word in label
