@@ -204,7 +204,7 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
         await asyncio.gather(*tasks)
     progress.close()
     cache.close()
-    return {"skipped": skipped, "resumed_documents": resumed}
+    return {"skipped": skipped, "resumed_documents": resumed, "prompts": prompts.origin}
 
 
 def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
@@ -301,7 +301,7 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         "timings": {"started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
                     "finished": datetime.fromtimestamp(finished, timezone.utc).isoformat(),
                     "wall_s": round(finished - started, 2)},
-        "prompts": load_prompts(resolve_path(params.prompts_dir) if params.prompts_dir else None).origin,
+        "prompts": live["prompts"],
     }
     manifest["counts"]["documents_skipped"] = len(live["skipped"])
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
