@@ -13,10 +13,10 @@ from typing import Iterable
 
 __all__ = ["qa_problem", "summary_problem", "normalise", "QuestionIndex"]
 
-_INTERROGATIVE = re.compile(
-    r"^(who|whom|whose|what|when|where|which|why|how|is|are|was|were|do|does|did|can|could|"
-    r"would|should|will|has|have|had|in what|to what|for what|according to|describe|explain|"
-    r"name|list|compare|identify)\b", re.IGNORECASE)
+# A question ends with "?"; without one only an instruction counts ("Describe ...", "Explain ...").
+# "What does the text say," is a cut-off question, not a question.
+_IMPERATIVE = re.compile(r"^(describe|explain|name|list|compare|identify|summari[sz]e|discuss|trace)\b",
+                         re.IGNORECASE)
 _PLACEHOLDERS = re.compile(
     r"(what is the answer to the question|answer to the question|the answer is the answer|"
     r"your (question|answer)( here)?|^\.\.\.$|^\?$|lorem ipsum|<answer>|<question>|\[answer\]|"
@@ -76,7 +76,7 @@ def qa_problem(question: object, answer: object, seen: QuestionIndex) -> str | N
         return "placeholder text"
     if len(normalise(q).split()) < 3:
         return "question too short"
-    if not (q.endswith("?") or _INTERROGATIVE.match(q)):
+    if not (q.endswith("?") or _IMPERATIVE.match(q)):
         return "not a question"
     if normalise(a) == normalise(q) or (len(a) > 8 and normalise(a) in normalise(q)):
         return "answer repeats the question"
