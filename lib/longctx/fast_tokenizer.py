@@ -34,7 +34,7 @@ def llama3_fast_tokenizer(cache_dir: str | Path | None = None):
     if not path.is_file():
         from transformers.convert_slow_tokenizer import TikTokenConverter
 
-        encoding = ours._enc  # the tiktoken Encoding, as transformers' own converter reads it
+        encoding = ours.encoding  # the tiktoken Encoding, as transformers' own converter reads it
         rust = TikTokenConverter(vocab_file=str(llama3_model_path()), pattern=encoding._pat_str,
                                  extra_special_tokens=encoding._special_tokens).converted()
         cache.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ class DiffRegion:
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
     """Bytes per token id for the tiktoken Llama-3 tokenizer (special tokens by their text)."""
-    enc = tokenizer._enc
+    enc = tokenizer.encoding
     lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
     for i in range(enc.n_vocab):
         try:

@@ -112,6 +112,11 @@ class TiktokenLlama3:
     def decode(self, ids: Sequence[int]) -> str:
         return self._enc.decode(list(ids))
 
+    @property
+    def encoding(self):
+        """The underlying ``tiktoken.Encoding`` (for converters and byte-level checks)."""
+        return self._enc
+
     def special_id(self, token: str) -> int:
         try:
             return self._specials[token]

@@ -229,23 +229,23 @@ def classification_score(prediction: str, reference: str, all_classes: Sequence[
     return 1.0 / len(matches) if reference in matches else 0.0
 
 
-def retrieval_score(prediction: str, reference: str) -> float:
-    """LongBench ``retrieval_score`` (passage_retrieval_en): share of the numbers in the
-    prediction equal to the gold paragraph number."""
-    gold = re.findall(r"Paragraph (\d+)", reference)
+def _retrieval(prediction: str, reference: str, gold_pattern: str) -> float:
+    """Share of the numbers in the prediction equal to the gold paragraph number."""
+    gold = re.findall(gold_pattern, reference)
     numbers = re.findall(r"\d+", prediction)
     if not gold or not numbers:
         return 0.0
     return sum(1 for n in numbers if n == gold[0]) / len(numbers)
+
+
+def retrieval_score(prediction: str, reference: str) -> float:
+    """LongBench ``retrieval_score`` (passage_retrieval_en): gold is ``Paragraph N``."""
+    return _retrieval(prediction, reference, r"Paragraph (\d+)")
 
 
 def retrieval_zh_score(prediction: str, reference: str) -> float:
     """LongBench ``retrieval_zh_score`` (passage_retrieval_zh): gold is ``段落N``."""
-    gold = re.findall(r"段落(\d+)", reference)
-    numbers = re.findall(r"\d+", prediction)
-    if not gold or not numbers:
-        return 0.0
-    return sum(1 for n in numbers if n == gold[0]) / len(numbers)
+    return _retrieval(prediction, reference, r"段落(\d+)")
 
 
 def count_score(prediction: str, reference: str) -> float:
