@@ -8,7 +8,6 @@ straddling a piece boundary and at most 3 tokens on either side, and at most 1 t
 difference per region.
 """
 
-import numpy as np
 import pytest
 from fixtures.austen_qa import write_austen_qa
 

@@ -122,6 +122,8 @@ def prepare_document(doc: Document, tokenizer: Tokenizer, params: GenerateParams
     if params.max_document_tokens and chunking.n_tokens > params.max_document_tokens:
         keep = [c for c in chunking.chunks if c.token_end <= params.max_document_tokens]
         doc = Document(doc.id, doc.title, doc.source, doc.text[:keep[-1].char_end])
+        # Tokenise the cut text again rather than slicing ids: n_tokens must be the tokens of
+        # the text as stored, also where a cut falls inside a pre-token (run-on text).
         chunking = chunk_document(doc.text, tokenizer, params.small_chunk_tokens, params.medium_chunk_tokens)
     return doc, chunking
 
