@@ -10,7 +10,7 @@ from longctx.eval.results import read_results
 from longctx.notebook import execute
 
 
-def test_notebook_04_embedded_llamacpp_tiny_profile(tmp_path, monkeypatch):
+def test_notebook_04_embedded_llamacpp_tiny_profile(tmp_path, monkeypatch, capsys):
     pytest.importorskip("papermill")
     pytest.importorskip("xllamacpp")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the kernel inherits it: hub data sets are skipped
@@ -20,7 +20,8 @@ def test_notebook_04_embedded_llamacpp_tiny_profile(tmp_path, monkeypatch):
         "infinitebench_tasks": ["passkey"], "infinitebench_lengths": [512], "n_samples": 1,
         "max_new_tokens_cap": 8, "haystack_corpus": str(corpus_dir(tmp_path)),
         "output_dir": str(out), "cache_dir": str(tmp_path / "cache"), "run_id": "nb04"},
-        output=tmp_path / "04_evaluate.ipynb", timeout=600)
+        output=tmp_path / "04_evaluate.ipynb", timeout=600, stream_output=True)
+    assert "[evaluation] 3/3 task groups" in capsys.readouterr().err  # progress reaches the terminal
     assert rec["run_id"] == "nb04" and rec["n_rows"] == 3 and rec["n_scored_rows"] == 2
     assert rec["skipped"]["ruler/qa_1@512"].startswith("skipped: not reachable (rajpurkar/squad_v2")
     assert rec["context_window"] == 8192 and rec["template_tokens"] > 0

@@ -16,10 +16,13 @@ NOTEBOOK = ROOT / "notebooks" / "01_generate_qa.ipynb"
 pytestmark = pytest.mark.slow
 
 
-def test_notebook_01_runs_on_the_tiny_profile(tmp_path):
+def test_notebook_01_runs_on_the_tiny_profile(tmp_path, capsys):
     params = yaml.safe_load((ROOT / "params" / "test" / "01_generate_qa.yaml").read_text())
     params["output_dir"] = str(tmp_path / "out")
-    rec = execute(NOTEBOOK, params, output=tmp_path / "01.ipynb", timeout=900)
+    rec = execute(NOTEBOOK, params, output=tmp_path / "01.ipynb", timeout=900, stream_output=True)
+    # ./dev demo streams the notebook's progress lines to the terminal as they are printed
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[QA generation]")]
+    assert progress and progress[-1].startswith("[QA generation] 1 documents done,") and "finished in" in progress[-1]
     assert rec["documents"] == 1
     assert 0 < rec["hierarchical_per_document"][0] <= 4 and 0 < rec["diverse_per_document"][0] <= 4
     assert "global" in rec["levels"]

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{number}] {notebook.relative_to(root)} with {params.relative_to(root)} -> "
               f"{out.relative_to(root)}", flush=True)
         started = time.time()
-        execute(notebook, yaml.safe_load(params.read_text()) or {}, output=out)
+        execute(notebook, yaml.safe_load(params.read_text()) or {}, output=out, stream_output=True)
         print(f"[{number}] done in {time.time() - started:.0f} s", flush=True)
     return 0
 

@@ -48,6 +48,7 @@ from .llm.client import LLMClient, LLMConfig
 from .llm.dry_run import DryRunServer
 from .llm.sync import run_sync
 from .llm.server import EmbeddedServer
+from .progress import Progress
 from .prompts import load_prompts
 from .qa_pipeline import DocumentFailed, expected_requests, generate_document
 from .tokenizer import Tokenizer, load_tokenizer
@@ -128,30 +129,6 @@ def prepare_document(doc: Document, tokenizer: Tokenizer, params: GenerateParams
     return doc, chunking
 
 
-class _Progress:
-    """A tqdm bar over requests whose total grows as documents are chunked."""
-
-    def __init__(self, enabled: bool):
-        self.bar = None
-        if enabled:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=0, unit="req", desc="QA generation", dynamic_ncols=True)
-
-    def add_total(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.total += n
-            self.bar.refresh()
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 async def _run_async(params: GenerateParams, base_url: str, model: str, concurrency: int,
                      out: Path, accounting: Accounting) -> dict[str, Any]:
     tokenizer = load_tokenizer(params.tokenizer)
@@ -165,7 +142,7 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
                        max_attempts=params.max_http_attempts, response_format=params.response_format,
                        price_input_per_mtok=params.price_input_per_mtok,
                        price_output_per_mtok=params.price_output_per_mtok)
-    progress = _Progress(params.progress)
+    progress = Progress("QA generation", "request", enabled=params.progress)
     skipped: list[dict] = []
     slots = asyncio.Semaphore(params.documents_in_flight)
     resumed = 0
@@ -189,10 +166,15 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
                 entry.update(status="failed", reason=str(err), rejects=[])
             entry["accounting"] = accounting.for_doc(doc.id)
             _write_atomic(docs_dir / f"{position:07d}.json", json.dumps(entry, ensure_ascii=False))
+            progress.document_done()
         finally:
             slots.release()
 
-    async with LLMClient(config, cache=cache, accounting=accounting) as llm:
+    def on_done(stage: str, outcome: str) -> None:
+        if outcome == "cached":
+            progress.cached()
+
+    async with LLMClient(config, cache=cache, accounting=accounting, on_done=on_done) as llm:
         tasks = []
         for position, item in _assigned(params):
             if isinstance(item, Skipped):

@@ -43,12 +43,16 @@ def read_records(notebook_path: str | Path) -> dict[str, Any]:
 
 def execute(notebook: str | Path, parameters: dict[str, Any] | None = None,
             output: str | Path | None = None, kernel_name: str | None = None,
-            timeout: int | None = None) -> dict[str, Any]:
+            timeout: int | None = None, stream_output: bool = False) -> dict[str, Any]:
     """Run ``notebook`` headless with papermill and return what it recorded.
 
     The executed copy goes to ``output`` (default ``runs/notebooks/<name>``); it runs with the
     project root as working directory so relative params paths mean the same as on the CLI.
+    ``stream_output`` copies what the notebook prints (the stages' progress lines, training steps)
+    to this process's stdout/stderr as it happens (papermill's CLI: ``--log-output``).
     """
+    import sys
+
     import papermill
 
     root = project_root()
@@ -59,5 +63,6 @@ def execute(notebook: str | Path, parameters: dict[str, Any] | None = None,
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
         str(notebook), str(output), parameters=parameters or {}, cwd=str(root),
-        kernel_name=kernel_name, progress_bar=False, execution_timeout=timeout)
+        kernel_name=kernel_name, progress_bar=False, execution_timeout=timeout,
+        stdout_file=sys.stdout if stream_output else None, stderr_file=sys.stderr if stream_output else None)
     return read_records(output)

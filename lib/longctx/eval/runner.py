@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 
 from ..config import resolve_path
+from ..progress import Progress
 from . import metrics as M
 from .backends import Backend, HFBackend, OpenAIBackend
 from .fit import fit_sample
@@ -86,6 +87,7 @@ class _Suite:
         self.predictions.parent.mkdir(parents=True, exist_ok=True)
         self.cache = str(resolve_path(cfg.cache_dir)) if cfg.cache_dir else None
         self.rows: list[dict[str, Any]] = []
+        self.progress = Progress("evaluation", "task group", documents_label=None)
 
     def max_new(self, official: int) -> int:
         return min(official, self.cfg.max_new_tokens_cap) if self.cfg.max_new_tokens_cap else official
@@ -167,6 +169,7 @@ class _Suite:
         r = row(**base, **values)  # every column present ("" when empty), as in the CSV
         self.rows.append(r)
         append_rows(self.results, [r])
+        self.progress.step()  # every group ends in exactly one row
 
 
 def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFrame:
@@ -179,6 +182,13 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
     manifest = {"run_id": run_id, "params": _plain(cfg), "backend": backend.describe()}
     manifest_path = out_dir / run_id / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
+
+    synthetic = [t for t in cfg.infinitebench_tasks if t in IB_SYNTHETIC]
+    suite.progress.add_total(
+        ("ruler" in cfg.benchmarks) * len(cfg.ruler_tasks) * len(cfg.ruler_lengths)
+        + ("infinitebench" in cfg.benchmarks) * (len(synthetic) * len(cfg.infinitebench_lengths)
+                                                 + len(cfg.infinitebench_tasks) - len(synthetic))
+        + ("longbench" in cfg.benchmarks) * len(cfg.longbench_tasks) + ("mmlu" in cfg.benchmarks))
 
     def budget(length: int, max_new: int) -> int:
         return length - suite.max_new(max_new) - suite.template
@@ -220,6 +230,7 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
         llm = accounting.to_dict()
         manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"])
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
+    suite.progress.close()
     return pd.DataFrame(suite.rows)
 
 
