@@ -32,7 +32,6 @@ from typing import Sequence
 
 import jieba
 from rouge import Rouge
-from rouge_score.rouge_scorer import RougeScorer
 
 __all__ = [
     "ruler_postprocess", "string_match_all", "string_match_part",
@@ -137,7 +136,10 @@ def _rouge() -> Rouge:
 
 
 @functools.lru_cache(maxsize=1)
-def _rouge_lsum() -> RougeScorer:
+def _rouge_lsum():
+    # imported here: rouge_score imports nltk (about a second), needed by En.Sum alone
+    from rouge_score.rouge_scorer import RougeScorer
+
     # evaluate's "rouge" metric: RougeScorer(rouge_types, use_stemmer=False, tokenizer=None)
     return RougeScorer(["rougeLsum"], use_stemmer=False)
 
