@@ -38,7 +38,7 @@ __all__ = [
     "normalize_answer", "normalize_zh_answer", "token_f1", "qa_f1", "qa_f1_zh", "qa_f1_zh_chars",
     "zh_words", "rouge_l", "rouge_zh", "rouge_lsum", "classification_score", "retrieval_score",
     "retrieval_zh_score", "count_score", "code_sim_score", "first_int_match",
-    "ZH_SEGMENTER", "library_versions",
+    "ZH_SEGMENTER",
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -49,11 +49,6 @@ _EN_PUNCTUATION = set(string.punctuation)
 
 jieba.setLogLevel(logging.WARNING)  # its dictionary load otherwise logs two lines per process
 ZH_SEGMENTER = f"jieba {version('jieba')}"
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of the scoring libraries, for manifests and the results table."""
-    return {name: version(name) for name in ("jieba", "rouge", "rouge-score")}
 
 
 def zh_words(text: str) -> list[str]:
