@@ -1,5 +1,6 @@
-"""Hub data sets through ``datasets`` on local files shaped like the real ones, the
-"skipped: not reachable" path, and the explicit truncation policy."""
+"""Hub data sets through ``datasets`` on local files shaped like the real ones (every row by
+default, a marked random subsample on request), the "skipped: not reachable" path, the explicit
+truncation policy, and the results table's provenance columns."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from longctx.eval import hub
 from longctx.eval.fit import fit_sample, truncate_tokens
 from longctx.eval.infinitebench import load_infinitebench_hub
 from longctx.eval.longbench import load_longbench
+from longctx.eval.metrics import ZH_SEGMENTER
 from longctx.eval.mmlu import load_mmlu
+from longctx.eval.provenance import data_provenance, scoring_provenance
+from longctx.eval.results import COLUMNS, append_rows, read_results
 from longctx.eval.ruler_qa import qa_from_squad
 from longctx.eval.sample import Sample
 from longctx.tokenizer import load_tokenizer
@@ -86,3 +90,40 @@ def test_fit_sample_reports_truncation_and_skip(tok):
     assert skipped.sample is None and "exceed the 400-token window" in skipped.skipped_reason
     none = fit_sample(sample, tok, 90, 30, "middle")
     assert none.sample is None and "leave no room" in none.skipped_reason
+
+
+def _numbered_rows(n: int) -> list[dict]:
+    return [{"input": f"question {i}?", "context": prose(3, i), "answers": [f"answer {i}"], "length": 30,
+             "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": f"x{i}"} for i in range(n)]
+
+
+def test_hub_sets_default_to_every_row_and_a_subsample_says_so(tmp_path):
+    path = str(write_jsonl(tmp_path / "h.jsonl", _numbered_rows(12)))
+    full = load_longbench("hotpotqa", 0, path)
+    assert [s.references for s in full] == [[f"answer {i}"] for i in range(12)]
+    assert full[0].meta["n_available"] == 12 and full[0].meta["subsample"] == ""
+    assert data_provenance(full) == {"n_available": 12, "subsample": ""}
+    assert load_longbench("hotpotqa", 50, path)[0].meta["subsample"] == ""  # more than there is: all
+    part = load_longbench("hotpotqa", 4, path, seed=1)
+    picked = [int(s.references[0].split()[1]) for s in part]
+    assert len(picked) == 4 and picked == sorted(picked) and picked != [0, 1, 2, 3]  # random, in order
+    assert [s.references for s in load_longbench("hotpotqa", 4, path, seed=1)] == [s.references for s in part]
+    assert part[0].meta["subsample"] == "subsample: 4 of 12 rows, random (seed 1)"
+    ib = load_infinitebench_hub("longbook_choice_eng", 0, str(write_jsonl(
+        tmp_path / "mc.jsonl", infinitebench_rows("longbook_choice_eng"))))
+    assert data_provenance(ib) == {"n_available": 1, "subsample": ""}
+
+
+def test_results_table_upgrades_an_older_header(tmp_path):
+    old_columns = ["run_id", "model", "benchmark", "task", "context_length", "n_samples", "n_scored",
+                   "n_truncated", "n_skipped", "score", "metric", "mean_prompt_tokens", "skipped", "source", "note"]
+    path = tmp_path / "results.csv"
+    path.write_text(",".join(old_columns) + "\nold,m,ruler,vt,4096,2,2,0,0,50.0,string_match_all,100,,measured,\n")
+    assert read_results(path)["segmenter"].tolist() == [""]  # read under the current columns
+    append_rows(path, [dict(run_id="new", model="m", benchmark="longbench", task="vcsum", n_samples=1,
+                            n_available=1, truncation="middle", **scoring_provenance("longbench", "vcsum"))])
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    table = read_results(path)
+    assert table["run_id"].tolist() == ["old", "new"] and table["score"].tolist()[0] == 50.0
+    assert table["segmenter"].tolist() == ["", ZH_SEGMENTER] and table["scorer"].tolist()[1].startswith("rouge ")
+    assert table["truncation"].tolist() == ["", "middle"]

@@ -58,6 +58,7 @@ def test_hf_backend_full_suite(model_dir, tmp_path, monkeypatch):
     assert got[("infinitebench", "longbook_qa_chn", 0)].skipped.startswith("skipped: not reachable")
     lb = got[("longbench", "narrativeqa", 0)]
     assert (lb.n_scored, lb.n_truncated) == (1, 1) and "1 truncated (middle)" in lb.note
+    assert (lb.n_available, lb.subsample, lb.truncation, lb.segmenter) == (1, "", "middle", "whitespace")
     mmlu = got[("mmlu", "mmlu", 0)]
     assert mmlu.n_scored == 4 and mmlu.metric == "accuracy" and 0 <= float(mmlu.score) <= 100
 

@@ -43,8 +43,6 @@ def test_chinese_f1_variants():
     assert M.normalize_zh_answer("北京， 是首都。") == "北京是首都"
     # character F1: pred 北京 vs gold 北京市 -> p=1, r=2/3 -> 0.8
     assert M.qa_f1_zh_chars("北京", "北京市") == pytest.approx(0.8)
-    if M.ZH_SEGMENTER == "characters":
-        assert M.qa_f1_zh("北京", "北京市") == pytest.approx(0.8)
 
 
 def test_rouge_l_matches_rouge_package_semantics():
@@ -58,14 +56,6 @@ def test_rouge_l_matches_rouge_package_semantics():
     assert M.rouge_l("a b. c d", "a b c d") == pytest.approx(1.0, abs=1e-6)
     # repeated words count once (the package's exclusive mode): hyp "x x y" has 2 distinct words
     assert M.rouge_l("x x y", "x y") == pytest.approx(1.0, abs=1e-6)
-
-
-def test_rouge_lsum_newline_sentences_and_clipping():
-    assert M.rouge_lsum("The cat sat.\nA dog ran.", "The cat sat.\nA dog ran.") == pytest.approx(1.0)
-    # tokens lower-cased, punctuation dropped; ref 4 tokens, hyp 2 -> LCS 2: p=1, r=0.5
-    assert M.rouge_lsum("cat sat", "The cat sat down") == pytest.approx(2 * 1 * 0.5 / 1.5)
-    # clipping: "cat cat" against ref "cat" -> one hit only
-    assert M.rouge_lsum("cat\ncat", "cat") == pytest.approx(2 * 0.5 * 1 / 1.5)
 
 
 def test_classification_score_including_official_list_quirk():
@@ -90,6 +80,7 @@ def test_retrieval_count_and_code_sim():
     assert M.code_sim_score(pred, "return x + 1") == 1.0
     assert M.code_sim_score(pred, "return x + 2") == pytest.approx(round(100 * 22 / 24) / 100)
     assert M.code_sim_score("", "x") == 0.0
+    assert M.code_sim_score("", "") == 1.0  # fuzzywuzzy checks equality before emptiness
 
 
 def test_longbench_first_line_and_max_over_answers():
@@ -120,10 +111,6 @@ def test_longbench_first_line_and_max_over_answers():
 ])
 def test_infinitebench_scorers(task, pred, refs, want):
     assert score_infinitebench(task, pred, refs) == pytest.approx(want)
-
-
-def test_infinitebench_summary_is_rouge_lsum():
-    assert score_infinitebench("longbook_sum_eng", "a b c", ["a b c d"]) == pytest.approx(M.rouge_lsum("a b c", "a b c d"))
 
 
 def test_mmlu_text_scoring():

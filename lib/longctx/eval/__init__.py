@@ -9,10 +9,11 @@
 ``infinitebench_synth`` passkey, number string, kv retrieval, math find / calc, code run
 ``longbench``          LongBench v1's 21 data sets, official metrics and post-processing
 ``mmlu``               5-shot MMLU, micro-averaged accuracy
-``metrics``            every scoring function, official semantics
+``metrics``            every scoring function, official semantics and libraries
+``provenance``         segmenter, scoring library and data subset behind a results row
 ``fit``                the window budget and the explicit truncation / skip policy
 ``backends``           local HF model and OpenAI-compatible server behind one interface
-``hub``                ``datasets`` loading with "skipped: not reachable" reporting
+``hub``                ``datasets`` loading (whole sets, or marked subsets), "skipped: not reachable"
 ``results``            the tidy results table and the paper's reported numbers
 ``runner``             prepare -> fit -> generate -> score -> append rows
 ``params``             :class:`EvalConfig`

@@ -32,7 +32,7 @@ from typing import Any
 from ..tokenizer import Tokenizer
 from . import metrics as M
 from .haystack import PromptFrame, count_tokens
-from .hub import load_rows
+from .hub import load_subset
 from .infinitebench_synth import SYNTHETIC, make_synthetic
 from .sample import Sample, read_samples, write_samples
 
@@ -136,9 +136,12 @@ def prepare_infinitebench_synthetic(task: str, length: int, budget_for: Any, n_s
     return samples
 
 
-def load_infinitebench_hub(task: str, n_samples: int, local_path: str = "") -> list[Sample]:
-    """Samples of a hub task (raises :class:`longctx.eval.hub.Unavailable` when unreachable)."""
-    rows = load_rows(HUB_ID, None, task, local_path=local_path or None, limit=n_samples)
+def load_infinitebench_hub(task: str, max_rows: int = 0, local_path: str = "", seed: int = 0) -> list[Sample]:
+    """Samples of a hub task: every row (``max_rows`` = 0, comparable with published scores) or a
+    seeded random ``max_rows`` of them, recorded in each sample's meta (raises
+    :class:`longctx.eval.hub.Unavailable` when unreachable)."""
+    subset = load_subset(HUB_ID, None, task, local_path=local_path or None, max_rows=max_rows, seed=seed)
+    rows = subset.rows
     template, prefix = TEMPLATES[task]
     samples = []
     for index, row in enumerate(rows):
@@ -153,7 +156,8 @@ def load_infinitebench_hub(task: str, n_samples: int, local_path: str = "") -> l
             references = answers
         prompt = template.format(**fields)
         samples.append(Sample("infinitebench", task, index, 0, prompt, references, MAX_NEW_TOKENS[task],
-                              answer_prefix=prefix, meta={"id": row.get("id", index)}))
+                              answer_prefix=prefix, meta={"id": row.get("id", index), "n_available": subset.n_available,
+                                                          "subsample": subset.note}))
     return samples
 
 
@@ -171,7 +175,11 @@ def score_infinitebench(task: str, prediction: str, references: list[Any]) -> fl
         label = references[0]
         if found is None:
             return 0.0
-        return float(float(found.group(0)) == label if isinstance(label, float) else int(float(found.group(0))) == label)
+        if isinstance(label, float):
+            return float(float(found.group(0)) == label)
+        # an integer answer: the official int("3.5") raises and stops the whole run; a decimal
+        # is not the integer, so it scores 0 here
+        return float(found.group(0).isdigit() and int(found.group(0)) == label)
     if task == "math_calc":
         label = references[0]
         numbers = [int(x) for x in re.split(r"[^0-9]", pred) if x]
@@ -218,10 +226,11 @@ def _squeeze(pred: str, chars: str, words: tuple[str, ...] = ()) -> str:
 
 def _code_debug(pred: str, label: list[str]) -> bool:
     fn_name, letter = label[0], label[1]
+    pred = pred.strip()  # before the letter check: " B." (after our answer prefix) is an answer
     if pred[:2] in (f"{letter}.", f"{letter}:"):
         return True
-    pred = _squeeze(pred.strip(), "\n`'\"-*", ("Option", "option"))
-    return bool(_after_prefix(pred, ("answer is:", "is:", "answer:"), (letter, fn_name)))
+    pred = _squeeze(pred, "\n`'\"-*", ("Option", "option"))
+    return bool(_after_prefix(pred, ("answer is:", "is:", "answer:", "correct option is:"), (letter, fn_name)))
 
 
 def _after_prefix(pred: str, prefixes: tuple[str, ...], candidates) -> bool | None:
@@ -239,13 +248,21 @@ def _after_prefix(pred: str, prefixes: tuple[str, ...], candidates) -> bool | No
 
 
 def _choice(pred: str, label: list[str]) -> bool:
-    if pred and pred[0] in "ABCD":
+    """En.MC; ``label`` is [option text, letter]. In the official order: strip; the first
+    character if it is A-D; the whole answer equal to the option text or letter; the text
+    after an answer phrase; the first word that is a substring of "ABCD"."""
+    pred = pred.strip()
+    if not pred:
+        return False
+    if pred[0] in "ABCD":
         return pred[0] in label
+    if pred in label:
+        return True
     pred = _squeeze(pred, "\n\"'.,?!{}")
     found = _after_prefix(pred, ("answer is:", "answer:", "answer is", "option is"), label)
     if found is not None:
         return found
     for word in pred.split():
-        if word in "ABCD":
+        if word in "ABCD":  # a substring test in the official code ("AB" passes), kept as is
             return word in label
     return False

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Callable
 
 from . import metrics as M
-from .hub import load_rows
+from .hub import load_subset
 from .sample import Sample
 
 __all__ = ["LONGBENCH_TASKS", "load_longbench", "score_longbench", "HUB_ID"]
@@ -69,16 +69,20 @@ _METRICS: dict[str, Callable[..., float]] = {
 }
 
 
-def load_longbench(task: str, n_samples: int, local_path: str = "", hub_id: str = HUB_ID) -> list[Sample]:
-    """Samples of one LongBench data set (raises ``Unavailable`` when it cannot be loaded)."""
+def load_longbench(task: str, max_rows: int = 0, local_path: str = "", hub_id: str = HUB_ID,
+                   seed: int = 0) -> list[Sample]:
+    """Samples of one LongBench data set: every row (``max_rows`` = 0, comparable with published
+    scores) or a seeded random ``max_rows`` of them; each sample's meta says which (raises
+    ``Unavailable`` when the set cannot be loaded)."""
     template, max_new, metric, _, chat = LONGBENCH_TASKS[task]
-    rows = load_rows(hub_id, task, "test", local_path=local_path or None, limit=n_samples)
+    subset = load_subset(hub_id, task, "test", local_path=local_path or None, max_rows=max_rows, seed=seed)
     samples = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(subset.rows):
         prompt = template.format(context=row["context"], input=row.get("input", ""))
         samples.append(Sample("longbench", task, index, 0, prompt, list(row["answers"]), max_new, chat=chat,
                               meta={"all_classes": list(row.get("all_classes") or []),
-                                    "dataset_length": row.get("length"), "metric": metric}))
+                                    "dataset_length": row.get("length"), "metric": metric,
+                                    "n_available": subset.n_available, "subsample": subset.note}))
     return samples
 
 

@@ -1,35 +1,42 @@
 """Scoring functions with the official semantics of each benchmark, and nothing else.
 
 Every function scores ONE prediction against its references and returns a float in [0, 1];
-benchmarks report the mean over samples times 100. The semantics follow the official scorers
-(re-implemented here, no third-party scoring package needed):
+benchmarks report the mean over samples times 100. Where the official scorer calls a library,
+we call the same library (main dependencies of this package):
 
 * RULER (``scripts/eval/synthetic/constants.py``): ``string_match_all`` = fraction of references
   found (case-insensitive substring) in the prediction; ``string_match_part`` = 1 if any is.
   Predictions are post-processed first (:func:`ruler_postprocess`: control chars -> newline).
-* LongBench v1 (``metrics.py``): SQuAD-style token F1 after answer normalisation, ROUGE-L F of the
-  ``rouge`` package (sentences split on ".", word sets: its ``exclusive`` mode), classification,
-  passage retrieval / count, and code edit similarity (fuzzywuzzy ``ratio`` / 100, computed with
-  difflib as fuzzywuzzy does without python-Levenshtein).
-* InfiniteBench (``src/compute_scores.py``): first-integer match, word-in-prediction, ROUGE-Lsum
-  (Google ``rouge_score`` semantics: newline-separated sentences), Chinese character F1, etc.
+  Plain Python in the official code too.
+* LongBench v1 (``LongBench/metrics.py``): SQuAD-style token F1 after answer normalisation;
+  ROUGE-L F of the ``rouge`` package (``Rouge().get_scores``); Chinese segmented with ``jieba``
+  (``multifieldqa_zh``, ``dureader``, ``vcsum``); classification, passage retrieval / count;
+  code edit similarity with fuzzywuzzy's ``fuzz.ratio`` semantics (see :func:`code_sim_score`).
+* InfiniteBench (``src/compute_scores.py``): first-integer match, word-in-prediction, QA F1,
+  Chinese character F1, and ROUGE-Lsum of Google's ``rouge_score`` (what ``evaluate``'s "rouge"
+  runs, with its defaults: no stemmer, the default tokenizer).
 
-Chinese word segmentation (LongBench's multifieldqa_zh / dureader / vcsum use ``jieba``) falls back
-to one token per character when ``jieba`` is not installed; :data:`ZH_SEGMENTER` says which.
+:data:`ZH_SEGMENTER` names the Chinese segmenter with its version, for the results table.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import logging
 import re
 import string
 from collections import Counter
+from importlib.metadata import version
 from typing import Sequence
+
+import jieba
+from rouge import Rouge
 
 __all__ = [
     "ruler_postprocess", "string_match_all", "string_match_part",
     "normalize_answer", "normalize_zh_answer", "token_f1", "qa_f1", "qa_f1_zh", "qa_f1_zh_chars",
-    "rouge_l", "rouge_zh", "rouge_lsum", "classification_score", "retrieval_score",
+    "zh_words", "rouge_l", "rouge_zh", "rouge_lsum", "classification_score", "retrieval_score",
     "retrieval_zh_score", "count_score", "code_sim_score", "first_int_match",
     "ZH_SEGMENTER",
 ]
@@ -40,19 +47,13 @@ _CN_PUNCTUATION = ("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜
 _ALL_PUNCTUATION = set(string.punctuation + _CN_PUNCTUATION)
 _EN_PUNCTUATION = set(string.punctuation)
 
-try:  # LongBench segments Chinese with jieba; without it we fall back to characters
-    import jieba as _jieba  # type: ignore
-
-    ZH_SEGMENTER = "jieba"
-except ImportError:  # pragma: no cover - depends on the environment
-    _jieba = None
-    ZH_SEGMENTER = "characters"
+jieba.setLogLevel(logging.WARNING)  # its dictionary load otherwise logs two lines per process
+ZH_SEGMENTER = f"jieba {version('jieba')}"
 
 
-def _zh_words(text: str) -> list[str]:
-    if _jieba is not None:
-        return list(_jieba.cut(text, cut_all=False))
-    return list(text)
+def zh_words(text: str) -> list[str]:
+    """LongBench's Chinese segmentation: ``jieba.cut(text, cut_all=False)`` (precise mode, HMM on)."""
+    return list(jieba.cut(text, cut_all=False))
 
 
 # --------------------------------------------------------------------------- RULER
@@ -109,8 +110,8 @@ def qa_f1(prediction: str, reference: str) -> float:
 
 def qa_f1_zh(prediction: str, reference: str) -> float:
     """LongBench ``qa_f1_zh_score``: segment (jieba), normalise each word, drop empty ones."""
-    pred = [w for w in (normalize_zh_answer(t) for t in _zh_words(prediction)) if w]
-    ref = [w for w in (normalize_zh_answer(t) for t in _zh_words(reference)) if w]
+    pred = [w for w in (normalize_zh_answer(t) for t in zh_words(prediction)) if w]
+    ref = [w for w in (normalize_zh_answer(t) for t in zh_words(reference)) if w]
     return token_f1(pred, ref)
 
 
@@ -122,93 +123,45 @@ def qa_f1_zh_chars(prediction: str, reference: str) -> float:
 # --------------------------------------------------------------------------- ROUGE
 
 
-def _lcs_table(x: Sequence[str], y: Sequence[str]) -> list[list[int]]:
-    table = [[0] * (len(y) + 1) for _ in range(len(x) + 1)]
-    for i in range(1, len(x) + 1):
-        row, prev, xi = table[i], table[i - 1], x[i - 1]
-        for j in range(1, len(y) + 1):
-            row[j] = prev[j - 1] + 1 if xi == y[j - 1] else max(prev[j], row[j - 1])
-    return table
+@functools.lru_cache(maxsize=1)
+def _rouge() -> Rouge:
+    # LongBench builds Rouge() with its defaults; only "rouge-l" is read, and rouge-1/2 raise
+    # exactly when rouge-l does (empty sentence lists), so computing rouge-l alone is the same.
+    return Rouge(metrics=["rouge-l"])
 
 
-def _lcs_pairs(x: Sequence[str], y: Sequence[str]) -> list[int]:
-    """Indices into ``x`` of one longest common subsequence of ``x`` and ``y`` (backtracking
-    prefers moving in ``y`` on ties, like the reference implementations)."""
-    table = _lcs_table(x, y)
-    i, j, out = len(x), len(y), []
-    while i > 0 and j > 0:
-        if x[i - 1] == y[j - 1]:
-            out.append(i - 1)
-            i, j = i - 1, j - 1
-        elif table[i - 1][j] > table[i][j - 1]:
-            i -= 1
-        else:
-            j -= 1
-    return out[::-1]
+@functools.lru_cache(maxsize=1)
+def _rouge_lsum():
+    # imported here: rouge_score imports nltk (about a second), needed by En.Sum alone
+    from rouge_score.rouge_scorer import RougeScorer
+
+    # evaluate's "rouge" metric: RougeScorer(rouge_types, use_stemmer=False, tokenizer=None)
+    return RougeScorer(["rougeLsum"], use_stemmer=False)
 
 
 def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F of the ``rouge`` package (``Rouge().get_scores(...)["rouge-l"]["f"]``) that
-    LongBench calls: texts split into sentences on ".", words on single spaces, summary-level
-    union LCS counted over word *sets* (the package's default ``exclusive`` mode). An empty
-    prediction or reference scores 0 (the package raises; LongBench catches it as 0)."""
-    hyp = [" ".join(s.split()) for s in prediction.split(".") if len(s) > 0]
-    ref = [" ".join(s.split()) for s in reference.split(".") if len(s) > 0]
-    if not hyp or not ref:
+    """LongBench ``rouge_score``: ``Rouge().get_scores([pred], [ref], avg=True)["rouge-l"]["f"]``
+    of the ``rouge`` package (sentences split on ".", word sets, summary-level union LCS).
+
+    LongBench wraps the call in a bare ``except`` that scores 0. Two things raise: an empty
+    prediction or reference ("Collections must contain at least 1 sentence"), and the package's
+    recursive LCS back-trace on a sentence pair of more than about 1,000 words together
+    (``RecursionError`` under Python's default limit). Both score 0 here as there."""
+    try:
+        return float(_rouge().get_scores([prediction], [reference], avg=True)["rouge-l"]["f"])
+    except (ValueError, RecursionError):
         return 0.0
-    hyp_words = [w for s in hyp for w in s.split(" ")]
-    ref_words = [w for s in ref for w in s.split(" ")]
-    m, n = len(set(ref_words)), len(set(hyp_words))
-    union: set[str] = set()
-    hits = 0
-    for ref_sentence in ref:
-        r_words = ref_sentence.split(" ")
-        before = len(union)
-        for hyp_sentence in hyp:
-            h_words = hyp_sentence.split(" ")
-            union |= {r_words[i] for i in _lcs_pairs(r_words, h_words)}
-        hits += len(union) - before
-    recall, precision = hits / m, hits / n
-    return 2.0 * (precision * recall) / (precision + recall + 1e-8)
 
 
 def rouge_zh(prediction: str, reference: str) -> float:
-    """LongBench ``rouge_zh_score``: segment both texts (jieba), join with spaces, ROUGE-L."""
-    return rouge_l(" ".join(_zh_words(prediction)), " ".join(_zh_words(reference)))
-
-
-def _rouge_tokens(text: str) -> list[str]:
-    # rouge_score's default tokenizer: lower case, non-alphanumerics become spaces, no stemming
-    return re.sub(r"[^a-z0-9]+", " ", text.lower()).split()
+    """LongBench ``rouge_zh_score``: segment both texts with jieba, join with spaces, ROUGE-L."""
+    return rouge_l(" ".join(zh_words(prediction)), " ".join(zh_words(reference)))
 
 
 def rouge_lsum(prediction: str, reference: str) -> float:
-    """ROUGE-Lsum F (Google ``rouge_score``, as InfiniteBench's En.Sum uses through
-    ``evaluate``): sentences are lines; per reference sentence, the union of its LCS with every
-    prediction sentence; hits clipped by token counts on both sides."""
-    ref_sents = [_rouge_tokens(s) for s in reference.split("\n")]
-    hyp_sents = [_rouge_tokens(s) for s in prediction.split("\n")]
-    ref_sents = [s for s in ref_sents if s]
-    hyp_sents = [s for s in hyp_sents if s]
-    n_ref = sum(len(s) for s in ref_sents)
-    n_hyp = sum(len(s) for s in hyp_sents)
-    if n_ref == 0 or n_hyp == 0:
-        return 0.0
-    ref_left = Counter(t for s in ref_sents for t in s)
-    hyp_left = Counter(t for s in hyp_sents for t in s)
-    hits = 0
-    for r in ref_sents:
-        union: set[int] = set()
-        for h in hyp_sents:
-            union.update(_lcs_pairs(r, h))
-        for i in sorted(union):
-            token = r[i]
-            if ref_left[token] > 0 and hyp_left[token] > 0:
-                hits += 1
-                ref_left[token] -= 1
-                hyp_left[token] -= 1
-    recall, precision = hits / n_ref, hits / n_hyp
-    return 0.0 if hits == 0 else 2 * precision * recall / (precision + recall)
+    """InfiniteBench En.Sum: ROUGE-Lsum F of ``rouge_score`` (sentences are lines; lower-cased
+    alphanumeric tokens, no stemming), as ``evaluate.load("rouge").compute(...)["rougeLsum"]``."""
+    return float(_rouge_lsum().score(reference, prediction)["rougeLsum"].fmeasure)
 
 
 # --------------------------------------------------------------------------- LongBench others
@@ -257,17 +210,25 @@ def count_score(prediction: str, reference: str) -> float:
 
 
 def code_sim_score(prediction: str, reference: str) -> float:
-    """LongBench ``code_sim_score``: first line of the prediction that is not a comment or a code
-    fence, compared with fuzzywuzzy's ``ratio`` (rounded percent of difflib similarity) / 100."""
+    """LongBench ``code_sim_score``: the first line of the prediction without a backtick, "#" or
+    "//", compared with ``fuzzywuzzy.fuzz.ratio(line, reference) / 100``.
+
+    LongBench's requirements install fuzzywuzzy without python-Levenshtein, so its ratio is
+    difflib's ``SequenceMatcher.ratio`` (Ratcliff-Obershelp) behind three wrappers, reproduced
+    here: equal strings score 100 (even two empty ones), else an empty one scores 0, else
+    ``int(round(100 * ratio))``. We call difflib directly because fuzzywuzzy is GPL-2.0 (this
+    package is Apache-2.0) and its maintained successors (thefuzz, rapidfuzz) compute an
+    Indel-distance ratio that differs from difflib's; the tests compare with fuzzywuzzy itself."""
     first = ""
     for line in prediction.lstrip("\n").split("\n"):
         if "`" not in line and "#" not in line and "//" not in line:
             first = line
             break
-    if not first or not reference:  # fuzzywuzzy returns 0 for an empty string
+    if first == reference:
+        return 1.0
+    if not first or not reference:
         return 0.0
-    ratio = difflib.SequenceMatcher(None, first, reference).ratio()
-    return int(round(100 * ratio)) / 100
+    return int(round(100 * difflib.SequenceMatcher(None, first, reference).ratio())) / 100
 
 
 # --------------------------------------------------------------------------- InfiniteBench helpers

@@ -52,7 +52,11 @@ class EvalConfig:
     infinitebench_tasks: list[str] = param(list(IB_TASKS), "InfiniteBench tasks (generated and hub)")
     infinitebench_lengths: list[int] = param([4096], "lengths of the generated InfiniteBench tasks")
     longbench_tasks: list[str] = param(list(LONGBENCH_TASKS), "LongBench v1 data sets")
-    n_samples: int = param(2, "samples per task and length (hub data sets: the first n rows)", min=1)
+    n_samples: int = param(2, "samples per task and length of the generated tasks (RULER, generated "
+                              "InfiniteBench)", min=1)
+    hub_max_rows: int = param(0, "rows per LongBench / InfiniteBench hub data set: 0 = every row (comparable "
+                                 "with published scores); N = a seeded random N rows, marked as a subsample "
+                                 "in the results (evaluate --quick sets 50)", min=0)
     mmlu_shots: int = param(5, "solved examples before each MMLU question", min=0, max=5)
     mmlu_max_questions: int = param(0, "MMLU questions scored, spread over subjects (0 = all 14042)", min=0)
     truncation: str = param("middle", "what happens to a prompt that does not fit the window: middle / "

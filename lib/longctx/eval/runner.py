@@ -32,6 +32,7 @@ from .infinitebench import IB_SYNTHETIC, load_infinitebench_hub, prepare_infinit
 from .longbench import load_longbench, metric_of, score_longbench
 from .mmlu import load_mmlu, score_mmlu_text
 from .params import EvalConfig
+from .provenance import data_provenance, scoring_provenance
 from .results import append_rows, row
 from .ruler import RULER_TASKS, RulerContext, prepare_ruler
 from .sample import Sample
@@ -94,7 +95,7 @@ class _Suite:
 
     def group(self, benchmark: str, task: str, length: int, load: Callable[[], list[Sample]], note: str = "") -> None:
         base = dict(run_id=self.run_id, model=self.cfg.model_name, benchmark=benchmark, task=task,
-                    context_length=length)
+                    context_length=length, truncation=self.cfg.truncation, **scoring_provenance(benchmark, task))
         started = time.monotonic()
         window = self.backend.context_window
         if length > window:
@@ -156,7 +157,8 @@ class _Suite:
             extra.append(f"{failed} requests failed")
         if self.cfg.max_new_tokens_cap:
             extra.append(f"generation capped at {self.cfg.max_new_tokens_cap} tokens")
-        self._add(base, n_samples=len(samples), n_scored=len(scores), n_truncated=n_trunc,
+        self._add(base, n_samples=len(samples), **data_provenance(samples),
+                  n_scored=len(scores), n_truncated=n_trunc,
                   n_skipped=len(samples) - len(scores),
                   score=round(100 * sum(scores) / len(scores), 2) if scores else "",
                   metric=metric, mean_prompt_tokens=round(sum(prompt_tokens) / len(prompt_tokens), 1) if prompt_tokens else "",
@@ -213,12 +215,12 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
             else:
                 local = cfg.infinitebench_files.get(task, "")
                 suite.group("infinitebench", task, 0, lambda t=task, p=local: load_infinitebench_hub(
-                    t, cfg.n_samples, str(resolve_path(p)) if p else ""))
+                    t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.seed))
     if "longbench" in cfg.benchmarks:
         for task in cfg.longbench_tasks:
             local = cfg.longbench_files.get(task, "")
             suite.group("longbench", task, 0, lambda t=task, p=local: load_longbench(
-                t, cfg.n_samples, str(resolve_path(p)) if p else "", cfg.longbench_hub_id))
+                t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.longbench_hub_id, cfg.seed))
     if "mmlu" in cfg.benchmarks:
         suite.group("mmlu", "mmlu", 0, lambda: load_mmlu(
             cfg.mmlu_shots, cfg.mmlu_max_questions,
