@@ -69,7 +69,8 @@ class ScriptedServer:
         return self._runner.addresses[0][1]
 
     async def _models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": self.owner}]})
+        card = {"id": "fake", "object": "model", "owned_by": self.owner}
+        return web.json_response({"object": "list", "data": [card]})
 
     async def _answer(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -19,12 +19,15 @@ available (MMLU's original scoring; the HF backend only).
 The answer prefix (RULER's ``answer_prefix``, InfiniteBench's "The pass key is") must be
 *continued* by the model, and each server needs its own request for that (``server``):
 
-| server | request | reply |
-| --- | --- | --- |
-| ``vllm`` | final assistant message + ``continue_final_message: true``, ``add_generation_prompt: false`` (vLLM refuses both true; without them it closes the message as a finished turn) | the continuation |
-| ``sglang`` | final assistant message + ``continue_final_message: true`` | the continuation |
-| ``llamacpp`` | final assistant message (llama.cpp's server continues it unless started with ``--no-prefill-assistant``) | prefix + continuation; the prefix is removed |
-| ``openai`` | the prefix appended to the user message, as RULER's ``call_api.py`` does for API models (a hosted API continues nothing) | the answer |
+* ``vllm``: a final assistant message with ``continue_final_message: true`` and
+  ``add_generation_prompt: false`` (vLLM refuses both true; without them it closes the message
+  as a finished turn). The reply is the continuation.
+* ``sglang``: a final assistant message with ``continue_final_message: true``. The reply is the
+  continuation.
+* ``llamacpp``: a bare final assistant message (llama.cpp's server continues it unless started
+  with ``--no-prefill-assistant``). Its reply repeats the prefix, which is removed.
+* ``openai``: the prefix at the end of the user message, as RULER's ``call_api.py`` does for API
+  models (a hosted API continues nothing).
 
 ``auto`` asks the server which it is: ``/v1/models`` names the owner (``vllm``, ``sglang``,
 ``llamacpp``), and llama.cpp also answers ``/props``; anything else is ``openai``.
@@ -53,7 +56,7 @@ __all__ = ["Backend", "Generation", "HFBackend", "OpenAIBackend", "ServerTokeniz
 
 _PROBE = "Hello"  # user text used to measure what the chat template adds
 SERVERS = ("auto", "vllm", "sglang", "llamacpp", "openai")
-# request fields that make each server continue a final assistant message (see the table above)
+# request fields that make each server continue a final assistant message (module docstring)
 _CONTINUE: dict[str, dict[str, Any]] = {
     "vllm": {"continue_final_message": True, "add_generation_prompt": False},
     "sglang": {"continue_final_message": True},

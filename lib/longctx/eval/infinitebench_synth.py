@@ -8,9 +8,9 @@ and third largest, smallest, second and third smallest, median), a ``+``/``-`` e
 0-99 whose running value stays in [0, 99] and whose intermediate results are the answer, and a
 file of functions forming a 2-10 layer call graph whose value at one call must be worked out.
 Only the lengths differ: the official files have fixed sizes (60K numbers, 30K operands, ~550
-functions), ours fill the evaluated length. Wording is ours. Every generator sizes its context with prefix sums over units (see
-:mod:`longctx.eval.haystack`) and returns ``(context, question, answer, meta)``; the prompt
-frame around it comes from :mod:`longctx.eval.infinitebench`.
+functions), ours fill the evaluated length. Wording is ours. Every generator sizes its context
+with prefix sums over units (see :mod:`longctx.eval.haystack`) and returns ``(context, question,
+answer, meta)``; the prompt frame around it comes from :mod:`longctx.eval.infinitebench`.
 """
 
 from __future__ import annotations
@@ -194,7 +194,8 @@ def _fit_graph(tok: Tokenizer, frame: PromptFrame, budget: int, n_layers: int, p
     def cost(k: int) -> int:  # definitions are additive units; the seams and the stripped end are measured
         chosen = sorted(first[:k] + rest)
         opening, closing = texts[chosen[0]], texts[chosen[-1]]
-        return (fixed + int(first_cum[k]) + seam_delta(tok, frame.head, opening) + seam_delta(tok, closing.rstrip(), tail)
+        return (fixed + int(first_cum[k]) + seam_delta(tok, frame.head, opening)
+                + seam_delta(tok, closing.rstrip(), tail)
                 + count_tokens(tok, closing.rstrip()) - count_tokens(tok, closing))
 
     k = max(int(np.searchsorted(first_cum, budget - cost(0), side="right")) - 1, 1)
