@@ -13,10 +13,24 @@ available (MMLU's original scoring; the HF backend only).
 * :class:`OpenAIBackend` asks ``/chat/completions`` (``/completions`` for samples sent
   without a chat template) through the project's :class:`~longctx.llm.LLMClient`: retries,
   bounded concurrency, accounting, and a response cache that makes a repeated run free. The
-  server applies the template; the assistant prefix is sent as a final assistant message
-  (continued by llama.cpp and vLLM). With ``tokenizer: server`` prompts are sized with the
-  server's own ``/tokenize`` (llama.cpp), and the template cost is measured with
-  ``/apply-template``.
+  server applies the template. With ``tokenizer: server`` prompts are sized with the server's
+  own ``/tokenize`` (llama.cpp), and the template cost is measured with ``/apply-template``.
+
+The answer prefix (RULER's ``answer_prefix``, InfiniteBench's "The pass key is") must be
+*continued* by the model, and each server needs its own request for that (``server``):
+
+* ``vllm``: a final assistant message with ``continue_final_message: true`` and
+  ``add_generation_prompt: false`` (vLLM refuses both true; without them it closes the message
+  as a finished turn). The reply is the continuation.
+* ``sglang``: a final assistant message with ``continue_final_message: true``. The reply is the
+  continuation.
+* ``llamacpp``: a bare final assistant message (llama.cpp's server continues it unless started
+  with ``--no-prefill-assistant``). Its reply repeats the prefix, which is removed.
+* ``openai``: the prefix at the end of the user message, as RULER's ``call_api.py`` does for API
+  models (a hosted API continues nothing).
+
+``auto`` asks the server which it is: ``/v1/models`` names the owner (``vllm``, ``sglang``,
+``llamacpp``), and llama.cpp also answers ``/props``; anything else is ``openai``.
 """
 
 from __future__ import annotations
@@ -38,9 +52,16 @@ from ..llm.sync import run_sync
 from ..tokenizer import Tokenizer, load_tokenizer
 from .sample import Sample
 
-__all__ = ["Backend", "Generation", "HFBackend", "OpenAIBackend", "ServerTokenizer"]
+__all__ = ["Backend", "Generation", "HFBackend", "OpenAIBackend", "ServerTokenizer", "SERVERS", "detect_server"]
 
 _PROBE = "Hello"  # user text used to measure what the chat template adds
+SERVERS = ("auto", "vllm", "sglang", "llamacpp", "openai")
+# request fields that make each server continue a final assistant message (module docstring)
+_CONTINUE: dict[str, dict[str, Any]] = {
+    "vllm": {"continue_final_message": True, "add_generation_prompt": False},
+    "sglang": {"continue_final_message": True},
+    "llamacpp": {},
+}
 
 
 @dataclass
@@ -132,6 +153,25 @@ class ServerTokenizer:
         return ids[0]
 
 
+def detect_server(base_url: str, timeout: float = 30.0) -> str:
+    """Which server answers at ``base_url``: the owner its ``/models`` names (vLLM, SGLang and
+    llama.cpp each write their own name there), else llama.cpp if ``/props`` answers, else
+    ``openai`` (a server of unknown kind: the prefix goes into the user message)."""
+    try:
+        owners = {m.get("owned_by") for m in _get(base_url.rstrip("/") + "/models", timeout).get("data", [])}
+        for name in ("vllm", "sglang", "llamacpp"):
+            if name in owners:
+                return name
+    except (urllib.error.URLError, ValueError, TypeError, AttributeError, OSError):
+        pass
+    try:
+        if "default_generation_settings" in _get(_server_root(base_url) + "/props", timeout):
+            return "llamacpp"
+    except (urllib.error.URLError, ValueError, TypeError, OSError):
+        pass
+    return "openai"
+
+
 # --------------------------------------------------------------------------- OpenAI-compatible
 
 
@@ -143,15 +183,20 @@ class OpenAIBackend:
     :attr:`accounting`. With ``cache_dir`` the answers are kept in a
     :class:`~longctx.llm.ResponseCache` there, so an interrupted or repeated evaluation re-sends
     no finished request. The key is the model *name* sent and the exact request: a different
-    checkpoint served under the same name needs another cache folder.
+    checkpoint served under the same name needs another cache folder. ``server`` says how the
+    answer prefix is continued (the module's table; ``auto`` asks the server).
     """
 
     def __init__(self, base_url: str, model: str, *, tokenizer: str = "server", api_key_env: str = "",
                  context_window: int = 0, template_tokens: int = -1, max_concurrency: int = 4,
-                 timeout_s: float = 600.0, name: str = "", cache_dir: str | Path | None = None):
+                 timeout_s: float = 600.0, name: str = "", cache_dir: str | Path | None = None,
+                 server: str = "auto"):
+        if server not in SERVERS:
+            raise ValueError(f"server {server!r} is not one of {list(SERVERS)}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = name or model
+        self.server = detect_server(self.base_url) if server == "auto" else server
         # retries and backoff keep LLMConfig's defaults; tune them on this object if needed
         self.llm_config = LLMConfig(base_url=self.base_url, model=model, api_key_env=api_key_env,
                                     max_concurrency=max_concurrency, timeout_s=timeout_s)
@@ -192,7 +237,7 @@ class OpenAIBackend:
         return self._template_tokens
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": "openai", "base_url": self.base_url, "model": self.model,
+        return {"backend": "openai", "base_url": self.base_url, "model": self.model, "server": self.server,
                 "context_window": self.context_window, "tokenizer": self.tokenizer.name,
                 "template_tokens": self.template_tokens(),
                 "response_cache": str(self.cache_dir) if self.cache_dir else ""}
@@ -210,23 +255,25 @@ class OpenAIBackend:
                 return list(await asyncio.gather(*(self._generate_one(llm, s) for s in samples)))
 
     async def _generate_one(self, llm: LLMClient, sample: Sample) -> Generation:
-        if sample.chat:
-            messages = [{"role": "user", "content": sample.prompt}]
-            if sample.answer_prefix:  # continued by llama.cpp and vLLM
-                messages.append({"role": "assistant", "content": sample.answer_prefix})
-        else:  # sent to /completions as is: no chat template
+        continued = sample.chat and bool(sample.answer_prefix) and self.server != "openai"
+        extra = None
+        if continued:  # a final assistant message the server continues (module docstring)
+            messages = [{"role": "user", "content": sample.prompt},
+                        {"role": "assistant", "content": sample.answer_prefix}]
+            extra = _CONTINUE[self.server] or None
+        else:  # /completions takes it as is; a server that continues nothing sees the prefix asked
             messages = [{"role": "user", "content": sample.prompt + sample.answer_prefix}]
         stage = f"{sample.benchmark}/{sample.task}"
         try:
             # greedy; reaching the budget is a normal end of an evaluation answer
             result = await llm.chat(messages, temperature=0.0, seed=0, max_tokens=sample.max_new_tokens,
                                     accept_length=True, completion=not sample.chat, stage=stage,
-                                    doc_id=f"{stage}/{sample.context_length}/{sample.index}")
+                                    doc_id=f"{stage}/{sample.context_length}/{sample.index}", extra_body=extra)
         except LLMCallFailed as err:
             return Generation("", error=str(err))
         text, prefix = result.content, sample.answer_prefix.strip()
-        if sample.chat and prefix and text.lstrip().startswith(prefix):
-            # llama.cpp echoes a continued assistant message (with its leading space); keep the new text
+        if continued and self.server == "llamacpp" and text.lstrip().startswith(prefix):
+            # llama.cpp's reply repeats the continued message; keep the new text
             text = text.lstrip()[len(prefix):]
         return Generation(text, result.prompt_tokens)
 

@@ -33,7 +33,7 @@ from ..tokenizer import Tokenizer
 from . import metrics as M
 from .haystack import PromptFrame, count_tokens
 from .hub import load_subset
-from .infinitebench_synth import SYNTHETIC, make_synthetic
+from .infinitebench_synth import MATH_FIND_TARGETS, SYNTHETIC, make_synthetic
 from .sample import Sample, read_samples, write_samples
 
 __all__ = ["IB_TASKS", "IB_SYNTHETIC", "IB_HUB", "IB_NAMES", "prepare_infinitebench_synthetic",
@@ -119,7 +119,7 @@ def prepare_infinitebench_synthetic(task: str, length: int, budget_for: Any, n_s
         depth = index / (n_samples - 1) if n_samples > 1 else rng.random()
         target = ""
         if task == "math_find":
-            target = ["largest", "smallest", "median"][index % 3]
+            target = MATH_FIND_TARGETS[index % len(MATH_FIND_TARGETS)]
         prefix = prefix_t.replace("{target}", target) if target else prefix_t
         prefix_tokens = count_tokens(tokenizer, prefix)
         framed = PromptFrame(frame.head.replace("{target}", target or "{target}"),

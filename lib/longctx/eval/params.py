@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..config import bad, param
 from ..rope import RopeSettings
+from .backends import SERVERS
 from .fit import POLICIES
 from .infinitebench import IB_TASKS
 from .longbench import LONGBENCH_TASKS
@@ -30,6 +31,8 @@ class EvalConfig:
     llm_base_url: str = param("", "OpenAI-compatible base URL, e.g. http://host:8000/v1 (empty = start the "
                                   "embedded llama.cpp server with SmolLM2-135M-Instruct)")
     llm_model: str = param("SmolLM2-135M-Instruct", "model name sent to the server")
+    llm_server: str = param("auto", "how the server continues an answer prefix: vllm, sglang, llamacpp, or "
+                                    "openai (prefix in the user turn); auto = ask the server", choices=SERVERS)
     llm_api_key_env: str = param("", "NAME of the environment variable holding the API key (never the key)")
     max_concurrency: int = param(1, "requests in flight at once (openai backend)", min=1)
     request_timeout_s: float = param(600.0, "seconds per request before it counts as failed", min=1.0)

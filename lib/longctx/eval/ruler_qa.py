@@ -7,10 +7,16 @@ RULER, the documents are all distinct paragraphs of the split; a sample holds it
 paragraphs, then paragraphs of the same article (SQuAD), then random others, shuffled and
 numbered ``Document i:``. Sample ``i`` asks question ``i`` at every length.
 
+Long lengths: when the split's paragraphs are all used and the budget is not reached, RULER
+repeats the whole document list to fill it (``scripts/data/synthetic/qa.py``: ``(DOCS * repeats)
+[:num_docs]``), so a 1M sample is really 1M tokens however small the pool. Here too: after every
+paragraph once (gold, same-article, random others), further documents are further copies of the
+sorted document list, in its order; the chosen documents are then shuffled. The multiset of
+documents is RULER's, and ``meta["pool_passes"]`` says how many times the pool was gone through.
+
 Sizing: paragraph token counts are computed once per (dataset, tokenizer) and cached; a sample's
 token count is a sum over its paragraphs and numbered headers, so the number of distractors is
-found by binary search over prefix sums and the text is built once. When the split runs out of
-paragraphs the sample is shorter than the budget (RULER behaves the same) and says so in ``meta``.
+found by binary search over prefix sums and the text is built once.
 """
 
 from __future__ import annotations
@@ -90,14 +96,19 @@ def make_qa(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: r
     rng.shuffle(more)
     taken = set(gold) | set(more)
     others = [int(i) for i in np.random.default_rng(rng.getrandbits(32)).permutation(len(docs)) if int(i) not in taken]
-    distractors = more + others
+    # at most this many documents fit: each costs its paragraph plus a header of >= 2 tokens
+    n_max = len(gold) + budget // (int(units.lengths.min()) + 2) + 1
+    # past one pass over the pool (gold + more + others), RULER's fill: copies of the document list
+    refill = max(n_max - len(docs), 0)
+    distractors = (more + others + np.tile(np.arange(len(docs)), -(-refill // len(docs)))[:refill].tolist()
+                   )[:max(n_max - len(gold), 0)]
 
     head, tail = TEMPLATES["qa"].format(context="\x00", query=qa["query"]).split("\x00")
     prefix = ANSWER_PREFIXES["qa"]
     fixed = count_tokens(tok, head) + count_tokens(tok, tail) + count_tokens(tok, prefix)
     gold_tokens = int(units.lengths[gold].sum())
     distractor_cum = np.concatenate(([0], np.cumsum(units.lengths[distractors])))
-    n_header = min(len(docs), len(gold) + budget // 8 + 1)
+    n_header = len(gold) + len(distractors)
     headers = tokenize_units(tok, [f"Document {i}:\n" for i in range(1, n_header + 1)],
                              ctx._units_cache(), "doc-headers")
     header_cum = np.concatenate(([0], np.cumsum(headers.lengths)))
@@ -125,7 +136,7 @@ def make_qa(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: r
         if n_tokens <= budget or n == 0:
             break
         n -= 1
-    meta = {"dataset": spec.args["dataset"], "n_documents": len(chosen),
-            "gold_positions": [chosen.index(g) + 1 for g in gold], "verified": ctx.verify,
-            "exhausted": n == len(distractors)}
+    meta = {"dataset": spec.args["dataset"], "n_documents": len(chosen), "pool_documents": len(docs),
+            "pool_passes": round(len(chosen) / len(docs), 3),
+            "gold_positions": [chosen.index(g) + 1 for g in gold], "verified": ctx.verify}
     return prompt, prefix, list(qa["outputs"]), n_tokens, meta

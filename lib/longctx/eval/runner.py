@@ -55,12 +55,13 @@ def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
                   max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name,
                   cache_dir=resolve_path(cfg.output_dir) / "cache")
     if cfg.llm_base_url:
-        yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, **kwargs)
+        yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, server=cfg.llm_server, **kwargs)
         return
     from ..llm.server import EmbeddedServer
 
     with EmbeddedServer(n_ctx=cfg.context_window or 8192, n_parallel=1) as server:
-        yield OpenAIBackend(server.base_url, cfg.llm_model, **kwargs)
+        yield OpenAIBackend(server.base_url, cfg.llm_model, **kwargs,
+                            server="llamacpp" if cfg.llm_server == "auto" else cfg.llm_server)
 
 
 def score_sample(sample: Sample, prediction: str) -> tuple[float, str]:

@@ -62,8 +62,9 @@ def canonical_json(value: Any) -> str:
 
 def request_key(model: str, messages: Sequence[Mapping[str, Any]], *, temperature: float | None,
                 top_p: float | None, seed: int | None, max_tokens: int | None,
-                schema: Mapping[str, Any] | None) -> str:
-    """sha256 hex of everything that determines the answer.
+                schema: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None) -> str:
+    """sha256 hex of everything that determines the answer (``extra``: server-specific request
+    fields; absent or empty leaves the key of a plain request unchanged).
 
     Left out on purpose: the endpoint URL (the same model served elsewhere answers the same
     request), the API key, and the response_format mode (a transport detail: content is
@@ -72,6 +73,8 @@ def request_key(model: str, messages: Sequence[Mapping[str, Any]], *, temperatur
     payload = {"format": CACHE_FORMAT, "model": model, "messages": list(messages),
                "temperature": temperature, "top_p": top_p, "seed": seed,
                "max_tokens": max_tokens, "schema": schema}
+    if extra:
+        payload["extra"] = dict(extra)
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 

@@ -217,13 +217,15 @@ class LLMClient:
                    schema_name: str = "response", temperature: float | None = None,
                    top_p: float | None = None, seed: int | None = None, max_tokens: int | None = None,
                    stage: str = "default", doc_id: str = "", accept_length: bool = False,
-                   completion: bool = False) -> ChatResult:
+                   completion: bool = False, extra_body: Mapping[str, Any] | None = None) -> ChatResult:
         """Answer ``messages``; with ``schema`` the content must be JSON matching it.
 
         ``accept_length``: an answer with ``finish_reason == "length"`` is returned (and cached)
         instead of retried (free text only: with a schema a cut answer is still a failure).
         ``completion``: ``messages`` is one message whose content is sent as a raw ``prompt`` to
         ``/completions`` (no chat template); ``ChatResult.content`` is the completion's text.
+        ``extra_body``: server-specific fields merged into the request body (e.g. vLLM's
+        ``continue_final_message``); they change the answer, so they are part of the cache key.
 
         Raises :class:`LLMCallFailed` when every attempt failed (or at once for a 4xx that no
         retry can fix); everything else a server does is retried.
@@ -238,7 +240,7 @@ class LLMClient:
         # A raw prompt is keyed without a role, so it never shares a key with a chat request.
         keyed = [{"prompt": messages[0]["content"]}] if completion else messages
         key = request_key(self.config.model, keyed, temperature=temperature, top_p=top_p,
-                          seed=seed, max_tokens=max_tokens, schema=schema)
+                          seed=seed, max_tokens=max_tokens, schema=schema, extra=extra_body)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -248,7 +250,7 @@ class LLMClient:
                                   hit.prompt_tokens, hit.completion_tokens, hit.finish_reason,
                                   cached=True, attempts=0, key=key)
         self.accounting.call(stage, doc_id, cached=False)
-        base: dict[str, Any] = {"model": self.config.model}
+        base: dict[str, Any] = {"model": self.config.model, **(extra_body or {})}
         if completion:
             base["prompt"] = messages[0]["content"]
         else:
