@@ -24,7 +24,9 @@ import numpy as np
 
 from .tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["QAFileError", "QA", "Document", "QAStore", "read_qa_store"]
+__all__ = ["QAFileError", "QA", "Document", "QAStore", "read_qa_store", "HIERARCHICAL_LEVELS"]
+
+HIERARCHICAL_LEVELS = ("global", "section", "chunk")  # the stage-1 walk levels (docs/CONTRACTS.md)
 
 
 class QAFileError(ValueError):
@@ -187,6 +189,8 @@ def _read_qa_list(rec: dict, key: str, kind: str, label_key: str, path: Path, li
             raise _fail(path, line, f"{qw}: 'chunk_ids' must be a list of integers, got {chunk_ids!r}")
         label = qa.get(label_key)
         label = label if isinstance(label, str) else ""
+        if kind == "hierarchical" and label not in HIERARCHICAL_LEVELS:
+            raise _fail(path, line, f"{qw}: 'level' must be one of {list(HIERARCHICAL_LEVELS)}, got {label!r}")
         reason = None
         if not chunk_ids:
             reason = "no chunk_ids"
