@@ -87,7 +87,8 @@ class ConcatConfig:
                         choices=LAYOUTS)
     reuse_documents: bool = param(True, "allow a document in several samples of a stage (never "
                                   "twice in one sample); uses are reported in the manifest")
-    system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, "system turn text; empty = no system turn")
+    system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, "system message, after Llama-3.1's stock date lines "
+                               "(as its chat template writes them); empty = the date lines only")
     document_header: str = param("Document {number}: {title}", "line that opens each document "
                                  "({number} = 1-based place in the sample)")
     question_prefix: str = param("Question about Document {number} ({title}):", "text before every "

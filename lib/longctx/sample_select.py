@@ -30,6 +30,7 @@ from .sample_layout import SampleLayout
 __all__ = ["LengthIndex"]
 
 _WINDOW_MARGIN = 0.2  # aim at the middle 60 % of the fill window: room for estimate errors
+_NEAR = 8             # when no document lands, draw among this many nearest misses
 
 
 class LengthIndex:
@@ -68,6 +69,17 @@ class LengthIndex:
         idx = idx[u == u.min()]
         return int(pool[idx[rng.integers(len(idx))]])
 
+    @classmethod
+    def _pick_near(cls, pool: np.ndarray, usage: np.ndarray, free: np.ndarray, gap: np.ndarray,
+                   rng: np.random.Generator) -> int:
+        """A random one of the ``_NEAR`` free documents of smallest ``gap`` (least-used first), so
+        that a retried sample does not draw the same documents again."""
+        gap = np.where(free, gap, np.inf)
+        near = np.argsort(gap, kind="stable")[:_NEAR]
+        ok = np.zeros(len(pool), dtype=bool)
+        ok[near[np.isfinite(gap[near])]] = True
+        return cls._pick(pool, usage, ok, rng)
+
     def choose(self, pool: np.ndarray, usage: np.ndarray, fixed: int, target: int, fill_fraction: float,
                n_docs: int | None, coins_for, rng: np.random.Generator) -> list[int]:
         """Documents for one sample (in sample order), aiming at a whole-document fill.
@@ -95,9 +107,8 @@ class LengthIndex:
                 rest = (lo + hi) / 2 - used - cand
                 ok = free & (rest >= slots_after * q_lo) & (rest <= slots_after * q_hi)
                 p = self._pick(pool, usage, ok, rng)
-                if p < 0:  # nothing typical: the one that leaves the others the most typical share
-                    gap = np.where(free, np.abs(rest / slots_after - (q_lo + q_hi) / 2), np.inf)
-                    p = int(pool[int(np.argmin(gap))])
+                if p < 0:  # nothing typical: one of those leaving the others the most typical share
+                    p = self._pick_near(pool, usage, free, np.abs(rest / slots_after - (q_lo + q_hi) / 2), rng)
             else:
                 p = self._pick(pool, usage, free & (cand >= aim_lo - used) & (cand <= aim_hi - used), rng)
                 if p < 0:
@@ -105,10 +116,9 @@ class LengthIndex:
                 if p >= 0:  # lands in the window: done
                     chosen.append(p)
                     return chosen
-                if slots_after == 0:  # the last slot and nothing lands: the closest to the middle
-                    gap = np.where(free, np.abs(cand - ((lo + hi) / 2 - used)), np.inf)
-                    chosen.append(int(pool[int(np.argmin(gap))]))
-                    return chosen
+                if slots_after == 0:  # the last slot and nothing lands: one of the closest to the middle
+                    p = self._pick_near(pool, usage, free, np.abs(cand - ((lo + hi) / 2 - used)), rng)
+                    return chosen + [p] if p >= 0 else chosen
                 # fill to target: add a document that leaves room for a further one
                 rest = (lo + hi) / 2 - used - cand
                 p = self._pick(pool, usage, free & (rest >= q_lo), rng)
