@@ -131,3 +131,21 @@ def test_manifest_counts_equal_counts_from_the_written_samples(tmp_path, layout)
         assert (entry["documents_cut"], entry["tokens_cut"]) == (cut_all, tokens_all)
         assert sum(entry["fits"].values()) == spec.n_samples
     assert sum(manifest["stages"][s.name]["documents_cut"] for s in stages) > 0  # cuts were exercised
+
+
+def test_cut_documents_tokenise_only_their_kept_chunks(tmp_path):
+    """A cut document is tokenised up to its kept chunks (+ one spare); the samples equal those
+    assembled from whole-text tokenisations."""
+    qa = write_austen_qa(tmp_path / "qa.jsonl")
+    cfg = ConcatConfig(qa_path=str(qa), stages=[StageSpec("6K", 6144, 10, 2)], seed=5)
+    concat = Concatenator(cfg)
+    concat.store.cache_tokens = 1  # nothing stays cached: every sample starts cold
+    plans = list(concat.plans(cfg.stages[0]))
+    built = [concat.build(plan).input_ids for plan in plans]
+    assert concat.store.n_prefix_encodes > 0
+    reference = Concatenator(cfg)
+    for p in range(len(reference.store)):  # whole texts, tokenised in full, kept in the cache
+        reference.store.document_ids(p)
+    assert reference.store.n_prefix_encodes == 0
+    for plan, ids in zip(plans, built):
+        np.testing.assert_array_equal(ids, reference.build(plan).input_ids)

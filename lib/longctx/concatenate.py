@@ -148,7 +148,7 @@ class Concatenator:
 
     def build(self, plan: SamplePlan):
         """Token ids and answer spans of a plan (an :class:`longctx.chat.EncodedChat`)."""
-        self.store.prefetch([d.position for d in plan.documents])
+        self.store.prefetch([d.position for d in plan.documents], [d.chunks_kept for d in plan.documents])
         encoded = self.layout.chat.encode(self.layout.turns(plan))
         if len(encoded.input_ids) != plan.n_tokens:
             raise AssertionError(f"planned {plan.n_tokens} tokens, assembled {len(encoded.input_ids)}")
@@ -267,6 +267,7 @@ def run(cfg: ConcatConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         "dropped_qa": store.dropped_qa[:100],
         "stages": stages,
         "document_encodes": store.n_document_encodes,
+        "document_prefix_encodes": store.n_prefix_encodes,
         "seconds": round(time.perf_counter() - start, 3),
     }
     (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")

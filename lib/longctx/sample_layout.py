@@ -111,7 +111,7 @@ class SampleLayout:
         end = int(doc.chunk_token_ends[chunks_kept - 1])
         header = self.header_text(number, doc.title)
         sep = self.separator_text(doc, chunks_kept)
-        pieces = [self.ids(header), self.store.document_ids(doc.position)[:end]]
+        pieces = [self.ids(header), self.store.document_ids(doc.position, upto=end)[:end]]
         if sep:
             pieces.append(self.ids(sep))
         texts = None
