@@ -22,6 +22,9 @@ def test_notebook_02_tiny_profile(tmp_path):
         assert 0.95 * spec["target_tokens"] <= got["max_tokens"] <= spec["target_tokens"]
         assert got["fill_min"] >= 0.95
         assert 0.05 < got["answer_fraction_mean"] < 0.8
+        assert set(got["questions"]) == {"global", "section", "chunk", "diverse", "revisit"}
+        assert all(0 <= v["kept"] <= v["planned"] for v in got["questions"].values())
+        assert got["documents_cut"] >= 0
     assert rec["loader_lengths_equal"] is True
     assert rec["dropped_qa_bad_grounding"] == 0
     assert rec["first_sample_starts_with"] == "<|begin_of_text|>"

@@ -10,8 +10,12 @@ as Llama-3.1's chat template does::
     <|start_header_id|>assistant<|end_header_id|>\\n\\n{answer}<|eot_id|>
     ...
 
-(The Hugging Face template also writes "Cutting Knowledge Date / Today Date" lines into the
-system turn; we leave them out: our choice, the dates carry nothing for this task.)
+The system turn always opens with Llama-3.1's date lines (:data:`LLAMA31_SYSTEM_PREAMBLE`),
+exactly as the stock Hugging Face template of Llama-3.1-Instruct writes them (with the
+template's default date) before the system message, and is present even when the system
+message is empty. Evaluation renders prompts through the model's own (stock) template
+(``longctx.eval.backends``), so training samples and evaluation prompts share one system header;
+``tests/test_concatenate_template.py`` checks our ids against ``apply_chat_template``.
 
 Labels are spans by construction: the content of each assistant turn and its ``<|eot_id|>``;
 every header, special token, system and user token is masked. Because special tokens split the
@@ -30,9 +34,13 @@ import numpy as np
 from .samples import IGNORE_INDEX
 from .tokenizer import Tokenizer
 
-__all__ = ["Turn", "EncodedChat", "Llama3Chat", "ROLES"]
+__all__ = ["Turn", "EncodedChat", "Llama3Chat", "ROLES", "LLAMA31_SYSTEM_PREAMBLE"]
 
 ROLES = ("system", "user", "assistant")
+
+# What Llama-3.1's stock chat template writes at the start of every system turn (no tools, the
+# template's default date_string): the model was instruction-tuned with these lines.
+LLAMA31_SYSTEM_PREAMBLE = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
 
 
 @dataclass
@@ -91,6 +99,12 @@ class Llama3Chat:
             role: np.array([self.start_header, *tokenizer.encode(role), self.end_header, *newline2],
                            dtype=np.int32)
             for role in ROLES}
+
+    @staticmethod
+    def system_text(prompt: str) -> str:
+        """Content of the system turn for ``prompt``, as the stock template writes it: the date
+        lines, then the stripped prompt (which may be empty)."""
+        return LLAMA31_SYSTEM_PREAMBLE + prompt.strip()
 
     def header(self, role: str) -> np.ndarray:
         """Ids of ``<|start_header_id|>{role}<|end_header_id|>\\n\\n``."""

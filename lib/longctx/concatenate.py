@@ -33,10 +33,10 @@ import numpy as np
 from .config import bad, load_params, param, resolve_path, to_dict
 from .qa_store import QAStore, read_qa_store
 from .sample_layout import LAYOUTS, SampleLayout
-from .sample_plan import SamplePlan, SamplePlanner, StageBudgetError
+from .sample_plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError
 from .samples import SampleWriter
 
-__all__ = ["StageSpec", "ConcatConfig", "Concatenator", "run", "stage_summary", "main",
+__all__ = ["StageSpec", "ConcatConfig", "Concatenator", "run", "stage_summary", "questions_kept", "main",
            "StageBudgetError"]
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -87,7 +87,8 @@ class ConcatConfig:
                         choices=LAYOUTS)
     reuse_documents: bool = param(True, "allow a document in several samples of a stage (never "
                                   "twice in one sample); uses are reported in the manifest")
-    system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, "system turn text; empty = no system turn")
+    system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, "system message, after Llama-3.1's stock date lines "
+                               "(as its chat template writes them); empty = the date lines only")
     document_header: str = param("Document {number}: {title}", "line that opens each document "
                                  "({number} = 1-based place in the sample)")
     question_prefix: str = param("Question about Document {number} ({title}):", "text before every "
@@ -147,7 +148,7 @@ class Concatenator:
 
     def build(self, plan: SamplePlan):
         """Token ids and answer spans of a plan (an :class:`longctx.chat.EncodedChat`)."""
-        self.store.prefetch([d.position for d in plan.documents])
+        self.store.prefetch([d.position for d in plan.documents], [d.chunks_kept for d in plan.documents])
         encoded = self.layout.chat.encode(self.layout.turns(plan))
         if len(encoded.input_ids) != plan.n_tokens:
             raise AssertionError(f"planned {plan.n_tokens} tokens, assembled {len(encoded.input_ids)}")
@@ -164,7 +165,10 @@ class Concatenator:
             "doc_chunks_kept": [d.chunks_kept for d in plan.documents],
             "doc_chunks_total": [d.n_chunks for d in plan.documents],
             "n_hierarchical": plan.counts["hierarchical"], "n_diverse": plan.counts["diverse"],
-            "n_revisit": plan.counts["revisit"],
+            "n_revisit": plan.counts["revisit"], "n_global": plan.kept["global"],
+            "n_section": plan.kept["section"], "n_chunk": plan.kept["chunk"],
+            **{f"planned_{k}": v for k, v in plan.planned.items()},
+            "fit": plan.fit, "n_documents_cut": plan.n_documents_cut, "n_tokens_cut": plan.n_tokens_cut,
             "n_qa_dropped_truncation": sum(d.n_dropped for d in plan.documents),
             "n_qa_trimmed": plan.n_qa_trimmed,
             "revisit_pairs": plan.revisit_pairs, "revisit_drawn": plan.revisit_drawn,
@@ -178,8 +182,10 @@ class Concatenator:
         path = output_dir / f"{spec.name}.parquet"
         fills, answer_fracs, attempts, uses = [], [], [], {}
         totals = {"tokens": 0, "answer_tokens": 0, "hierarchical": 0, "diverse": 0, "revisit": 0,
-                  "qa_dropped_truncation": 0, "qa_trimmed": 0, "documents_truncated": 0, "revisit_pairs": 0,
-                  "revisit_drawn": 0, "revisit_shortfall": 0}
+                  "qa_dropped_truncation": 0, "qa_trimmed": 0, "documents_cut": 0, "tokens_cut": 0,
+                  "revisit_pairs": 0, "revisit_drawn": 0, "revisit_shortfall": 0}
+        levels = {k: {"planned": 0, "kept": 0} for k in LEVELS}
+        fits = dict.fromkeys(FITS, 0)
         with SampleWriter(path) as writer:
             for index, plan in enumerate(self.plans(spec)):
                 encoded = self.build(plan)
@@ -196,7 +202,12 @@ class Concatenator:
                     totals[kind] += plan.counts[kind]
                 totals["qa_dropped_truncation"] += meta["n_qa_dropped_truncation"]
                 totals["qa_trimmed"] += plan.n_qa_trimmed
-                totals["documents_truncated"] += sum(d.chunks_kept < d.n_chunks for d in plan.documents)
+                totals["documents_cut"] += plan.n_documents_cut
+                totals["tokens_cut"] += plan.n_tokens_cut
+                fits[plan.fit] += 1
+                for k in LEVELS:
+                    levels[k]["planned"] += plan.planned[k]
+                    levels[k]["kept"] += plan.kept[k]
                 totals["revisit_pairs"] += plan.revisit_pairs
                 totals["revisit_drawn"] += plan.revisit_drawn
                 totals["revisit_shortfall"] += plan.revisit_shortfall
@@ -208,6 +219,9 @@ class Concatenator:
             "fill_min": min(fills), "fill_mean": float(np.mean(fills)), "fill_max": max(fills),
             "answer_token_fraction_mean": float(np.mean(answer_fracs)),
             **totals,
+            "questions": {k: {**v, "kept_fraction": v["kept"] / v["planned"] if v["planned"] else None}
+                          for k, v in levels.items()},
+            "fits": fits,
             "revisit_rate": totals["revisit_drawn"] / totals["revisit_pairs"] if totals["revisit_pairs"] else None,
             "documents_used": len(uses), "document_slots": sum(uses.values()),
             "documents_reused": len(reused), "max_uses_of_a_document": max(uses.values()),
@@ -253,6 +267,7 @@ def run(cfg: ConcatConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         "dropped_qa": store.dropped_qa[:100],
         "stages": stages,
         "document_encodes": store.n_document_encodes,
+        "document_prefix_encodes": store.n_prefix_encodes,
         "seconds": round(time.perf_counter() - start, 3),
     }
     (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
@@ -265,10 +280,25 @@ def stage_summary(manifest: dict[str, Any]):
 
     cols = ["target_tokens", "n_samples", "docs_per_sample", "fill_min", "fill_mean",
             "answer_token_fraction_mean", "hierarchical", "diverse", "revisit", "revisit_rate", "revisit_shortfall",
-            "qa_dropped_truncation", "qa_trimmed", "documents_truncated", "documents_used", "documents_reused",
-            "max_uses_of_a_document", "seconds"]
+            "qa_dropped_truncation", "qa_trimmed", "documents_cut", "tokens_cut", "documents_used",
+            "documents_reused", "max_uses_of_a_document", "seconds"]
     return pd.DataFrame([{c: s[c] for c in cols} for s in manifest["stages"].values()],
                         index=list(manifest["stages"]))
+
+
+def questions_kept(manifest: dict[str, Any]):
+    """Planned vs kept questions by level, documents and tokens cut, per stage (a DataFrame)."""
+    import pandas as pd
+
+    rows = {}
+    for name, s in manifest["stages"].items():
+        row = {}
+        for level, v in s["questions"].items():
+            row[f"{level} kept/planned"] = f"{v['kept']}/{v['planned']}"
+        row.update({"documents cut": f"{s['documents_cut']}/{s['document_slots']}", "tokens cut": s["tokens_cut"],
+                    **{f"fit {k}": v for k, v in s["fits"].items()}})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ every string tokenised once.
 (chunk token ends, the QA with their token ids) plus the byte offset of its line; document text
 is re-read and tokenised on demand by :meth:`QAStore.document_ids`, once per document while it
 stays in a bounded cache, and checked against the record's ``n_tokens`` so that chunk token spans
-index the very ids we place in a sample.
+index the very ids we place in a sample. A document a sample cuts is tokenised only up to its
+kept chunks plus one spare chunk, checked against that chunk's recorded token end.
 
 Errors name the file and line (``qa.jsonl:7: document 'emma': chunk 3 starts at token 812 but
 chunk 2 ends at 800``). A QA whose ``chunk_ids`` name chunks the document does not have is not
@@ -24,7 +25,9 @@ import numpy as np
 
 from .tokenizer import Tokenizer, load_tokenizer
 
-__all__ = ["QAFileError", "QA", "Document", "QAStore", "read_qa_store"]
+__all__ = ["QAFileError", "QA", "Document", "QAStore", "read_qa_store", "HIERARCHICAL_LEVELS"]
+
+HIERARCHICAL_LEVELS = ("global", "section", "chunk")  # the stage-1 walk levels (docs/CONTRACTS.md)
 
 
 class QAFileError(ValueError):
@@ -97,7 +100,8 @@ class QAStore:
         self.cache_tokens = cache_tokens
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached = 0
-        self.n_document_encodes = 0  # how many times a document text was tokenised
+        self.n_document_encodes = 0  # how many times a document text (or a prefix) was tokenised
+        self.n_prefix_encodes = 0    # of which only the kept chunks (+ one spare) of a cut document
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -112,33 +116,76 @@ class QAStore:
         """The full ``text`` of document ``position`` (re-read from the file)."""
         return self._record(position)["text"]
 
-    def prefetch(self, positions: list[int]) -> None:
-        """Tokenise the uncached documents among ``positions`` in one threaded batch."""
-        todo = [p for p in dict.fromkeys(positions) if p not in self._cache]
-        if len(todo) < 2:
+    def prefetch(self, positions: list[int], chunks_kept: list[int] | None = None) -> None:
+        """Tokenise the uncached documents among ``positions`` in one threaded batch; with
+        ``chunks_kept``, only what a sample keeps of each (see :meth:`_span`)."""
+        want = {}
+        for i, p in enumerate(positions):
+            doc = self.documents[p]
+            k = doc.n_chunks if chunks_kept is None else chunks_kept[i]
+            if self._cached_tokens(p) < int(doc.chunk_token_ends[k - 1]):
+                want[p] = max(want.get(p, 0), k)
+        if not want:
             return
-        texts = [self.document_text(p) for p in todo]
+        todo = list(want)
+        texts = [self._span(p, want[p])[0] for p in todo]
         for p, ids in zip(todo, self.tokenizer.encode_batch(texts)):
-            self._store(p, np.asarray(ids, dtype=np.int32))
+            self._store(p, np.asarray(ids, dtype=np.int32), want[p])
 
-    def _store(self, position: int, ids: np.ndarray) -> None:
+    def _cached_tokens(self, position: int) -> int:
+        ids = self._cache.get(position)
+        return -1 if ids is None else len(ids)
+
+    def _span(self, position: int, chunks_kept: int) -> tuple[str, int]:
+        """Text to tokenise for the first ``chunks_kept`` chunks and the token count it must
+        give: the kept chunks plus one more. Tokenising a prefix of a text gives the ids of the
+        whole text's tokenisation up to the pre-token at the cut (pre-tokens are matched left
+        to right with one character of look-ahead); a cut inside a pre-token (run-on text) can
+        change the last ids. One spare chunk keeps such changes out of the kept span, and the
+        spare chunk's recorded token end is checked."""
+        doc = self.documents[position]
+        text = self.document_text(position)
+        if chunks_kept >= doc.n_chunks - 1:
+            return text, doc.n_tokens
+        return text[:int(doc.chunk_char_ends[chunks_kept])], int(doc.chunk_token_ends[chunks_kept])
+
+    def _store(self, position: int, ids: np.ndarray, chunks_kept: int | None = None) -> None:
         doc = self.documents[position]
         self.n_document_encodes += 1
-        if len(ids) != doc.n_tokens:
+        whole = chunks_kept is None or chunks_kept >= doc.n_chunks - 1
+        if not whole:
+            expected = int(doc.chunk_token_ends[chunks_kept])
+            if len(ids) != expected:  # the prefix did not tokenise as the record says: do it all
+                self._store(position, np.asarray(self.tokenizer.encode(self.document_text(position)),
+                                                 dtype=np.int32))
+                return
+            ids = ids[:int(doc.chunk_token_ends[chunks_kept - 1])]  # drop the spare chunk
+            self.n_prefix_encodes += 1
+        elif len(ids) != doc.n_tokens:
             raise _fail(self.path, doc.line, f"document {doc.id!r}: text tokenises to {len(ids)} tokens "
                         f"with {self.tokenizer.name}, but the record says n_tokens={doc.n_tokens}")
+        old = self._cache.pop(position, None)
+        self._cached -= 0 if old is None else len(old)
         self._cache[position] = ids
         self._cached += len(ids)
         while self._cached > self.cache_tokens and len(self._cache) > 1:
             _, old = self._cache.popitem(last=False)
             self._cached -= len(old)
 
-    def document_ids(self, position: int) -> np.ndarray:
-        """Token ids (int32) of the whole text of document ``position``; tokenised once while cached."""
-        if position in self._cache:
+    def document_ids(self, position: int, upto: int | None = None) -> np.ndarray:
+        """Token ids (int32) of document ``position``: the whole text, or at least its first
+        ``upto`` ids (a chunk boundary) when given; tokenised once while cached."""
+        doc = self.documents[position]
+        need = doc.n_tokens if upto is None else upto
+        if self._cached_tokens(position) >= need:
             self._cache.move_to_end(position)
             return self._cache[position]
-        self._store(position, np.asarray(self.tokenizer.encode(self.document_text(position)), dtype=np.int32))
+        if upto is None or upto >= doc.n_tokens:
+            self._store(position, np.asarray(self.tokenizer.encode(self.document_text(position)), dtype=np.int32))
+        else:
+            k = int(np.searchsorted(doc.chunk_token_ends, upto)) + 1
+            text, _ = self._span(position, k)
+            self._store(position, np.asarray(self.tokenizer.encode(text), dtype=np.int32), k)
         return self._cache[position]
 
 
@@ -187,6 +234,8 @@ def _read_qa_list(rec: dict, key: str, kind: str, label_key: str, path: Path, li
             raise _fail(path, line, f"{qw}: 'chunk_ids' must be a list of integers, got {chunk_ids!r}")
         label = qa.get(label_key)
         label = label if isinstance(label, str) else ""
+        if kind == "hierarchical" and label not in HIERARCHICAL_LEVELS:
+            raise _fail(path, line, f"{qw}: 'level' must be one of {list(HIERARCHICAL_LEVELS)}, got {label!r}")
         reason = None
         if not chunk_ids:
             reason = "no chunk_ids"

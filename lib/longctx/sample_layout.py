@@ -2,7 +2,8 @@
 
 Layout ``interleaved`` (default; Algorithm 2 of the paper)::
 
-    system  <system_prompt>                                   (omitted when empty)
+    system  Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n<system_prompt>
+            (Llama-3.1's stock date lines, always; the prompt may be empty)
     user    Document 1: <title>\\n\\n<text of document 1>\\n\\n
             Question about Document 1 (<title>): <first question of document 1>
     assistant  <answer>
@@ -57,8 +58,8 @@ class SampleLayout:
         self.layout = layout
         self._ids: dict[str, np.ndarray] = {}
         self._qa_arrays: dict[int, tuple[np.ndarray, ...]] = {}
-        self.fixed_tokens = 1 + (self.chat.turn_overhead("system") + len(self.ids(self.system_prompt))
-                                 if self.system_prompt else 0)
+        self.system_text = self.chat.system_text(self.system_prompt)
+        self.fixed_tokens = 1 + self.chat.turn_overhead("system") + len(self.ids(self.system_text))
         # every question turn costs a user turn + an assistant turn around its own text
         self.qa_turn_overhead = self.chat.turn_overhead("user") + self.chat.turn_overhead("assistant")
 
@@ -110,7 +111,7 @@ class SampleLayout:
         end = int(doc.chunk_token_ends[chunks_kept - 1])
         header = self.header_text(number, doc.title)
         sep = self.separator_text(doc, chunks_kept)
-        pieces = [self.ids(header), self.store.document_ids(doc.position)[:end]]
+        pieces = [self.ids(header), self.store.document_ids(doc.position, upto=end)[:end]]
         if sep:
             pieces.append(self.ids(sep))
         texts = None
@@ -122,9 +123,7 @@ class SampleLayout:
     def turns(self, plan: "SamplePlan", with_text: bool = False) -> list[Turn]:
         """The chat turns of ``plan``; with ``with_text`` each turn also carries its piece texts."""
         turns: list[Turn] = []
-        if self.system_prompt:
-            turns.append(Turn("system", [self.ids(self.system_prompt)],
-                              [self.system_prompt] if with_text else None))
+        turns.append(Turn("system", [self.ids(self.system_text)], [self.system_text] if with_text else None))
         pending: list[np.ndarray] = []
         pending_text: list[str] = []
         docs = {d.number: d for d in plan.documents}

@@ -2,37 +2,39 @@
 
 A plan is made before any document is tokenised, from exact token costs (:mod:`sample_layout`):
 
-1. **Documents.** Candidates are ordered least-used first (random among equals). A stage with
-   ``docs_per_sample`` takes that many; one without takes documents until their full cost reaches
-   the target (our choice for the 180K stage). No document twice in one sample.
-2. **Random draws.** For every pair of places (earlier ``i``, later ``j``) a coin with
+1. **Random draws.** For every pair of places (earlier ``i``, later ``j``) a coin with
    probability ``revisit_probability``, drawn once per sample: heads puts ``n_revisit`` questions
    about ``i`` after ``j``'s own questions. For each document a random order of its diverse
-   questions: the first ``n_diverse`` that survive the cut follow the document, the next ones
-   feed its revisits.
-3. **Cuts.** With the draws fixed, a document's cost is a function of the chunks it keeps alone,
-   so the sample length is ``fixed + sum_i cost_i(k_i)``. Start from whole documents; while over
-   the target, drop the last chunk of the currently largest document (never its last question);
-   then add back any chunk that still fits. A question survives a cut iff all its ``chunk_ids``
-   are kept, so no question outlives its evidence.
-4. **Fill rule.** Accept if ``fill_fraction * target <= length <= target``. When chunks are too
-   coarse for the target (short demo targets), grow one document by a chunk and drop question
-   turns from the end of the sample until it fits (counted as ``n_qa_trimmed``; a document
-   always keeps one question of its own). Otherwise swap a document (the shortest for the
-   longest unused when short; the least cuttable when over) and try again, up to
-   ``max_attempts`` times.
+   questions: the first ``n_diverse`` that survive a cut follow the document, the next ones feed
+   its revisits.
+2. **Documents, by length.** A global question is grounded on every chunk of its document, so
+   a cut loses it. Documents are chosen so that *whole* documents fill the sample
+   (:mod:`sample_select`): ``fill_fraction * target <= length <= target``. A stage with
+   ``docs_per_sample`` takes that many; one without adds documents until the window is reached
+   (our choice for the 180K stage). Least-used documents first, no document twice in a sample.
+3. **At most one cut.** If no whole-document set lands in the window, the sample cuts one
+   document at a chunk boundary: the one whose cut loses the fewest global and section
+   questions (then questions, then tokens). A question survives a cut iff all its
+   ``chunk_ids`` are kept, so no question outlives its evidence.
+4. **Fallback.** Only when ``max_attempts`` draws find neither (a few short documents, targets
+   near a document's length, chunks too coarse) does the older several-cuts rule of
+   :mod:`sample_cuts` apply; such samples say ``fit: "cuts"``.
+
+Every plan counts, by level (global, section, chunk, diverse, revisit), the questions Algorithm 2
+would ask of its documents uncut (``planned``) and those the sample keeps (``kept``).
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .qa_store import QA, Document
+from .sample_cuts import ChunkCuts
 from .sample_layout import SampleLayout
+from .sample_select import LengthIndex
 
 __all__ = ["PlannedDocument", "QuestionTurn", "SamplePlan", "SamplePlanner", "StageBudgetError",
            "SampleFitError"]
@@ -40,6 +42,11 @@ __all__ = ["PlannedDocument", "QuestionTurn", "SamplePlan", "SamplePlanner", "St
 
 class StageBudgetError(ValueError):
     """The input cannot supply a stage: too few documents or tokens. Raised before any work."""
+
+
+LEVELS = ("global", "section", "chunk", "diverse", "revisit")
+FITS = ("whole", "one_cut", "cuts")
+_REPAIR_TRIES = 12  # exact costs tried when the estimated choice missed the window
 
 
 class SampleFitError(RuntimeError):
@@ -53,6 +60,7 @@ class PlannedDocument:
     chunks_kept: int       # a prefix of the document's chunks
     n_chunks: int
     n_dropped: int         # the document's QA whose chunks were cut away
+    n_tokens_cut: int = 0  # text tokens of the chunks cut away
 
 
 @dataclass
@@ -76,7 +84,26 @@ class SamplePlan:
     revisit_shortfall: int = 0  # revisit questions missing: the earlier document ran out of unused ones
     n_qa_trimmed: int = 0       # question turns dropped from the end to fit (short targets only)
     attempts: int = 1
-    counts: dict[str, int] = field(default_factory=dict)
+    fit: str = "whole"          # "whole", "one_cut" or "cuts" (fallback): see the module docstring
+    counts: dict[str, int] = field(default_factory=dict)   # kept turns by kind
+    planned: dict[str, int] = field(default_factory=dict)  # by level, as if nothing were cut
+    kept: dict[str, int] = field(default_factory=dict)     # by level, in the sample
+
+    @property
+    def n_documents_cut(self) -> int:
+        return sum(d.chunks_kept < d.n_chunks for d in self.documents)
+
+    @property
+    def n_tokens_cut(self) -> int:
+        return sum(d.n_tokens_cut for d in self.documents)
+
+    def recount(self) -> None:
+        """Set ``counts`` and ``kept`` from ``questions``."""
+        self.counts = {k: 0 for k in ("hierarchical", "diverse", "revisit")}
+        self.kept = {k: 0 for k in LEVELS}
+        for q in self.questions:
+            self.counts[q.kind] += 1
+            self.kept[q.qa.label if q.kind == "hierarchical" else q.kind] += 1
 
     @property
     def revisit_distances(self) -> list[int]:
@@ -96,7 +123,7 @@ class _Curve:
     k_min: int              # fewest chunks that keep one own question (0: none ever)
 
 
-class SamplePlanner:
+class SamplePlanner(ChunkCuts):
     """Makes :class:`SamplePlan` s for one stage's samples; see the module docstring."""
 
     def __init__(self, layout: SampleLayout, *, n_diverse: int, revisit_probability: float,
@@ -113,6 +140,7 @@ class SamplePlanner:
         identity = [np.arange(len(d.diverse)) for d in self.store.documents]
         self.usable = [d.position for d in self.store.documents
                        if self._curve(d, 1, identity[d.position], n_diverse).k_min > 0]
+        self.index = LengthIndex(layout, self.usable, n_diverse, n_revisit)
 
     # ----------------------------------------------------------------- costs
 
@@ -202,149 +230,78 @@ class SamplePlanner:
         keys = rng.random(len(pool))
         return [int(p) for p in pool[np.lexsort((keys, usage[pool]))]]
 
-    def _select(self, target: int, docs_per_sample: int | None, usage: np.ndarray,
-                rng: np.random.Generator) -> list[int]:
-        order = self._candidates(usage, rng, set())
-        if docs_per_sample is not None:
-            if len(order) < docs_per_sample:
-                raise SampleFitError(f"only {len(order)} unused documents left for a sample of "
-                                     f"{docs_per_sample} (reuse_documents: false)")
-            return order[:docs_per_sample]
-        chosen, total = [], self.layout.fixed_tokens
-        for p in order:
-            chosen.append(p)
-            total += self.full_cost(p)
-            if total >= target:
-                break
-        return chosen
-
-    def _fit(self, curves: list[_Curve], target: int) -> tuple[list[int], int, str]:
-        """Chunks kept per document and the total; reason is "" on success, else "short"/"over"."""
-        kept = [c.doc.n_chunks for c in curves]
-        total = self.layout.fixed_tokens + sum(int(c.cost[-1]) for c in curves)
-        while total > target:
-            cuttable = [i for i, c in enumerate(curves) if kept[i] > c.k_min]
-            if not cuttable:
-                return kept, total, "over"
-            i = max(cuttable, key=lambda j: (int(curves[j].cost[kept[j] - 1]), -j))
-            total -= int(curves[i].cost[kept[i] - 1] - curves[i].cost[kept[i] - 2])
-            kept[i] -= 1
-        total = self._fill_up(curves, kept, total, target)
-        # Local search: give a chunk back from one document if another can then grow by more.
-        improved = total < target
-        while improved and total < target:
-            improved = False
-            for i, ci in enumerate(curves):
-                if kept[i] <= ci.k_min:
-                    continue
-                trial = list(kept)
-                trial[i] -= 1
-                base = total - int(ci.cost[kept[i] - 1] - ci.cost[kept[i] - 2])
-                grown = self._fill_up(curves, trial, base, target, skip=i)
-                if grown > total:
-                    kept[:], total, improved = trial, grown, True
-                    break
-        return kept, total, "" if total >= self.fill_fraction * target else "short"
-
-    @staticmethod
-    def _fill_up(curves: list[_Curve], kept: list[int], total: int, target: int, skip: int = -1) -> int:
-        """Add back, in place, whichever next chunk fits best until none fits; the new total."""
-        while True:
-            best, best_step = None, -1
-            for i, c in enumerate(curves):
-                if i != skip and kept[i] < c.doc.n_chunks:
-                    step = int(c.cost[kept[i]] - c.cost[kept[i] - 1])
-                    if total + step <= target and step > best_step:
-                        best, best_step = i, step
-            if best is None:
-                return total
-            kept[best] += 1
-            total += best_step
-
     def plan(self, target: int, docs_per_sample: int | None, usage: np.ndarray,
              rng: np.random.Generator) -> SamplePlan:
         """One sample's plan; ``usage`` (uses per document so far) is read, not updated."""
-        chosen = self._select(target, docs_per_sample, usage, rng)
         # The coins are drawn once per sample, not per attempt: retrying after a failed fit must
         # not favour coin outcomes that happen to fit (that would bias the revisit frequency).
         coin_seed = int(rng.integers(2**63))
-        failures = []
+        pool = np.array([p for p in self.usable if self.reuse_documents or usage[p] == 0], dtype=np.int64)
+        if docs_per_sample is not None and len(pool) < docs_per_sample:
+            raise SampleFitError(f"only {len(pool)} unused documents left for a sample of "
+                                 f"{docs_per_sample} (reuse_documents: false)")
+        lo, hi = math.ceil(self.fill_fraction * target), target
         for attempt in range(1, self.max_attempts + 1):
-            n = len(chosen)
-            coins = self._coins(coin_seed, n)
-            curves = []
-            for slot, p in enumerate(chosen):
-                doc = self.store.documents[p]
-                take = self.n_diverse + self.n_revisit * int(coins[slot].sum())
-                curves.append(self._curve(doc, slot + 1, rng.permutation(len(doc.diverse)), take))
-            kept, total, reason = self._fit(curves, target)
-            if not reason:
-                return self._materialise(curves, kept, coins, total, target, attempt)
-            if reason == "short":  # one more chunk, then drop the sample's last questions to fit
-                trimmed = self._overshoot_and_trim(curves, kept, coins, target, attempt)
-                if trimmed is not None:
-                    return trimmed
-            failures.append(f"{reason} ({total:,} tokens from {n} documents)")
-            others = self._candidates(usage, rng, set(chosen))
-            if reason == "short":
-                if docs_per_sample is None and others:
-                    chosen = chosen + [others[0]]
-                    continue
-                longer = [p for p in others if self.full_cost(p) > min(self.full_cost(q) for q in chosen)]
-                if not longer:
-                    chosen = self._select(target, docs_per_sample, usage, rng)
-                    continue
-                shortest = min(range(n), key=lambda s: self.full_cost(chosen[s]))
-                chosen[shortest] = max(longer, key=self.full_cost)
-            else:
-                if docs_per_sample is None and n > 1:
-                    chosen = chosen[:-1]
-                    continue
-                if not others:
-                    chosen = self._select(target, docs_per_sample, usage, rng)
-                    continue
-                stiff = max(range(n), key=lambda s: int(curves[s].cost[curves[s].k_min - 1]))
-                chosen[stiff] = others[0]
-        raise SampleFitError(
-            f"no sample of {self.fill_fraction} x {target:,} to {target:,} tokens after "
-            f"{len(failures)} attempt(s): {'; '.join(failures[-3:])}. Lower fill_fraction, use "
-            f"finer chunks, or allow reuse_documents")
+            chosen = self.index.choose(pool, usage, self.layout.fixed_tokens, target, self.fill_fraction,
+                                       docs_per_sample, lambda n: self._coins(coin_seed, n), rng)
+            if not chosen:
+                break
+            coins = self._coins(coin_seed, len(chosen))
+            curves = [self._slot_curve(p, slot, coins, rng) for slot, p in enumerate(chosen)]
+            total = self.layout.fixed_tokens + sum(int(c.cost[-1]) for c in curves)
+            if not lo <= total <= hi:
+                total = self._repair_last(curves, chosen, pool, usage, coins, lo, hi, rng)
+            kept = [c.doc.n_chunks for c in curves]
+            if lo <= total <= hi:
+                return self._materialise(curves, kept, coins, total, target, attempt, "whole")
+            one = self._one_cut(curves, total, lo, hi)
+            if one is not None:
+                kept[one[0]] = one[1]
+                total = self.layout.fixed_tokens + sum(int(c.cost[k - 1]) for c, k in zip(curves, kept))
+                return self._materialise(curves, kept, coins, total, target, attempt, "one_cut")
+        return self._plan_with_cuts(target, docs_per_sample, usage, rng, coin_seed)
 
-    def _overshoot_and_trim(self, curves: list[_Curve], kept: list[int], coins: np.ndarray,
-                            target: int, attempt: int) -> SamplePlan | None:
-        """Chunks come in steps too coarse for short targets: grow one document by a chunk, then
-        drop question turns from the end of the sample (its last revisits, then the last
-        document's own questions, never a document's last own question) until it fits."""
-        best = None
+    def _slot_curve(self, position: int, slot: int, coins: np.ndarray, rng: np.random.Generator) -> _Curve:
+        doc = self.store.documents[position]
+        take = self.n_diverse + self.n_revisit * int(coins[slot].sum())
+        return self._curve(doc, slot + 1, rng.permutation(len(doc.diverse)), take)
+
+    def _repair_last(self, curves: list[_Curve], chosen: list[int], pool: np.ndarray, usage: np.ndarray,
+                     coins: np.ndarray, lo: int, hi: int, rng: np.random.Generator) -> int:
+        """Estimates missed the window: try, with exact costs, the unchosen documents whose
+        estimate is nearest what the last slot needs; replace it (in place) by the first that
+        lands. Returns the (possibly new) exact total."""
+        last = len(curves) - 1
+        rest = self.layout.fixed_tokens + sum(int(c.cost[-1]) for c in curves[:last])
+        need = (lo + hi) / 2 - rest
+        others = pool[~np.isin(pool, chosen)]
+        if len(others):
+            est = self.index.cost(others, self.n_diverse + self.n_revisit * int(coins[last].sum()))
+            order = np.lexsort((np.abs(est - need), usage[others]))[:_REPAIR_TRIES]
+            for p in others[order]:
+                curve = self._slot_curve(int(p), last, coins, rng)
+                if lo <= rest + int(curve.cost[-1]) <= hi:
+                    curves[last], chosen[last] = curve, int(p)
+                    break
+        return rest + int(curves[last].cost[-1])
+
+    def _one_cut(self, curves: list[_Curve], total: int, lo: int, hi: int) -> tuple[int, int] | None:
+        """(document, chunks kept) of the single cut that lands in the window and loses the
+        fewest global and section questions, then questions, then tokens; None if none does."""
+        best, best_key = None, None
         for i, c in enumerate(curves):
-            if kept[i] >= c.doc.n_chunks:
+            others = total - int(c.cost[-1])
+            ks = np.flatnonzero((c.cost[:-1] + others >= lo) & (c.cost[:-1] + others <= hi)) + 1
+            ks = ks[ks >= max(c.k_min, 1)] if c.k_min else ks[:0]
+            if not len(ks):
                 continue
-            trial = list(kept)
-            trial[i] += 1
-            total = self.layout.fixed_tokens + sum(int(cv.cost[k - 1]) for cv, k in zip(curves, trial))
-            plan = self._trim(self._materialise(curves, trial, coins, total, target, attempt), target)
-            if plan is not None and plan.n_tokens >= self.fill_fraction * target and (
-                    best is None or plan.n_qa_trimmed < best.n_qa_trimmed):
-                best = plan
+            k = int(ks[-1])
+            lost_top = sum(q.last_chunk >= k and q.label in ("global", "section") for q in c.doc.hierarchical)
+            lost = sum(q.last_chunk >= k for q in c.doc.hierarchical + c.doc.diverse)
+            key = (lost_top, lost, int(c.doc.chunk_token_ends[-1] - c.doc.chunk_token_ends[k - 1]))
+            if best_key is None or key < best_key:
+                best, best_key = (i, k), key
         return best
-
-    def _trim(self, plan: SamplePlan, target: int) -> SamplePlan | None:
-        docs = {d.number: self.store.documents[d.position] for d in plan.documents}
-        own = Counter(q.about for q in plan.questions if q.kind != "revisit")
-        questions, total = list(plan.questions), plan.n_tokens
-        while total > target:
-            q = questions[-1]
-            if q.kind != "revisit" and own[q.about] <= 1:
-                return None
-            own[q.about] -= q.kind != "revisit"
-            total -= (self.layout.qa_turn_cost(docs[q.about], q.about)
-                      + len(q.qa.question_ids) + len(q.qa.answer_ids))
-            plan.counts[q.kind] -= 1
-            plan.n_answer_tokens -= len(q.qa.answer_ids) + 1
-            questions.pop()
-        plan.n_qa_trimmed = len(plan.questions) - len(questions)
-        plan.questions, plan.n_tokens = questions, total
-        return plan
 
     def _coins(self, seed: int, n: int) -> np.ndarray:
         """``coins[i, j]`` (i < j): revisit document i after document j. Pairs are drawn in the
@@ -356,9 +313,9 @@ class SamplePlanner:
         return coins
 
     def _materialise(self, curves: list[_Curve], kept: list[int], coins: np.ndarray, total: int,
-                     target: int, attempts: int) -> SamplePlan:
+                     target: int, attempts: int, fit: str) -> SamplePlan:
         documents, own, pools = [], [], []
-        counts = {"hierarchical": 0, "diverse": 0, "revisit": 0}
+        planned = {k: 0 for k in LEVELS}
         n_doc_tokens = 0
         for c, k in zip(curves, kept):
             doc = c.doc
@@ -369,8 +326,13 @@ class SamplePlanner:
             pools.append(eligible[self.n_diverse:c.n_take])
             n_all = len(doc.hierarchical) + len(doc.diverse)
             n_alive = len(hier) + sum(q.last_chunk < k for q in doc.diverse)
-            documents.append(PlannedDocument(doc.position, c.number, k, doc.n_chunks, n_all - n_alive))
-            n_doc_tokens += int(doc.chunk_token_ends[k - 1])
+            end = int(doc.chunk_token_ends[k - 1])
+            documents.append(PlannedDocument(doc.position, c.number, k, doc.n_chunks, n_all - n_alive,
+                                             int(doc.chunk_token_ends[-1]) - end))
+            n_doc_tokens += end
+            for q in doc.hierarchical:
+                planned[q.label] += 1
+            planned["diverse"] += min(self.n_diverse, len(doc.diverse))
         questions, shortfall = [], 0
         for j, c in enumerate(curves):
             assert own[j], "a planned document without a question of its own"
@@ -381,10 +343,11 @@ class SamplePlanner:
                     shortfall += self.n_revisit - len(group)
                     questions += [QuestionTurn(curves[i].number, c.number, "revisit", q)
                                   for q in sorted(group, key=lambda q: q.index)]
-        for q in questions:
-            counts[q.kind] += 1
         n_answer = sum(len(q.qa.answer_ids) + 1 for q in questions)
         n = len(curves)
-        return SamplePlan(documents, questions, total, n_doc_tokens, n_answer, target,
+        planned["revisit"] = self.n_revisit * int(coins.sum())
+        plan = SamplePlan(documents, questions, total, n_doc_tokens, n_answer, target,
                           revisit_pairs=n * (n - 1) // 2, revisit_drawn=int(coins.sum()),
-                          revisit_shortfall=shortfall, attempts=attempts, counts=counts)
+                          revisit_shortfall=shortfall, attempts=attempts, fit=fit, planned=planned)
+        plan.recount()
+        return plan

@@ -65,6 +65,17 @@ METADATA_SCHEMA = pa.schema([
     ("n_hierarchical", pa.int32()),          # hierarchical QA turns
     ("n_diverse", pa.int32()),               # diverse QA turns right after their document
     ("n_revisit", pa.int32()),               # QA turns about an earlier document
+    ("n_global", pa.int32()),                # hierarchical turns by level: global ...
+    ("n_section", pa.int32()),               # ... section
+    ("n_chunk", pa.int32()),                 # ... chunk
+    ("planned_global", pa.int32()),          # questions Algorithm 2 asks of the sample's documents
+    ("planned_section", pa.int32()),         #   if none were cut: all their hierarchical ones by
+    ("planned_chunk", pa.int32()),           #   level, n_diverse_per_doc diverse each, n_revisit
+    ("planned_diverse", pa.int32()),         #   per revisit coin drawn (compare with n_global,
+    ("planned_revisit", pa.int32()),         #   n_section, n_chunk, n_diverse, n_revisit)
+    ("fit", pa.string()),                    # "whole", "one_cut" or "cuts" (fallback, several cut)
+    ("n_documents_cut", pa.int32()),         # documents with chunks cut away
+    ("n_tokens_cut", pa.int64()),            # text tokens cut away from them
     ("n_qa_dropped_truncation", pa.int32()), # questions dropped because their chunks were cut
     ("n_qa_trimmed", pa.int32()),            # question turns dropped from the end to fit the target
     ("revisit_pairs", pa.int32()),           # (later doc, earlier doc) pairs that could revisit
