@@ -23,21 +23,39 @@ LLAMA_8B = KNOWN["meta-llama/Llama-3.1-8B-Instruct"]
 @pytest.mark.parametrize("dtype, tokens, offload, tile", [(torch.float32, 40, 0, 0), (torch.float32, 33, 2, 8),
                                                           (torch.bfloat16, 57, 3, 0), (torch.float64, 16, 1, 5)])
 def test_checkpoint_bytes_equal_the_measured_saved_bytes(dtype, tokens, offload, tile):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).to(dtype)
+    """Weights in the compute dtype (the benchmark's setting, ``optimizer=False``)."""
+    model, config = _tiny(dtype)
     if tile:
         tile_mlps(model.model.layers, tile)
     store = checkpoint_layers(model.model.layers, offload)
     ids = torch.randint(0, 64, (1, tokens))
     loss = model(input_ids=ids, labels=ids).loss
     dims, b = dims_from_config(config), dtype.itemsize
-    gib = estimate(dims, tokens, 1, 1, b, tiled_mlp_tokens=tile, offload_layers=offload)
+    gib = estimate(dims, tokens, 1, 1, b, tiled_mlp_tokens=tile, offload_layers=offload, optimizer=False)
     assert (store.device_bytes, store.host_bytes) == checkpoint_bytes(dims, tokens, b, offload)
     assert (store.device_bytes, store.host_bytes) == (gib["checkpoints"] * GIB, gib["host"] * GIB)
     loss.backward()
     assert (store.device_bytes, store.host_bytes) == (0, 0)
+
+
+def test_one_rank_under_autocast_keeps_fp32_checkpoints():
+    """Training on one rank: fp32 weights, bf16 autocast; the residual stream stays fp32."""
+    model, config = _tiny(torch.float32)
+    store = checkpoint_layers(model.model.layers, 1)
+    ids = torch.randint(0, 64, (1, 24))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    gib = estimate(dims_from_config(config), 24, 1, 1, 2, offload_layers=1)
+    assert (store.device_bytes, store.host_bytes) == (gib["checkpoints"] * GIB, gib["host"] * GIB) == (2 * 24 * 48 * 4,
+                                                                                                       24 * 48 * 4)
+    loss.backward()
+
+
+def _tiny(dtype: torch.dtype):
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    return LlamaForCausalLM(config).to(dtype), config
 
 
 def test_llama_8b_by_hand():

@@ -16,7 +16,8 @@ element (bf16: 2), ``k`` layers offloaded, ``tau`` MLP tile tokens:
   unsharded gradient and its fp32 copy for the reduce-scatter, ``V d (b + 4)``; the embedding's
   gathered weight and its gradient, ``2 V d b``;
 * activation checkpoints (each layer's input; exact, checked against the saved bytes on CPU):
-  ``(L - k) t d b`` on the device and ``k t d b`` in pinned host memory, plus two layers'
+  ``(L - k) t d b`` on the device and ``k t d b`` in pinned host memory (``b`` = 4 on one rank
+  with fp32 weights under autocast, whose residual stream stays fp32), plus two layers'
   inputs on the device while offloaded ones are in flight (copy out, prefetch back); without
   activation checkpointing ``L t (14 d + 4 I + 2 (Hq + 2 Hk) D) b`` (a coarse bound);
 * one layer's working set while it is recomputed and differentiated: attention
@@ -125,8 +126,10 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
         copies = (2 * dims.layer_params + head) * b
     else:
         copies = n * b if optimizer and b < 4 else 0
+    # one rank with fp32 weights under autocast: the residual stream, so each layer's input, stays fp32
+    ckpt_b = 4 if optimizer and not fsdp else b
     if activation_checkpointing:
-        on_device, on_host = checkpoint_bytes(dims, t, b, offload_layers)
+        on_device, on_host = checkpoint_bytes(dims, t, ckpt_b, offload_layers)
     else:
         on_device, on_host = dims.layers * t * (14 * d + 4 * i + 2 * (dims.heads + 2 * dims.kv_heads) * dh) * b, 0
     tiled = 0 < tiled_mlp_tokens < t
@@ -136,7 +139,7 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
         "root_head_grad": head * (b + (4 if b < 4 else 0)) if fsdp else 0,
         "embedding_end": 2 * head * b if fsdp else 0,
         "checkpoints": on_device,
-        "offload_staging": 2 * t * d * b if offload_layers else 0,
+        "offload_staging": 2 * t * d * ckpt_b if offload_layers else 0,
         "layer_working_set": t * (6 * dims.heads + 8 * dims.kv_heads) * dh * b + mlp + 4 * t * d * 4,
         "loss_chunk": 3 * loss_chunk_tokens * v * 4,
     }
