@@ -84,7 +84,7 @@ class TrainConfig:
     wandb_project: str = param("", "also log to this Weights & Biases project (if installed; empty: off)")
     seed: int = param(0, "seed of the tiny model's weights and of the sample order")
     gpus_per_node: int = param(8, "ranks per node: GPUs (paper: 8 H100), or CPU processes of a local run", min=1)
-    gpu_memory_gb: float = param(80.0, "memory per GPU for the dry run's fit check (H100: 80)", min=1.0)
+    gpu_memory_gb: float = param(80.0, "memory per GPU in GiB: the dry run's fit check and the tiling/offload plan", min=1.0)
     stop_after_steps: int = param(0, "testing: exit hard after this many steps of a run, as if killed (0: off)", min=0)
     export_hf: bool = param(False, "write each finished stage as a transformers checkpoint (save_pretrained)")
 
