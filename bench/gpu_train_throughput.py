@@ -214,6 +214,8 @@ def probe(var: Variant, length: int, peak_flops: float) -> dict:
         gc.collect()
         if var.device.type == "cuda":
             torch.cuda.empty_cache()
+            if hasattr(torch._C, "_host_emptyCache"):   # pinned blocks of one length do not serve the next
+                torch._C._host_emptyCache()
     peak = torch.cuda.max_memory_allocated(var.device) / GIB if var.device.type == "cuda" else float("nan")
     tps = length / seconds
     mfu = tps * var.flops_per_token(length) / peak_flops if peak_flops else float("nan")
