@@ -102,5 +102,16 @@ def test_plan_keeps_as_many_layers_on_the_gpu_as_fit():
 
 
 def test_offload_needs_checkpointing():
+    from pathlib import Path
+
+    from longctx.config import ParamsError, load_params
+    from longctx.train_config import TrainConfig
+
     with pytest.raises(ValueError, match="needs activation_checkpointing"):
         estimate(ModelDims(64, 128, 2, 4, 2, 100, 16), 128, 1, 1, offload_layers=1, activation_checkpointing=False)
+    demo = Path(__file__).resolve().parents[1] / "params/demo/03_train.yaml"
+    with pytest.raises(ParamsError, match="offload_checkpoints.*needs activation_checkpointing: true"):
+        load_params(TrainConfig, demo, {"offload_checkpoints": "all", "activation_checkpointing": False})
+    off = load_params(TrainConfig, demo, {"activation_checkpointing": False})     # auto then offloads nothing
+    assert plan(LLAMA_8B, 1048576, 8, 8, 80, 128, offload=off.offload_checkpoints,
+                activation_checkpointing=False).offload_layers == 0

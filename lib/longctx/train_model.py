@@ -104,6 +104,10 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
     store = apply_activation_checkpointing(lm, memory.offload_layers) if cfg.activation_checkpointing else None
     wrapper = AnswerOnlyLM(lm, cfg.loss_chunk_tokens)
     wrapper.memory_plan, wrapper.checkpoint_store = memory, store   # what the estimate chose; saved-bytes counts
+    if memory.tiled_mlp_tokens or memory.offload_layers:
+        dist.print0(f"stage {stage.name}: MLP tiles of {memory.tiled_mlp_tokens or 'off'} tokens, "
+                    f"{memory.offload_layers}/{config.num_hidden_layers} layer checkpoints in host memory "
+                    f"(estimate {memory.gib['total']:.1f} GiB GPU, {memory.gib['host']:.1f} GiB host per rank)")
     if par.world_size > 1:
         _apply_fsdp(wrapper, par, dtype)
     if seeded:
