@@ -112,7 +112,7 @@ class CheckpointStore:
             side = self._stream(tensor.device)
             side.wait_stream(torch.cuda.current_stream(tensor.device))   # the tensor is written
             with torch.cuda.stream(side):
-                host.copy_(tensor, non_blocking=True)
+                host.copy_(tensor.detach(), non_blocking=True)
                 copied = side.record_event()
             tensor.record_stream(side)          # its memory is not reused before the copy ends
         else:                                   # no CUDA: a separate CPU copy stands in for pinned memory
