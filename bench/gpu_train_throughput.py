@@ -14,11 +14,12 @@ across GPUs in real runs). Variants, side by side in one run:
   needed at each length (``longctx.offload``), within the host memory available;
 * ``alst``: DeepSpeed's ALST single-GPU recipe on the same HF model, where deepspeed imports:
   its ``TiledMLP`` (tiles of ``hidden_size`` tokens), its checkpoint offload
-  (``CheckpointHiddenStatesOffload``) and its ``TiledFusedLogitsLoss`` over all tokens.
+  (``CheckpointHiddenStatesOffload``) and its ``TiledFusedLogitsLoss`` over all tokens (tiles of
+  at most 1 GiB of fp32 logits).
 
 Per variant a search with single steps finds the longest ``L`` that fits: doubling from
 ``--start`` until a step runs out of memory, then bisection down to ``--resolution`` tokens. A
-probe whose predicted time (the last step's time scaled by ``(L / L_last) ** 2``) would pass the
+probe whose predicted time (1.25 x the last step's time x ``(L / L_last) ** 2``) would pass the
 variant's share of ``--budget-s`` is not started: the row says so, and the maximum is then a
 lower bound. The probes at 16K, 32K, 64K, 128K, ... are the common lengths for tokens/s and MFU
 (one warm-up step at ``--start`` first). Peak memory is ``max_memory_allocated``; for our
@@ -166,7 +167,7 @@ class Variant:
 
             with self.offload_ctx():
                 hidden = self.lm.model(input_ids=ids, use_cache=False).last_hidden_state
-                shards = max(1, math.ceil(ids.shape[1] / 4096))
+                shards = max(1, math.ceil(ids.shape[1] * self.dims["vocab_size"] * 4 / GIB))   # <= 1 GiB fp32 logits
                 loss = TiledFusedLogitsLoss.apply(loss_fn, self.lm, hidden, shifted, None, shards,
                                                   [self.lm.lm_head.weight], "sum") / answers
                 loss.backward()
@@ -234,7 +235,7 @@ def search(var: Variant, start: int, resolution: int, max_len: int, deadline: fl
     last = None
     while start <= length <= max_len:
         if last is not None:
-            predicted = last["step_s"] * (length / last["tokens"]) ** 2
+            predicted = 1.25 * last["step_s"] * (length / last["tokens"]) ** 2   # margin: first pinned allocations
             if time.perf_counter() + predicted > deadline:
                 rows.append({"variant": var.name, "tokens": length, "status": f"budget: ~{predicted:.0f} s "
                              "would pass this variant's share"})
