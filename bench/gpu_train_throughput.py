@@ -1,25 +1,37 @@
-"""One-GPU training throughput of the Llama-3.1-8B architecture: our stack vs plain Hugging Face.
+"""One-GPU training of the Llama-3.1-8B shape: longest context that fits, tokens/s and MFU.
 
 Random bf16 weights of Llama-3.1-8B's shape (8.0B parameters, vocab 128256), one sample of
 ``L`` tokens with 10% answer tokens, forward + backward (bf16 gradients; no optimizer step: the
-AdamW state of 8B parameters does not fit one GPU next to the activations, and FSDP spreads it
-across GPUs in real runs). For L = 16K, 32K, 64K, 128K and upward until out of memory (or until
-the time budget would be exceeded), both variants in one run:
+AdamW state of 8B parameters does not fit one GPU next to the activations, FSDP spreads it
+across GPUs in real runs). Variants, side by side in one run:
 
-* ``ours``:  float64 RoPE module, Ulysses attention implementation (sp=1: flash-attn when
-  installed, else SDPA's flash kernel), activation checkpointing per decoder layer
-  (``checkpoint_wrapper``), chunked answer-only loss (``longctx.loss``);
-* ``hf``:    the same model with ``attn_implementation="sdpa"``, ``gradient_checkpointing_enable()``
-  and the model's own loss over full ``L x 128256`` logits.
+* ``hf``: plain transformers, ``attn_implementation="sdpa"``, non-reentrant gradient
+  checkpointing, the model's own loss over full ``L x 128256`` logits;
+* ``ours``: float64 RoPE module, Ulysses attention (sp=1: flash-attn when installed, else SDPA),
+  checkpoint per decoder layer, chunked answer-only loss (``longctx.loss``);
+* ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.tiled_mlp``) and as
+  many layer checkpoints offloaded to pinned host memory as ``memory_estimate.plan`` says are
+  needed at each length (``longctx.offload``), within the host memory available;
+* ``alst``: DeepSpeed's ALST single-GPU recipe on the same HF model, where deepspeed imports:
+  its ``TiledMLP`` (tiles of ``hidden_size`` tokens), its checkpoint offload
+  (``CheckpointHiddenStatesOffload``) and its ``TiledFusedLogitsLoss`` over all tokens (tiles of
+  at most 1 GiB of fp32 logits).
 
-Reported per (variant, L): tokens/s, MFU, peak GPU memory (``max_memory_allocated``), or OOM.
-FLOP convention: per token ``6 * N_matmul + 6 * n_layers * d_model * L`` with ``N_matmul`` the
-parameters used in matrix products (all but the input embedding) and the second term causal
-attention (half of PaLM's ``12 * n_layers * d * L``); recomputation from activation checkpointing
-is not counted; peak bf16 dense FLOP/s: 989e12 (H100/H200 SXM), override with ``--peak-tflops``.
+Per variant a search with single steps finds the longest ``L`` that fits: doubling from
+``--start`` until a step runs out of memory, then bisection down to ``--resolution`` tokens. A
+probe whose predicted time (1.25 x the last step's time x ``(L / L_last) ** 2``) would pass the
+variant's share of ``--budget-s`` is not started: the row says so, and the maximum is then a
+lower bound. The probes at 16K, 32K, 64K, 128K, ... are the common lengths for tokens/s and MFU
+(one warm-up step at ``--start`` first). Peak memory is ``max_memory_allocated``; for our
+variants the memory estimate of the same setting is printed next to it (the calibration data).
 
-    python bench/gpu_train_throughput.py            # one H100/H200, about 6-8 minutes
-    python bench/gpu_train_throughput.py --smoke    # CPU, tiny model: checks that the script runs
+FLOPs per token: ``6 N_layers_matmul + 6 f V d + 6 n_layers d L`` (causal attention, half of
+PaLM's ``12 n_layers d L``); ``f`` is the fraction of tokens projected to the vocabulary: the
+answer tokens (0.1) for ours, all (1.0) for hf and alst. Recomputation is not counted. Peak bf16
+dense FLOP/s 989e12 (H100/H200 SXM; ``--peak-tflops``).
+
+    python bench/gpu_train_throughput.py            # one H100/H200, within 8 minutes
+    python bench/gpu_train_throughput.py --smoke    # CPU, tiny model, a real memory limit: checks the script
 
 Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``).
 """
@@ -29,10 +41,13 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import math
 import os
 import platform
+import resource
 import sys
 import time
+import types
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,154 +57,325 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
 LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072)
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
+                   num_attention_heads=32, num_key_value_heads=8)
+TINY = dict(vocab_size=16384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2)
+VARIANTS = ["hf", "ours", "ours_tiled_offload", "alst"]
+ANSWER_FRACTION = 0.1
+GIB = 2**30
+SMOKE_HEADROOM = 384 * 2**20     # bytes of address space the smoke run may add: hf's full logits hit it first
 
 
-def build(variant: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype):
-    from longctx import dist, rope, ulysses
-    from longctx.loss import AnswerOnlyLM
-    from longctx.train_model import apply_activation_checkpointing
-    from transformers import AutoModelForCausalLM, LlamaConfig
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)
+                                           or "not enough memory" in str(err)))
 
-    config = LlamaConfig(**{**dims, "max_position_embeddings": max(dims["max_position_embeddings"], max_len)},
-                         rope_parameters={"rope_type": "default", "rope_theta": rope.scaling_law_theta(max_len)},
-                         tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
-    with torch.device(device):  # random init straight on the GPU (8B on the CPU takes minutes)
-        lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    lm.to(device).train()
-    if variant == "hf":
-        if hasattr(lm, "activation_checkpointing_enable"):      # transformers >= 5.2x
-            lm.activation_checkpointing_enable({"use_reentrant": False})
+
+class Variant:
+    """One model set up the way ``name`` trains; ``prepare(L)`` then ``step(ids, labels)``."""
+
+    def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
+                 gpu_gib: float, host_gib: float, tile_tokens: int):
+        from longctx import dist, rope, ulysses
+        from longctx.memory_estimate import ModelDims
+        from transformers import AutoModelForCausalLM, LlamaConfig
+
+        self.name, self.dims, self.device, self.dtype = name, dims, device, dtype
+        self.gpu_gib, self.host_gib, self.tile_tokens = gpu_gib, host_gib, tile_tokens
+        self.model_dims = ModelDims(dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"],
+                                    dims["num_attention_heads"], dims["num_key_value_heads"], dims["vocab_size"],
+                                    dims["hidden_size"] // dims["num_attention_heads"])
+        config = LlamaConfig(**dims, max_position_embeddings=max_len, tie_word_embeddings=False, use_cache=False,
+                             rope_parameters={"rope_type": "default", "rope_theta": rope.scaling_law_theta(max_len)},
+                             attn_implementation="sdpa")
+        with torch.device(device):  # random init straight on the GPU (8B on the CPU takes minutes)
+            self.lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.lm.train()
+        self.store, self.offloaded, self.tile = None, 0, 0
+        if name in ("hf", "alst"):
+            if hasattr(self.lm, "activation_checkpointing_enable"):      # transformers >= 5.2x
+                self.lm.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if name == "alst":
+                self._setup_alst()
+            return
+        from longctx.loss import AnswerOnlyLM
+        from longctx.tiled_mlp import tile_mlps
+
+        dist.init(sp=1)
+        rope.install_rope(self.lm)
+        ulysses.enable(self.lm)
+        if name == "ours_tiled_offload":
+            tile_mlps(self.lm.model.layers, tile_tokens)
+            self.tile = tile_tokens
+        self.raw_layers = list(self.lm.model.layers)
+        self.model = AnswerOnlyLM(self.lm, chunk_tokens=1024)
+
+    def _setup_alst(self) -> None:
+        from deepspeed.runtime.activation_checkpointing.offload_activations import (
+            get_checkpoint_hidden_states_offloading_ctx_manager)
+        from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP
+
+        def mlp_forward(mlp, x):
+            return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+        def tiled(mlp, x):  # ALST's recipe: shards of hidden_size tokens
+            shards = max(1, math.ceil(x.shape[1] / x.shape[2]))
+            return TiledMLP.apply(mlp_forward, mlp, x, shards, [mlp.down_proj.weight, mlp.gate_proj.weight,
+                                                              mlp.up_proj.weight])
+
+        for layer in self.lm.model.layers:
+            layer.mlp.forward = types.MethodType(tiled, layer.mlp)
+        self.offload_ctx = lambda: get_checkpoint_hidden_states_offloading_ctx_manager(
+            use_pin_memory=self.device.type == "cuda", use_streams=self.device.type == "cuda")
+
+    def prepare(self, length: int) -> dict:
+        """Per-length setup (layers offloaded for this length); the estimate's GiB for ours."""
+        if self.name in ("hf", "alst"):
+            return {}
+        from longctx.memory_estimate import estimate, plan
+        from longctx.offload import checkpoint_layers
+
+        self.offloaded = 0
+        if self.name == "ours_tiled_offload":
+            self.offloaded = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always",
+                                  self.tile_tokens, "auto", compute_bytes=self.dtype.itemsize,
+                                  optimizer=False).offload_layers
+        self.lm.model.layers = torch.nn.ModuleList(self.raw_layers)
+        self.store = checkpoint_layers(self.lm.model.layers, self.offloaded)
+        gib = estimate(self.model_dims, length, 1, 1, self.dtype.itemsize, tiled_mlp_tokens=self.tile,
+                       offload_layers=self.offloaded, optimizer=False)
+        return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded,
+                "est_host_gib": float(f"{gib['host']:.3g}")}
+
+    def step(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+        from longctx.loss import shift_labels
+
+        shifted = shift_labels(labels)
+        answers = max(int((shifted != -100).sum()), 1)
+        if self.name == "hf":
+            self.lm(input_ids=ids, labels=labels, use_cache=False).loss.backward()
+        elif self.name == "alst":
+            from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledFusedLogitsLoss
+
+            def loss_fn(lm, x, y):
+                logits = lm.lm_head(x).float()
+                return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1),
+                                                         reduction="sum")
+
+            with self.offload_ctx():
+                hidden = self.lm.model(input_ids=ids, use_cache=False).last_hidden_state
+                shards = max(1, math.ceil(ids.shape[1] * self.dims["vocab_size"] * 4 / GIB))   # <= 1 GiB fp32 logits
+                loss = TiledFusedLogitsLoss.apply(loss_fn, self.lm, hidden, shifted, None, shards,
+                                                  [self.lm.lm_head.weight], "sum") / answers
+                loss.backward()
         else:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return lm
-    dist.init(sp=1)
-    rope.install_rope(lm)
-    ulysses.enable(lm)
-    apply_activation_checkpointing(lm)
-    return AnswerOnlyLM(lm, chunk_tokens=1024)
+            pos = torch.arange(ids.shape[1], device=ids.device)[None]
+            loss, _, _ = self.model(ids, shifted, pos, loss_scale=1.0 / answers)
+            loss.backward()
+        for p in self.lm.parameters():
+            p.grad = None
+
+    def flops_per_token(self, length: int) -> float:
+        d, layers, v = self.dims["hidden_size"], self.dims["num_hidden_layers"], self.dims["vocab_size"]
+        head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
+        return 6 * layers * self.model_dims.layer_params + 6 * head * v * d + 6 * layers * d * length
 
 
-def step(variant: str, model, ids: torch.Tensor, labels: torch.Tensor) -> None:
-    from longctx.loss import shift_labels
-
-    if variant == "hf":
-        loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-    else:
-        pos = torch.arange(ids.shape[1], device=ids.device)[None]
-        shifted = shift_labels(labels, pos)
-        loss, _, _ = model(ids, shifted, pos, loss_scale=1.0 / max(int((shifted != -100).sum()), 1))
-    loss.backward()
-    for p in model.parameters():
-        p.grad = None
-
-
-def flops_per_token(dims: dict, length: int) -> float:
-    d, i, layers = dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"]
-    hd = d // dims["num_attention_heads"]
-    per_layer = d * hd * (2 * dims["num_attention_heads"] + 2 * dims["num_key_value_heads"]) + 3 * d * i
-    matmul_params = layers * per_layer + dims["vocab_size"] * d       # + output head; input embedding is a lookup
-    return 6 * matmul_params + 6 * layers * d * length
-
-
-def measure(variant, model, length, dims, device, steps, warmup, peak_flops) -> dict:
+def batch(length: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(length)
-    ids = torch.randint(0, dims["vocab_size"], (1, length), generator=g).to(device)
-    labels = torch.where(torch.rand(1, length, generator=g) < 0.1, ids.cpu(), torch.full((1, length), -100)).to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(warmup):
-        step(variant, model, ids, labels)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step(variant, model, ids, labels)
-    sync()
-    seconds = (time.perf_counter() - t0) / steps
-    tokens_per_s = length / seconds
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    mfu = tokens_per_s * flops_per_token(dims, length) / peak_flops if peak_flops else float("nan")
-    return {"variant": variant, "tokens": length, "status": "ok", "step_s": round(seconds, 3),
-            "tokens_per_s": round(tokens_per_s, 1), "mfu": round(mfu, 4), "peak_gb": round(peak, 2)}
+    ids = torch.randint(0, vocab, (1, length), generator=g)
+    labels = torch.where(torch.rand(1, length, generator=g) < ANSWER_FRACTION, ids, torch.full_like(ids, -100))
+    return ids.to(device), labels.to(device)
+
+
+def probe(var: Variant, length: int, peak_flops: float) -> dict:
+    """One step at ``length``: ``ok`` with time, throughput and memory, or ``OOM``."""
+    row = {"variant": var.name, "tokens": length}
+    sync = torch.cuda.synchronize if var.device.type == "cuda" else (lambda: None)
+    try:
+        row.update(var.prepare(length))
+        ids, labels = batch(length, var.dims["vocab_size"], var.device)
+        if var.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(var.device)
+        sync()
+        t0 = time.perf_counter()
+        var.step(ids, labels)
+        sync()
+        seconds = time.perf_counter() - t0
+    except Exception as err:  # noqa: BLE001 - one variant's failure must not cost the others their slot
+        for p in var.lm.parameters():
+            p.grad = None
+        row["status"] = "OOM" if _is_oom(err) else f"error: {type(err).__name__}: {str(err)[:120]}"
+        return row
+    finally:
+        gc.collect()
+        if var.device.type == "cuda":
+            torch.cuda.empty_cache()
+            if hasattr(torch._C, "_host_emptyCache"):   # pinned blocks of one length do not serve the next
+                torch._C._host_emptyCache()
+    peak = torch.cuda.max_memory_allocated(var.device) / GIB if var.device.type == "cuda" else float("nan")
+    tps = length / seconds
+    mfu = tps * var.flops_per_token(length) / peak_flops if peak_flops else float("nan")
+    row.update(status="ok", step_s=round(seconds, 3), tokens_per_s=round(tps, 1), mfu=round(mfu, 4),
+               peak_gib=round(peak, 2))
+    if var.store is not None:
+        row["host_gib"] = float(f"{var.store.peak_host_bytes / GIB:.3g}")
+    if "est_gib" in row and peak == peak:
+        row["est_over_peak"] = round(row["est_gib"] / peak, 3)
+    return row
+
+
+def search(var: Variant, start: int, resolution: int, max_len: int, deadline: float, peak_flops: float) -> list[dict]:
+    """Doubling from ``start`` until OOM, then bisection to ``resolution``; single steps, within ``deadline``."""
+    rows, ok, bad, length = [], None, None, start
+    last = None
+    while start <= length <= max_len:
+        if last is not None:
+            predicted = 1.25 * last["step_s"] * (length / last["tokens"]) ** 2   # margin: first pinned allocations
+            if time.perf_counter() + predicted > deadline:
+                rows.append({"variant": var.name, "tokens": length, "status": f"budget: ~{predicted:.0f} s "
+                             "would pass this variant's share"})
+                print(rows[-1], flush=True)
+                break
+        row = probe(var, length, peak_flops)
+        rows.append(row)
+        print(row, flush=True)
+        if row["status"].startswith("error"):
+            break
+        if row["status"] == "ok":
+            ok, last = length, row
+        else:
+            bad = length
+        if bad is None:
+            length *= 2
+            continue
+        low = ok or 0
+        mid = (low + bad) // 2 // resolution * resolution
+        if mid <= low or bad - low <= resolution:
+            break
+        length = mid
+    return rows
+
+
+def summary(rows: list[dict], variants: list[str]) -> list[str]:
+    out = ["| variant | longest that fits | limit | tok/s @ 32K | MFU @ 32K | tok/s @ 128K | MFU @ 128K | peak GiB there |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in variants:
+        mine = [r for r in rows if r["variant"] == name]
+        oks = [r for r in mine if r.get("status") == "ok"]
+        if not mine:
+            continue
+        if not oks:
+            out.append(f"| {name} | none | {mine[-1].get('status')} | | | | | |")
+            continue
+        best = max(oks, key=lambda r: r["tokens"])
+        stops = [r for r in mine if r.get("status") != "ok"]
+        limit = ", ".join(f"{r['status'].split(':')[0]} at {r['tokens']}" for r in stops) or "max length probed"
+        at = {r["tokens"]: r for r in oks}
+        cells = []
+        for length in (32768, 131072):
+            r = at.get(length)
+            cells += [str(r["tokens_per_s"]), str(r["mfu"])] if r else ["", ""]
+        out.append(f"| {name} | {best['tokens']} | {limit} | " + " | ".join(cells) + f" | {best.get('peak_gib')} |")
+    return out
+
+
+def _host_gib() -> float:
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) for line in f}
+    return 0.8 * info["MemAvailable"] * 1024 / GIB     # leave room for the process itself
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, two short lengths")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[16384, 32768, 65536, 131072, 262144, 524288])
-    ap.add_argument("--variants", nargs="+", default=["hf", "ours"], choices=["hf", "ours"])
-    ap.add_argument("--steps", type=int, default=2, help="timed steps per length (1 once a step exceeds 30 s)")
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting new lengths past this (8-min slot)")
+    ap.add_argument("--smoke", action="store_true", help="CPU, tiny model, an address-space limit as memory")
+    ap.add_argument("--variants", nargs="+", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--start", type=int, default=16384, help="first probe length (tokens)")
+    ap.add_argument("--resolution", type=int, default=16384, help="bisection stops at this many tokens")
+    ap.add_argument("--max-len", type=int, default=2**21)
+    ap.add_argument("--tile-tokens", type=int, default=8192)
+    ap.add_argument("--budget-s", type=float, default=420.0, help="all variants together (8-minute slot)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak per GPU (H100/H200 SXM)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     start = time.perf_counter()
     if args.smoke:
-        device, dtype, dims, lengths = torch.device("cpu"), torch.float32, TINY, [256, 512]
+        device, dtype, dims = torch.device("cpu"), torch.float32, TINY
+        args.start, args.resolution, args.max_len, args.tile_tokens = 256, 256, 16384, 512
+        args.budget_s = min(args.budget_s, 150.0)
         torch.set_num_threads(1)
+        gpu_gib, host_gib = 1.0, 1.0
     else:
         if not torch.cuda.is_available():
             sys.exit("no GPU: run with --smoke on CPU")
-        device, dtype, dims, lengths = torch.device("cuda"), torch.bfloat16, LLAMA_31_8B, args.lengths
+        device, dtype, dims = torch.device("cuda"), torch.bfloat16, LLAMA_31_8B
+        gpu_gib, host_gib = 0.95 * torch.cuda.mem_get_info()[1] / GIB, _host_gib()
     peak_flops = args.peak_tflops * 1e12 if device.type == "cuda" else 0.0
-    rows = []
-    for variant in args.variants:
-        model = build(variant, dims, max(lengths), device, dtype)
-        last = None
-        for length in lengths:
-            elapsed = time.perf_counter() - start
-            steps = args.steps if (last is None or last["step_s"] < 30) else 1
-            if last is not None:  # attention grows ~quadratically: predict before starting
-                predicted = last["step_s"] * (length / last["tokens"]) ** 2 * (steps + args.warmup)
-                if elapsed + predicted > args.budget_s:
-                    rows.append({"variant": variant, "tokens": length, "status": f"skipped: ~{predicted:.0f} s "
-                                 f"would pass the {args.budget_s:.0f} s budget"})
-                    print(rows[-1], flush=True)
-                    break
-            try:
-                row = measure(variant, model, length, dims, device, steps, args.warmup, peak_flops)
-            except torch.OutOfMemoryError:
-                row = {"variant": variant, "tokens": length, "status": "OOM"}
-            rows.append(row)
-            print(row, flush=True)
-            if row["status"] != "ok":
-                break
-            last = row
-        del model
+    rows, env = [], []
+    out = Path(args.out or ROOT / "bench/results" / ("gpu_train_throughput_smoke" if args.smoke else "gpu_train_throughput"))
+    command = " ".join(["gpu_train_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    for i, name in enumerate(args.variants):
+        left = args.budget_s - (time.perf_counter() - start)
+        deadline = time.perf_counter() + left / (len(args.variants) - i)   # unused time passes on
+        if args.smoke:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        try:
+            var = Variant(name, dims, args.max_len, device, dtype, gpu_gib, host_gib, args.tile_tokens)
+        except ImportError as err:
+            rows.append({"variant": name, "tokens": "", "status": f"not installed: {err}"})
+            print(rows[-1], flush=True)
+            continue
+        if args.smoke:   # a real memory limit on CPU, per variant: the address space in use + SMOKE_HEADROOM
+            used = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            resource.setrlimit(resource.RLIMIT_AS, (used + SMOKE_HEADROOM, resource.RLIM_INFINITY))
+            env.append(f"{name}: smoke memory limit {used / GIB:.2f} GiB of address space in use + "
+                       f"{SMOKE_HEADROOM // 2**20} MiB (setrlimit after the build), so probes really run out of memory")
+        probe(var, args.start, peak_flops)            # warm-up (kernels, allocator), not recorded
+        rows += search(var, args.start, args.resolution, args.max_len, deadline, peak_flops)
+        del var
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    out = Path(args.out or ROOT / "bench/results" / ("gpu_train_throughput_smoke" if args.smoke else "gpu_train_throughput"))
-    _write(rows, out, device, " ".join(["gpu_train_throughput.py", *(argv if argv is not None else sys.argv[1:])]))
-    print(f"total {time.perf_counter() - start:.0f} s")
+        if args.smoke:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        _write(rows, args.variants, out, device, command, time.perf_counter() - start, gpu_gib, host_gib, env)
 
 
-def _write(rows, out: Path, device: torch.device, command: str) -> None:
+def _write(rows, variants, out: Path, device, command: str, seconds: float, gpu_gib, host_gib, env) -> None:
     import transformers
     from longctx.ulysses import HAS_FLASH_ATTN
 
-    keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "peak_gb"]
+    keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "peak_gib", "est_gib", "est_over_peak",
+            "offloaded", "host_gib", "est_host_gib"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows({k: r.get(k, "") for k in keys} for r in rows)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    head = (f"# Training throughput, Llama-3.1-8B architecture, one GPU: ours vs plain HF\n\n"
-            f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}\n- device: {gpu}; {platform.platform()}\n"
-            f"- versions: torch {torch.__version__}, transformers {transformers.__version__}, "
+    try:
+        import deepspeed
+        ds = deepspeed.__version__
+    except ImportError:
+        ds = "not installed"
+    head = (f"# One-GPU training, Llama-3.1-8B shape: longest context and throughput per variant\n\n"
+            f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; run time {seconds:.0f} s\n"
+            f"- device: {gpu}; {platform.platform()}; memory budget for the offload plan: GPU {gpu_gib:.1f} GiB, "
+            f"host {host_gib:.1f} GiB\n"
+            f"- versions: torch {torch.__version__}, transformers {transformers.__version__}, deepspeed {ds}, "
             f"flash-attn {'yes' if HAS_FLASH_ATTN else 'no'}\n- command: `python bench/{command}`\n"
-            f"- forward + backward, bf16 weights and gradients, no optimizer step; 10% answer tokens; "
-            f"MFU convention in the script's docstring\n\n")
+            + "".join(f"- {line}\n" for line in env) +
+            "- forward + backward, no optimizer step, 10% answer tokens; one step per probe; search, FLOP and MFU "
+            "conventions in the script's docstring\n\n")
     table = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     table += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
-    out.with_suffix(".md").write_text(head + "\n".join(table) + "\n", encoding="utf-8")
-    print(f"wrote {out.with_suffix('.md')} and .csv")
+    text = head + "## Summary\n\n" + "\n".join(summary(rows, variants)) + "\n\n## Probes\n\n" + "\n".join(table) + "\n"
+    out.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')} and .csv after {seconds:.0f} s", flush=True)  # after every variant
 
 
 if __name__ == "__main__":

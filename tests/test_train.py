@@ -123,9 +123,15 @@ def test_paper_profile_dry_run_and_sbatch_chain():
 def test_dry_run_flags_memory_and_bad_degrees(capsys):
     paper = ROOT / "params/paper/03_train.yaml"
     cfg = load_params(TrainConfig, paper)
-    one_node = load_params(TrainConfig, paper, {"stages": [{**_stage_dict(cfg.stages[-1]), "nodes": 1, "sp": 8}]})
-    assert dry_run(one_node)[0]["fits"] is False           # 1M tokens on 8 GPUs: ~98 GB each
-    assert train.main(["--params", str(paper), "--dry-run", "--set",
+    plain = {"tiled_mlp": "never", "offload_checkpoints": "none"}
+    one_node = load_params(TrainConfig, paper, {"stages": [{**_stage_dict(cfg.stages[-1]), "nodes": 1, "sp": 8}],
+                                                **plain})
+    row = dry_run(one_node)[0]
+    assert row["fits"] is False and "nodes=2 sp=16 fits" in row["notes"]   # 1M tokens on 8 GPUs: ~103 GiB each
+    tiled = dry_run(load_params(TrainConfig, paper, {"stages": one_node.stages}))[0]
+    assert tiled["fits"] and tiled["mlp_tile"] == 8192 and tiled["offloaded"] != "0/32" and tiled["host_gib"] > 0
+    assert train.main(["--params", str(paper), "--dry-run", "--set", "tiled_mlp=never", "--set",
+                       "offload_checkpoints=none", "--set",
                        "stages=[{name: 1M, seq_len: 1048576, sp: 8, nodes: 1, global_batch: 1}]"]) == 1
     bad_heads = load_params(TrainConfig, paper, {"stages": [{**_stage_dict(cfg.stages[0]), "sp": 64, "nodes": 8}]})
     with pytest.raises(ValueError, match=r"32 query heads / 8 KV heads over sp=64.*valid sp: \[1, 2, 4, 8, 16, 32\]"):

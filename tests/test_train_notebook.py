@@ -61,5 +61,5 @@ def test_paper_profile_prints_job_chain_and_memory(tmp_path):
     records = execute(NOTEBOOK, paper, output=tmp_path / "03_paper.ipynb", timeout=120)
     assert records["profile"] == "paper" and records["stages"] == ["180K", "350K", "650K", "1M"]
     assert records["sbatch_jobs"] == 4 and records["fits"] is True
-    assert all(20 < gb < 80 for gb in records["est_gb"]) and records["sp"] == [8, 8, 8, 16]
+    assert all(20 < gib < 80 for gib in records["est_gib"]) and records["sp"] == [8, 8, 8, 16]
     assert records["losses"] == []

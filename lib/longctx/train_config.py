@@ -69,6 +69,12 @@ class TrainConfig:
     grad_clip: float = param(1.0, "clip the global gradient norm to this (0: off)", min=0.0)
     loss_chunk_tokens: int = param(1024, "answer tokens projected to the vocabulary at once", min=1)
     activation_checkpointing: bool = param(True, "recompute each decoder layer in backward")
+    tiled_mlp: Literal["auto", "always", "never"] = param("auto", "run each MLP over sequence tiles recomputed in backward; "
+                                                    "auto: where the memory estimate needs it")
+    mlp_tile_tokens: int = param(8192, "tokens per MLP tile", min=1)
+    offload_checkpoints: Literal["auto", "all", "none"] = param(
+        "auto", "keep layer checkpoints in pinned host memory; auto: the fewest layers the estimate needs")
+    host_memory_gb: float = param(1024.0, "host memory per node for offloaded checkpoints (GiB)", min=0.0)
     dtype: Literal["auto", "bfloat16", "float32"] = param("auto", "compute dtype; auto: bf16 on GPU, fp32 on CPU")
     checkpoint_every: int = param(50, "save a resumable checkpoint every this many steps", min=1)
     keep_checkpoints: int = param(2, "resumable checkpoints kept per stage (oldest deleted)", min=1)
@@ -78,7 +84,7 @@ class TrainConfig:
     wandb_project: str = param("", "also log to this Weights & Biases project (if installed; empty: off)")
     seed: int = param(0, "seed of the tiny model's weights and of the sample order")
     gpus_per_node: int = param(8, "ranks per node: GPUs (paper: 8 H100), or CPU processes of a local run", min=1)
-    gpu_memory_gb: float = param(80.0, "memory per GPU for the dry run's fit check (H100: 80)", min=1.0)
+    gpu_memory_gb: float = param(80.0, "memory per GPU in GiB: the dry run's fit check and the tiling/offload plan", min=1.0)
     stop_after_steps: int = param(0, "testing: exit hard after this many steps of a run, as if killed (0: off)", min=0)
     export_hf: bool = param(False, "write each finished stage as a transformers checkpoint (save_pretrained)")
 
@@ -88,6 +94,9 @@ class TrainConfig:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise bad("stages", f"stage names must be unique, got {names}")
+        if self.offload_checkpoints == "all" and not self.activation_checkpointing:
+            raise bad("offload_checkpoints", "offloads activation checkpoints: needs activation_checkpointing: true "
+                      "(or offload_checkpoints: none)")
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

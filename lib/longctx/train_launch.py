@@ -8,7 +8,8 @@
   job per stage, each depending on the previous one (``afterok``), cluster settings from the
   ignored ``slurm/cluster.env``.
 * :func:`dry_run` validates a profile without GPUs: world size per stage, sp/dp/grad-accum
-  divisibility, Ulysses head layout, padding, samples on disk, and the per-GPU memory estimate.
+  divisibility, Ulysses head layout, padding, samples on disk, the per-GPU memory estimate with
+  the tiled MLP and checkpoint offload training will use, and the host memory they need.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import shlex
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import yaml
 
 from . import ulysses
 from .config import project_root, resolve_path, to_dict
-from .memory_estimate import dims_of, estimate
+from .memory_estimate import dims_of, plan_stage
 from .train_config import TrainConfig, layout
 
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
@@ -84,9 +86,26 @@ def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
     return lines
 
 
+def _fitting_layout(cfg: TrainConfig, stage, dims, bytes_per: int) -> str:
+    """The smallest (nodes, sp) at which ``stage`` fits, as a hint; empty if none up to 64 nodes."""
+    for nodes in (1, 2, 4, 8, 16, 32, 64):
+        world = nodes * cfg.gpus_per_node
+        for sp in (1, 2, 4, 8, 16, 32, 64):
+            if world % sp or stage.global_batch % (world // sp) or dims.heads % sp:
+                continue
+            if not (dims.kv_heads % sp == 0 or sp % dims.kv_heads == 0):
+                continue
+            mem = plan_stage(cfg, replace(stage, sp=sp, nodes=nodes), world, bytes_per, dims)
+            if mem.fits:
+                return f"nodes={nodes} sp={sp} fits ({mem.gib['total']:.1f} GiB per GPU)"
+    return ""
+
+
 def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
-    cannot run (with the numbers), reports memory that does not fit as ``fits: False``."""
+    cannot run (with the numbers), reports memory that does not fit as ``fits: False`` and names
+    a layout that does. Tiled MLP and checkpoint offload are those training will choose
+    (``memory_estimate.plan_stage``); memory is in GiB, host memory per GPU."""
     dims = dims_of(cfg)
     bytes_per = 4 if cfg.dtype == "float32" else 2
     rows = []
@@ -94,14 +113,19 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         world = stage.nodes * cfg.gpus_per_node
         lay = layout(stage, world)
         kv = ulysses.check_heads(dims.heads, dims.kv_heads, stage.sp)
-        mem = estimate(dims, stage.seq_len, stage.sp, world, bytes_per, cfg.activation_checkpointing,
-                       cfg.loss_chunk_tokens)
+        memory = plan_stage(cfg, stage, world, bytes_per, dims)
+        mem = memory.gib
         notes = []
         if stage.seq_len % stage.sp:
             notes.append(f"sequence length {stage.seq_len} is not divisible by sp={stage.sp} (pad to "
                          f"{ulysses.padded_length(stage.seq_len, stage.sp)}); shard_inputs pads such samples")
-        if mem["total"] > cfg.gpu_memory_gb:
-            notes.append(f"estimated {mem['total']:.1f} GB per GPU exceeds {cfg.gpu_memory_gb:g} GB: raise sp or nodes")
+        if not memory.fits_gpu:
+            notes.append(f"estimated {mem['total']:.1f} GiB per GPU exceeds {cfg.gpu_memory_gb:g} GiB")
+        if not memory.fits_host:
+            notes.append(f"offloaded checkpoints need {mem['host']:.1f} GiB of host memory per GPU, more than "
+                         f"host_memory_gb={cfg.host_memory_gb:g} per node allows")
+        if not memory.fits:
+            notes.append(_fitting_layout(cfg, stage, dims, bytes_per) or "no layout up to 64 nodes fits")
         samples = resolve_path(stage.samples)
         on_disk = samples.is_file() or (samples / f"{stage.samples_stage or stage.name}.parquet").is_file()
         rows.append({
@@ -110,10 +134,12 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "kv_heads": f"{dims.kv_heads} ({kv})", "tokens_per_gpu": int(mem["tokens_per_gpu"]),
             "padding": ulysses.padded_length(stage.seq_len, stage.sp) - stage.seq_len,
             "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g}",
-            "states_gb": round(mem["sharded_states"], 1), "activations_gb": round(mem["activation_checkpoints"], 1),
-            "working_gb": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["gathered_weights"], 1),
-            "est_gb": round(mem["total"], 1), "gpu_gb": cfg.gpu_memory_gb, "fits": mem["total"] <= cfg.gpu_memory_gb,
-            "samples_on_disk": on_disk, "notes": "; ".join(notes),
+            "mlp_tile": memory.tiled_mlp_tokens or "off", "offloaded": f"{memory.offload_layers}/{dims.layers}",
+            "states_gib": round(mem["states"], 1), "checkpoints_gib": round(mem["checkpoints"], 1),
+            "working_gib": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["weight_copies"]
+                                 + mem["root_head_grad"] + mem["embedding_end"] + mem["offload_staging"], 1),
+            "gpu_gib": round(mem["total"], 1), "host_gib": round(mem["host"], 1), "gpu_limit_gib": cfg.gpu_memory_gb,
+            "fits": memory.fits, "samples_on_disk": on_disk, "notes": "; ".join(notes),
         })
     return rows
 

@@ -1,7 +1,8 @@
 """Build the model of one stage and apply parallelism to it from outside.
 
 Order (torchtitan's): Hugging Face Llama -> stage RoPE (float64 rotary module) -> Ulysses
-attention -> activation checkpointing per decoder layer -> answer-only loss wrapper -> FSDP2
+attention -> tiled MLP and activation checkpointing per decoder layer, the first layers' inputs
+offloaded to host memory, as the memory estimate plans -> answer-only loss wrapper -> FSDP2
 (``fully_shard`` per decoder layer, the embedding, then the root) over all ranks -> weights.
 
 Weights come from one of three places: the seeded random init of ``model: tiny`` (identical on
@@ -17,8 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import dist, rope, ulysses
+from . import dist, offload, rope, ulysses
 from .loss import AnswerOnlyLM
+from .memory_estimate import dims_from_config, plan_stage
+from .tiled_mlp import tile_mlps
 from .train_config import Stage, TrainConfig
 
 __all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
@@ -54,12 +57,10 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.get_decoder().layers
 
 
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    layers = decoder_layers(model)
-    for i, layer in enumerate(layers):
-        layers[i] = checkpoint_wrapper(layer)  # non-reentrant; FSDP's hooks stay outside the recompute
+def apply_activation_checkpointing(model: nn.Module, offload_layers: int = 0) -> offload.CheckpointStore:
+    """Checkpoint every decoder layer (non-reentrant; FSDP's hooks stay outside the recompute), the
+    inputs of the first ``offload_layers`` kept in host memory; the store counts their bytes."""
+    return offload.checkpoint_layers(decoder_layers(model), offload_layers)
 
 
 def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype) -> None:
@@ -96,10 +97,17 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
             lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     rope.install_rope(lm)
     ulysses.enable(lm)
-    if cfg.activation_checkpointing:
-        apply_activation_checkpointing(lm)
-    wrapper = AnswerOnlyLM(lm, cfg.loss_chunk_tokens)
     dtype = compute_dtype(cfg, par.device)
+    memory = plan_stage(cfg, stage, par.world_size, dtype.itemsize, dims_from_config(config))
+    if memory.tiled_mlp_tokens:
+        tile_mlps(decoder_layers(lm), memory.tiled_mlp_tokens)
+    store = apply_activation_checkpointing(lm, memory.offload_layers) if cfg.activation_checkpointing else None
+    wrapper = AnswerOnlyLM(lm, cfg.loss_chunk_tokens)
+    wrapper.memory_plan, wrapper.checkpoint_store = memory, store   # what the estimate chose; saved-bytes counts
+    if memory.tiled_mlp_tokens or memory.offload_layers:
+        dist.print0(f"stage {stage.name}: MLP tiles of {memory.tiled_mlp_tokens or 'off'} tokens, "
+                    f"{memory.offload_layers}/{config.num_hidden_layers} layer checkpoints in host memory "
+                    f"(estimate {memory.gib['total']:.1f} GiB GPU, {memory.gib['host']:.1f} GiB host per rank)")
     if par.world_size > 1:
         _apply_fsdp(wrapper, par, dtype)
     if seeded:
