@@ -113,6 +113,7 @@ def test_paper_profile_dry_run_and_sbatch_chain():
     rows = dry_run(cfg)
     assert [r["stage"] for r in rows] == ["180K", "350K", "650K", "1M"]
     assert all(r["fits"] for r in rows) and all(r["padding"] == 0 for r in rows)
+    assert all(r["rope_gap_rad"] == 0 for r in rows)      # trained on the phases transformers / vLLM serve with
     assert [r["gpus"] for r in rows] == [8, 16, 32, 32]
     for stage in cfg.stages:  # the documented schedule is the scaling-law bound, rounded
         assert stage.rope.theta == pytest.approx(rope.scaling_law_theta(stage.seq_len), rel=0.01)
@@ -136,6 +137,11 @@ def test_dry_run_flags_memory_and_bad_degrees(capsys):
         dry_run(bad_heads)
     demo = load_params(TrainConfig, ROOT / "params/demo/03_train.yaml")
     assert [r["sp"] for r in dry_run(demo)] == [2, 2]
+    exact = load_params(TrainConfig, paper, {"stages": [{**_stage_dict(cfg.stages[-1]),
+                                                         "rope": {"type": "default", "theta": 3.58e9, "precision": "float64"}}]})
+    row = dry_run(exact)[0]
+    assert 0.01 < row["rope_gap_rad"] < 0.1 and "float64 differ from the float32 phases" in row["notes"]
+    assert row["rope_gap_rad"] == pytest.approx(rope.phase_gap(exact.stages[0].rope, 1_048_576), rel=1e-2)
 
 
 def test_slurm_script_is_generic():

@@ -8,7 +8,8 @@
   job per stage, each depending on the previous one (``afterok``), cluster settings from the
   ignored ``slurm/cluster.env``.
 * :func:`dry_run` validates a profile without GPUs: world size per stage, sp/dp/grad-accum
-  divisibility, Ulysses head layout, padding, samples on disk, and the per-GPU memory estimate.
+  divisibility, Ulysses head layout, padding, samples on disk, the per-GPU memory estimate, and
+  the RoPE phase gap between training and the float32 phases transformers / vLLM serve with.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from . import ulysses
+from . import rope, ulysses
 from .config import project_root, resolve_path, to_dict
 from .memory_estimate import dims_of, estimate
 from .train_config import TrainConfig, layout
@@ -100,6 +101,10 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         if stage.seq_len % stage.sp:
             notes.append(f"sequence length {stage.seq_len} is not divisible by sp={stage.sp} (pad to "
                          f"{ulysses.padded_length(stage.seq_len, stage.sp)}); shard_inputs pads such samples")
+        gap = rope.phase_gap(stage.rope, stage.seq_len, dims.head_dim)
+        if gap > 0:
+            notes.append(f"RoPE phases in {stage.rope.precision} differ from the float32 phases transformers and vLLM "
+                         f"serve with by up to {gap:.3g} rad below position {stage.seq_len}")
         if mem["total"] > cfg.gpu_memory_gb:
             notes.append(f"estimated {mem['total']:.1f} GB per GPU exceeds {cfg.gpu_memory_gb:g} GB: raise sp or nodes")
         samples = resolve_path(stage.samples)
@@ -109,7 +114,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "dp": lay.dp, "grad_accum": lay.grad_accum, "global_batch": stage.global_batch,
             "kv_heads": f"{dims.kv_heads} ({kv})", "tokens_per_gpu": int(mem["tokens_per_gpu"]),
             "padding": ulysses.padded_length(stage.seq_len, stage.sp) - stage.seq_len,
-            "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g}",
+            "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g} {stage.rope.precision}",
+            "rope_gap_rad": float(f"{gap:.3g}"),
             "states_gb": round(mem["sharded_states"], 1), "activations_gb": round(mem["activation_checkpoints"], 1),
             "working_gb": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["gathered_weights"], 1),
             "est_gb": round(mem["total"], 1), "gpu_gb": cfg.gpu_memory_gb, "fits": mem["total"] <= cfg.gpu_memory_gb,
