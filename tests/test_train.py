@@ -12,6 +12,7 @@ micro-batches.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -194,8 +195,9 @@ def test_killed_run_resumes_to_the_same_loss_curve(tmp_path, one_thread):
     assert all(s["skipped"] for s in again)
     from transformers import AutoModelForCausalLM
 
-    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run_sp1/b/hf")   # stage b, for evaluation
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "run_sp1/b/hf", dtype="auto")   # stage b, for evaluation
     assert exported.config.rope_parameters["rope_theta"] == 3e4 and exported.config.use_cache
+    assert exported.dtype == torch.bfloat16
 
 
 # --------------------------------------------------------------------------- gradient accumulation
@@ -263,3 +265,75 @@ def test_accumulated_gradients_stay_sharded_and_equal_one_process(one_thread):
         assert grads.keys() == reference.keys()
         for name, g in grads.items():
             np.testing.assert_allclose(g, reference[name], atol=1e-6, rtol=1e-4, err_msg=f"sp={sp} {name}")
+
+
+# --------------------------------------------------------------------------- transformers export
+
+TRANSFORMERS4_PYTHON = Path(os.environ.get("LONGCTX_TRANSFORMERS4_PYTHON", "/tmp/venv-tf4/bin/python"))
+EXPORT_ROPES = {"llama3": {"type": "llama3", "theta": 5e5, "factor": 8.0, "original_max_position_embeddings": 32},
+                "default": {"type": "default", "theta": 3.58e9}}
+
+
+def _export(tmp_path: Path, kind: str):
+    """A tiny stage-3 model of RoPE ``kind`` exported with ``checkpoint.export_hf``."""
+    from longctx import checkpoint
+    from longctx.train_model import build_model
+
+    cfg = load_params(TrainConfig, ROOT / "params/demo/03_train.yaml",
+                      {"tiny": TINY, "stages": [{"name": kind, "seq_len": 64, "rope": EXPORT_ROPES[kind]}]})
+    model = build_model(cfg, cfg.stages[0], dist.init(sp=1))
+    checkpoint.export_hf(model, tmp_path / kind)
+    return model, tmp_path / kind
+
+
+@pytest.mark.parametrize("kind", list(EXPORT_ROPES))
+def test_export_is_bf16_with_the_rope_keys_transformers_4_reads(tmp_path, kind):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    model, folder = _export(tmp_path, kind)
+    params = model.config.rope_parameters
+    config = json.loads((folder / "config.json").read_text())
+    # what transformers 4.x (and vLLM's config reader) take: rope_theta, rope_scaling, torch_dtype
+    assert config["rope_theta"] == EXPORT_ROPES[kind]["theta"] and config["torch_dtype"] == "bfloat16"
+    if kind == "default":
+        assert config["rope_scaling"] is None
+    else:
+        assert config["rope_scaling"] == {k: v for k, v in params.items() if k != "rope_theta"}
+        assert config["rope_scaling"]["rope_type"] == "llama3" and config["rope_scaling"]["factor"] == 8.0
+    assert config["rope_parameters"] == params and config["dtype"] == "bfloat16"
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype="auto")     # transformers 5 reads it back
+    assert loaded.dtype == torch.bfloat16 and loaded.config.rope_parameters == params
+    ours = {k.removeprefix("lm.").replace("_checkpoint_wrapped_module.", ""): v for k, v in model.state_dict().items()}
+    for name, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, ours[name].to(torch.bfloat16), atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.skipif(not TRANSFORMERS4_PYTHON.is_file(), reason=(
+    f"no transformers 4.x interpreter at {TRANSFORMERS4_PYTHON} (set LONGCTX_TRANSFORMERS4_PYTHON): python -m venv "
+    "/tmp/venv-tf4, put this venv's site-packages in a .pth file there, /tmp/venv-tf4/bin/pip install "
+    "transformers==4.56.2 (the declared floor)"))
+@pytest.mark.parametrize("kind", list(EXPORT_ROPES))
+def test_lowest_supported_transformers_loads_the_export(tmp_path, kind):
+    """transformers 4.56 (pyproject's floor) loads the export in bf16 and builds exactly the
+    rotary frequencies stage 3 trained with (float32, ``rope.inv_freq``)."""
+    import json
+    import subprocess
+
+    model, folder = _export(tmp_path, kind)
+    probe = ("import json, sys, transformers\n"
+             "from transformers import AutoModelForCausalLM\n"
+             "m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype='auto')\n"
+             "print(json.dumps({'version': transformers.__version__, 'rope_theta': m.config.rope_theta,\n"
+             "    'rope_scaling': m.config.rope_scaling, 'dtype': str(m.dtype),\n"
+             "    'inv_freq': m.model.rotary_emb.inv_freq.tolist()}))\n")
+    out = subprocess.run([str(TRANSFORMERS4_PYTHON), "-c", probe, str(folder)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "PYTHONPATH": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["version"].startswith("4."), seen["version"]
+    assert seen["rope_theta"] == EXPORT_ROPES[kind]["theta"] and seen["dtype"] == "torch.bfloat16"
+    params = model.config.rope_parameters
+    expected, _ = rope.inv_freq(params, 32 // 4, 64, dtype=torch.float32)
+    assert seen["inv_freq"] == expected.tolist()

@@ -106,12 +106,12 @@ def rope_parameters(settings: RopeSettings) -> dict[str, Any]:
 
 def legacy_rope_keys(params: dict[str, Any]) -> dict[str, Any]:
     """The same RoPE as transformers 4.x config keys: ``rope_theta`` and ``rope_scaling`` (None for
-    plain RoPE; else the scaling keys with both ``rope_type`` and the older ``type``). vLLM and
+    plain RoPE; else the scaling keys with their ``rope_type``, read since transformers 4.43). vLLM and
     other serving stacks read these; without them transformers 4 loads ``rope_theta = 10000``."""
     scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
     if scaling.get("rope_type", "default") == "default":
         return {"rope_theta": float(params["rope_theta"]), "rope_scaling": None}
-    return {"rope_theta": float(params["rope_theta"]), "rope_scaling": {**scaling, "type": scaling["rope_type"]}}
+    return {"rope_theta": float(params["rope_theta"]), "rope_scaling": scaling}
 
 
 def apply_rope(config, settings: RopeSettings, max_position_embeddings: int) -> None:
