@@ -156,6 +156,39 @@ def test_slurm_script_is_generic():
     assert (ROOT / "slurm/cluster.env.example").is_file()
 
 
+def test_launch_timeout_kills_the_process_tree(tmp_path, monkeypatch):
+    """A command that prints, then hangs without output and ignores SIGTERM (like a rank stuck in
+    a collective), is killed with its child at the deadline, and the caller gets TimeoutError."""
+    import subprocess
+    import sys
+    import time
+
+    from longctx import train_launch
+
+    monkeypatch.setattr(train_launch, "KILL_GRACE_S", 1.0)
+    pid_file = tmp_path / "child.pid"
+    script = ("import signal, subprocess, sys, time\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+              "print('started', flush=True)\n"
+              "time.sleep(600)\n")
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"(?s)still running after 3 s.*Last output:\nstarted"):
+        train_launch.run_command([sys.executable, "-c", script], echo=False, timeout_s=3)
+    assert time.monotonic() - start < 60
+    child = int(pid_file.read_text())
+    for _ in range(50):                                   # reaped by init once its parent is gone
+        if subprocess.run(["ps", "-p", str(child), "-o", "stat="], capture_output=True, text=True).stdout.strip() \
+                in ("", "Z"):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"child {child} of the timed-out command is still running")
+    done = train_launch.run_command([sys.executable, "-c", "print('ok')"], echo=False, timeout_s=60)
+    assert done.returncode == 0 and done.stdout == "ok\n"
+
+
 def _stage_dict(stage: Stage) -> dict:
     from longctx.config import to_dict
 
