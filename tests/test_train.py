@@ -189,6 +189,86 @@ def test_launch_timeout_kills_the_process_tree(tmp_path, monkeypatch):
     assert done.returncode == 0 and done.stdout == "ok\n"
 
 
+def test_stop_file_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, one_thread):
+    """SLURM's time-limit warning (the job script creates $LONGCTX_STOP_FILE): the stage saves a
+    checkpoint after the current step and main() returns 0; the next run resumes there and ends
+    with the uninterrupted run's loss curve."""
+    from longctx.train_launch import write_params
+
+    samples = write_samples(tmp_path / "samples")
+    stop = tmp_path / "stop"
+    monkeypatch.setenv(train.STOP_FILE_ENV, str(stop))
+    straight = tiny_config(tmp_path, samples, sp=1, output_dir=str(tmp_path / "straight"))
+    train.train(straight, only_stage="a")                     # no stop file: runs through
+    stopped = tiny_config(tmp_path, samples, sp=1, output_dir=str(tmp_path / "stopped"), checkpoint_every=50)
+    params = write_params(stopped, tmp_path / "stopped.yaml")
+    stop.touch()
+    assert train.main(["--params", str(params), "--stage", "a"]) == 0
+    assert [r["step"] for r in read_log(tmp_path / "stopped/a/train_log.csv")] == [1]
+    assert (tmp_path / "stopped/a/checkpoints/step_000001/trainer_state.json").is_file()   # not a multiple of 50
+    stop.unlink()
+    summary = train.train(stopped, only_stage="a")[0]
+    expected = [r["loss"] for r in read_log(tmp_path / "straight/a/train_log.csv")]
+    assert len(expected) == 4
+    np.testing.assert_allclose(summary["losses"], expected, atol=1e-9, rtol=0)
+
+
+SRUN = """#!/bin/bash
+# srun on one node: drop srun's options, run the command here
+while [[ "$1" == --* ]]; do shift; done
+exec "$@"
+"""
+SCONTROL = """#!/bin/bash
+case "$1 $2" in
+    "show hostnames") echo localhost ;;
+    requeue*) echo "$2" >> "$REQUEUE_LOG" ;;
+    *) exit 2 ;;
+esac
+"""
+
+
+def test_sbatch_time_limit_warning_checkpoints_and_requeues(tmp_path, one_thread):
+    """slurm/train.sbatch run by bash on this machine (SLURM itself is absent: ``srun`` runs its
+    command locally, ``scontrol`` answers hostnames and records requeues). USR1 mid-stage (the
+    time-limit warning) must end in a checkpoint, exit status 0 and a requeue of the job."""
+    import signal
+    import subprocess
+    import sys
+
+    from longctx.dist import _free_port
+    from longctx.train_launch import write_params
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    samples = write_samples(tmp_path / "samples")
+    cfg = tiny_config(tmp_path, samples, sp=1, output_dir=str(tmp_path / "run"), checkpoint_every=1000,
+                      stages=[{"name": "a", "samples": str(samples), "seq_len": 64, "sp": 1, "global_batch": 2,
+                               "epochs": 50, "rope": {"type": "default", "theta": 1e4}}])
+    params = write_params(cfg, tmp_path / "params.yaml")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PARAMS": str(params), "STAGE": "a",
+           "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost", "GPUS_PER_NODE": "1",
+           "SLURM_SUBMIT_DIR": str(ROOT), "LONGCTX_PYTHON": sys.executable, "RDZV_PORT": str(_free_port()),
+           "REQUEUE_LOG": str(tmp_path / "requeued"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    job = subprocess.Popen(["bash", str(ROOT / "slurm/train.sbatch")], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if "] step 3/200 " in line:
+            job.send_signal(signal.SIGUSR1)                  # what --signal=B:USR1@1800 sends
+    assert job.wait(timeout=300) == 0, "".join(lines[-30:])
+    out = "".join(lines)
+    assert "stop requested" in out and "step 200/200" not in out
+    assert (tmp_path / "requeued").read_text().split() == ["4242"]
+    saved = read_log(tmp_path / "run/a/train_log.csv")[-1]["step"]
+    assert 3 <= saved < 200
+    assert (tmp_path / f"run/a/checkpoints/step_{saved:06d}/trainer_state.json").is_file()
+    assert not (ROOT / "runs/slurm/stop-4242").exists()
+
+
 def _stage_dict(stage: Stage) -> dict:
     from longctx.config import to_dict
 
