@@ -1,8 +1,10 @@
 """Stage-3 trainer: schedule, data order, layout checks, dry run, and kill/resume on CPU.
 
 The resume test launches ``torchrun`` with two gloo processes (sp=2, FSDP over both): a run
-killed mid-stage and resumed reproduces the uninterrupted run's loss curve exactly (same data
-order, same weights; atol 1e-9), and a single-process run (sp=1, no FSDP) gives the same
+killed mid-stage and resumed reproduces the uninterrupted run's loss curve (same data order,
+same weights; atol 1e-6: CPU BLAS kernels may round one fp32 sum differently when FSDP's buffers
+land at other addresses in the new process, ~1e-7 in the loss, while a wrong order or lost
+optimizer state moves it by 1e-4 or more), and a single-process run (sp=1, no FSDP) gives the same
 losses within 1e-5 and the same gradient norms within rtol 1e-4. Losses alone cannot see a
 gradient scale error (AdamW is scale-invariant), so the gradients themselves are compared too:
 one accumulated step on two gloo ranks (sp=2 and dp=2, two micro-batches each) against one
@@ -183,7 +185,7 @@ def test_killed_run_resumes_to_the_same_loss_curve(tmp_path, one_thread):
         a = read_log(tmp_path / f"run_sp2/{stage}/train_log.csv")
         b = read_log(tmp_path / f"run_killed/{stage}/train_log.csv")
         assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, len(a) + 1))
-        np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], atol=1e-9, rtol=0)
+        np.testing.assert_allclose([r["loss"] for r in b], [r["loss"] for r in a], atol=1e-6, rtol=0)
         np.testing.assert_allclose(summary["losses"], [r["loss"] for r in a], atol=1e-5, rtol=0)
         one = read_log(tmp_path / f"run_sp1/{stage}/train_log.csv")   # gradient scale, not only loss
         np.testing.assert_allclose([r["grad_norm"] for r in one], [r["grad_norm"] for r in a], rtol=1e-4, atol=0)
