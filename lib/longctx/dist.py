@@ -201,10 +201,9 @@ def all_gather(tensor: torch.Tensor, group=None, dim: int = 0) -> torch.Tensor:
 
 
 def _gather_into(out: torch.Tensor, x: torch.Tensor, group, single: bool | None = None) -> None:
-    """``out = cat(x of every rank)``: one fused collective where this torch has it, else a list
-    all-gather and a copy. ``all_gather_single`` appeared in torch 2.13; gloo gained
-    ``all_gather_into_tensor`` only in recent releases, so older torch takes the list path,
-    which every backend has. ``single`` forces a path (tests run both on one torch)."""
+    """``out = cat(x of every rank)``: torch >= 2.13's fused ``all_gather_single``, else
+    ``all_gather`` into a list of views of ``out``, which every backend of every torch supports
+    (pyproject accepts torch 2.6). ``single`` forces a path (tests run both on one torch)."""
     fused = getattr(tdist, "all_gather_single", None)
     if single is None:
         single = fused is not None
