@@ -74,6 +74,22 @@ def test_chunked_loss_equals_hf_single_process(chunk):
         torch.testing.assert_close(p.grad, ref_grads[name], **GRAD_TOL, msg=name)
 
 
+def test_float64_loss_stays_float64():
+    """A float64 run is checkable to ~1e-12: the chunked loss must not round logits to fp32."""
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(50, 16, dtype=torch.float64, generator=g)
+    weight = torch.randn(300, 16, dtype=torch.float64, generator=g) * 4
+    labels = torch.randint(0, 300, (50,), generator=g)
+    labels[::3] = -100
+    total, n = loss.answer_loss_sum(hidden, weight, labels, chunk_tokens=7)
+    keep = labels != -100
+    reference = torch.nn.functional.cross_entropy(hidden[keep] @ weight.t(), labels[keep], reduction="sum")
+    assert total.dtype == torch.float64 and n == int(keep.sum())
+    torch.testing.assert_close(total, reference, atol=1e-12, rtol=1e-13)
+    bf16, _ = loss.answer_loss_sum(hidden.bfloat16(), weight.bfloat16(), labels, chunk_tokens=7)
+    assert bf16.dtype == torch.float32             # half-precision logits are still upcast
+
+
 def test_no_answer_tokens_gives_zero_not_nan():
     model = tiny_llama()
     ids, _, pos = make_batch(16)

@@ -1,13 +1,16 @@
-"""Our float64 RoPE vs transformers' RoPE vs an independent float64 reference, up to 1M positions.
+"""Our RoPE vs transformers' RoPE vs an independent float64 reference, up to 1M positions.
 
 Tolerances (stated, per element):
+* ``precision: float32`` (the default): cos/sin equal transformers' ``LlamaRotaryEmbedding``
+  exactly (atol 0), i.e. what the model sees when transformers or vLLM serve it;
 * inverse frequencies: ours vs transformers' rope init functions, rtol 1e-6 (transformers
   computes them in float32);
 * cos/sin, ours vs the float64 reference: atol 1e-6 at every position up to 1,048,575;
 * cos/sin, transformers vs the float64 reference: ``2e-6 + 1.2e-7 * position`` (float32 angles
   lose ~1 ulp of ``position * inv_freq``, plus the float32 rounding of ``inv_freq`` itself): at
   position 4095 this allows 5e-4, at 1M 0.13; transformers measures up to 7e-8 * position
-  (0.045 at 1M), which is why training uses ours.
+  (0.045 at 1M): the phase gap between a float64-trained model and its serving engine, which
+  :func:`longctx.rope.phase_gap` reports (checked against transformers' measured angles).
 """
 
 from __future__ import annotations
@@ -81,7 +84,8 @@ def test_rope_matches_transformers_and_float64_reference(kind):
     mpe = 131_072 if kind == "dynamic" else 1_048_576
     config = hf_config(s, mpe)
     assert config.rope_parameters["rope_type"] == kind and config.rope_parameters["rope_theta"] == s.theta
-    ours = rope.RotaryEmbedding(config)
+    ours = rope.RotaryEmbedding(config, "float64")
+    served = rope.RotaryEmbedding(config)             # default precision: the serving engines' float32
     seq_len = int(POSITIONS.max()) + 1
     if kind == "default":
         hf_inv, hf_scale = LlamaRotaryEmbedding.compute_default_rope_parameters(config)
@@ -104,6 +108,8 @@ def test_rope_matches_transformers_and_float64_reference(kind):
     np.testing.assert_allclose(sin[0].double().numpy(), ref_sin, atol=1e-6, rtol=0)
 
     hf_cos, hf_sin = LlamaRotaryEmbedding(config)(torch.zeros(1), pos)
+    for mine, theirs in zip(served(torch.zeros(1), pos), (hf_cos, hf_sin)):   # bit for bit at every position
+        torch.testing.assert_close(mine, theirs, atol=0, rtol=0)
     bound = (2e-6 + 1.2e-7 * POSITIONS)[:, None]
     for hf, ref in ((hf_cos, ref_cos), (hf_sin, ref_sin)):
         err = np.abs(hf[0].double().numpy() - ref)
@@ -139,6 +145,26 @@ def test_install_rope_keeps_model_outputs_at_short_range():
     assert model.config.max_position_embeddings == 184_320
     slowest = model.get_decoder().rotary_emb.inv_freq64[-1].item()
     assert slowest == pytest.approx(1.5e8 ** (-6 / 8), rel=1e-12)   # head_dim 8: exponents 0, 2/8, 4/8, 6/8
+
+
+def test_phase_gap_equals_the_measured_gap_to_transformers():
+    """phase_gap(float64 training) is the largest angle difference to transformers' float32 RoPE,
+    measured here from its cos/sin (atan2) on the last 4,096 positions below 1M; float32
+    training has no gap."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    exact = rope.RopeSettings(type="default", theta=3.58e9, precision="float64")
+    n = 1_048_576
+    config = hf_config(exact, n)
+    pos = torch.arange(n - 4096, n)[None]
+    cos, sin = LlamaRotaryEmbedding(config)(torch.zeros(1), pos)
+    served = torch.atan2(sin[0].double(), cos[0].double())[:, :HEAD_DIM // 2]
+    ref_inv, _ = reference_inv_freq(exact, n, n)
+    true = pos[0].double().numpy()[:, None] * ref_inv[None]
+    measured = np.abs(np.angle(np.exp(1j * (served.numpy() - true)))).max()     # wrapped to [-pi, pi]
+    gap = rope.phase_gap(exact, n, HEAD_DIM, window=4096)
+    assert 0.01 < gap < 0.1 and gap == pytest.approx(measured, abs=2e-4)
+    assert rope.phase_gap(rope.RopeSettings(type="default", theta=3.58e9), n, HEAD_DIM) == 0.0
 
 
 def test_scaling_law_schedule_and_settings_validation():

@@ -106,9 +106,25 @@ def deepspeed_on_cpu() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
 
 
+def _check_all_gather(par) -> None:
+    """Both gather paths (torch >= 2.13's fused collective and the list fallback of older torch)
+    return every rank's shard in rank order."""
+    import torch.distributed as tdist
+
+    mine = torch.arange(6, dtype=torch.float32).reshape(2, 3) + 100 * par.sp_rank
+    expected = torch.cat([torch.arange(6, dtype=torch.float32).reshape(2, 3) + 100 * r for r in range(par.sp)], 1)
+    torch.testing.assert_close(dist.all_gather(mine, par.sp_group, dim=1), expected, atol=0, rtol=0)
+    paths = [False] + ([True] if hasattr(tdist, "all_gather_single") else [])
+    for single in paths:
+        out = torch.empty(2 * par.sp, 3)
+        dist._gather_into(out, mine.contiguous(), par.sp_group, single=single)
+        torch.testing.assert_close(out, expected.reshape(2, par.sp, 3).movedim(1, 0).reshape(-1, 3), atol=0, rtol=0)
+
+
 def _ulysses_worker(cases, with_deepspeed):
     par = dist.init(sp=int(os.environ["WORLD_SIZE"]))
     sp, rank = par.sp, par.sp_rank
+    _check_all_gather(par)
     torch.set_default_dtype(torch.float32)
     ds_attention = None
     if with_deepspeed:
@@ -170,6 +186,32 @@ def test_ulysses_matches_single_process_and_deepspeed(world, cases):
 
 def test_deepspeed_is_installed_for_the_comparison():
     pytest.importorskip("deepspeed", reason="install deepspeed (test extra) to compare with DistributedAttention")
+
+
+def test_sdpa_gets_kv_heads_uncopied_and_refuses_huge_masks():
+    """GQA goes to SDPA as ``enable_gqa=True`` with Hk heads (no Hq-sized copies of k and v), and
+    packed documents longer than MAX_SDPA_MASK_TOKENS fail before any S x S mask is built."""
+    from torch.overrides import TorchFunctionMode
+
+    calls = []
+
+    class Record(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is F.scaled_dot_product_attention:
+                calls.append((args[1].shape[1], kwargs.get("enable_gqa", False)))
+            return func(*args, **kwargs)
+
+    q, k, v, _, pos = _case_inputs(1, 24, 8, 2, 8, True, seed=2)
+    with Record():
+        ulysses.local_attention(q, k, v, 8 ** -0.5, None)
+        ulysses.local_attention(q, k, v, 8 ** -0.5, ulysses.document_ids(pos))
+    assert calls == [(2, True), (2, True)]
+    n = ulysses.MAX_SDPA_MASK_TOKENS + 1
+    tiny = torch.zeros(1, 1, n, 1)
+    two_docs = torch.cat([torch.arange(n // 2), torch.arange(n - n // 2)])[None]
+    with pytest.raises(ValueError, match="install flash-attn"):
+        ulysses.local_attention(tiny, tiny, tiny, 1.0, ulysses.document_ids(two_docs))
 
 
 def test_local_attention_matches_reference_single_process():

@@ -4,7 +4,7 @@ Layout under ``{output_dir}/{stage}/``::
 
     checkpoints/step_000050/   torch.distributed.checkpoint shards + trainer_state.json
     final/                     model shards + trainer_state.json (the next stage starts here)
-    hf/                        optional save_pretrained export of the final weights
+    hf/                        optional save_pretrained export of the final weights (bf16)
 
 ``trainer_state.json`` is written by rank 0 after every rank finished writing its shards, so a
 folder without it (a job killed while saving) is ignored. ``torch.distributed.checkpoint``
@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
@@ -116,17 +117,31 @@ def prune(stage_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_hf(wrapper: nn.Module, out_dir: Path) -> Path | None:
-    """Gather the full weights to rank 0's CPU and ``save_pretrained`` them (transformers layout)."""
+def export_hf(wrapper: nn.Module, out_dir: Path, dtype: torch.dtype = torch.bfloat16) -> Path | None:
+    """Gather the full weights to rank 0's CPU and ``save_pretrained`` them (transformers layout).
+
+    Weights are written in ``dtype`` (bf16: 16 GB for 8B instead of 32 GB in fp32, and engines
+    loading with ``dtype=auto`` have turned fp32 configs into fp16). ``config.json`` carries the
+    stage's RoPE both as transformers 5's ``rope_parameters`` and as the ``rope_theta`` /
+    ``rope_scaling`` that transformers 4.x and serving stacks built on it read (without them a
+    1M export loads as ``rope_theta = 10000``), and the dtype as ``dtype`` and ``torch_dtype``.
+    """
+    from .rope import legacy_rope_keys
+
     full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.current().is_main:
         lm = wrapper.lm
-        clean = {k.removeprefix("lm."): v for k, v in full.items()}
+        clean = {k.removeprefix("lm."): v.to(dtype) if v.is_floating_point() else v for k, v in full.items()}
         training_value = lm.config.use_cache
         lm.config.use_cache = True  # the exported model is for generation (evaluation)
         try:
             lm.save_pretrained(str(out_dir), state_dict=clean)
         finally:
             lm.config.use_cache = training_value
+        config_path = Path(out_dir) / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        dtype_name = str(dtype).removeprefix("torch.")
+        config.update(legacy_rope_keys(lm.config.rope_parameters), dtype=dtype_name, torch_dtype=dtype_name)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     dist.barrier()
     return Path(out_dir) if dist.current().is_main else None

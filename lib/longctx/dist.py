@@ -196,8 +196,21 @@ def all_gather(tensor: torch.Tensor, group=None, dim: int = 0) -> torch.Tensor:
     n = tdist.get_world_size(group)
     x = tensor.movedim(dim, 0).contiguous()
     out = torch.empty((n * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
-    tdist.all_gather_single(out, x, group=group)
+    _gather_into(out, x, group)
     return out.movedim(0, dim)
+
+
+def _gather_into(out: torch.Tensor, x: torch.Tensor, group, single: bool | None = None) -> None:
+    """``out = cat(x of every rank)``: torch >= 2.13's fused ``all_gather_single``, else
+    ``all_gather`` into a list of views of ``out``, which every backend of every torch supports
+    (pyproject accepts torch 2.6). ``single`` forces a path (tests run both on one torch)."""
+    fused = getattr(tdist, "all_gather_single", None)
+    if single is None:
+        single = fused is not None
+    if single:
+        fused(out, x, group=group)
+        return
+    tdist.all_gather(list(out.chunk(tdist.get_world_size(group))), x, group=group)
 
 
 # --------------------------------------------------------------------------- local launcher

@@ -44,7 +44,9 @@ def shift_labels(labels: torch.Tensor, position_ids: torch.Tensor | None = None)
 
 
 def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = (hidden @ weight.t()).float()
+    logits = hidden @ weight.t()
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        logits = logits.float()   # softmax in fp32 at least; float64 runs keep float64 (checkable below 1e-7)
     return F.cross_entropy(logits, targets, reduction="sum")
 
 

@@ -1,16 +1,22 @@
-"""Stepwise RoPE scaling: per-stage rotary settings for a Llama-3.1 model, computed in float64.
+"""Stepwise RoPE scaling: per-stage rotary settings for a Llama-3.1 model, in the serving engine's precision.
 
-Each training stage sets its own :class:`RopeSettings` (type and base ``theta``). They are written
-into the Hugging Face config in transformers 5's layout (``config.rope_parameters = {"rope_type",
-"rope_theta", ...}``) and the model's rotary module is swapped for :class:`RotaryEmbedding`, which
-computes the same frequencies as transformers' ``ROPE_INIT_FUNCTIONS`` but in float64:
+Each training stage sets its own :class:`RopeSettings` (type, base ``theta``, ``precision``). They
+are written into the Hugging Face config as transformers 5's ``rope_parameters`` (:func:`apply_rope`;
+exports add transformers 4's ``rope_theta`` / ``rope_scaling``, :func:`legacy_rope_keys`), and the model's
+rotary module is swapped for :class:`RotaryEmbedding`, which computes transformers'
+``ROPE_INIT_FUNCTIONS`` frequencies in the stage's ``precision``:
 
-* transformers builds ``inv_freq`` and the angles ``position * inv_freq`` in float32. At position
-  ~1M the angle of the fastest dimension is ~1e6 rad and float32 keeps only ~0.06 rad of it,
-  so cos/sin drift by up to ~0.1 (measured in ``tests/test_rope.py``). Float64 keeps the error
-  under 1e-6 at 1M positions, after which cos/sin are cast to the compute dtype.
+* ``float32`` (default): bit for bit what transformers and vLLM compute when they serve the
+  model (``inv_freq`` and the angles ``position * inv_freq`` in float32, same operation order).
+  Float32 keeps only ~0.06 rad of an angle of ~1e6 rad, so these phases are *wrong* by up to
+  ~0.045 rad at 1M positions, but they are the phases the model will see when served: a model
+  trained on other phases is served on positions it never trained on.
+* ``float64``: the mathematically exact phases (error under 1e-6 at 1M positions), for engines
+  that compute them so, or for ablations. :func:`phase_gap` gives the largest angle difference
+  between the two at a stage's length; the dry run prints it.
 * No table is built: a rank computes cos/sin for exactly the positions it holds (its
-  sequence-parallel shard), ``S/sp x head_dim`` values, whatever the global length.
+  sequence-parallel shard), ``S/sp x head_dim`` values, whatever the global length; they are
+  cast to the compute dtype at the end, as transformers does.
 
 Supported types: ``default``, ``linear``, ``dynamic``, ``llama3``, ``yarn`` (transformers'
 semantics, including YaRN's attention factor). ``dynamic`` needs the *global* sequence length;
@@ -47,10 +53,12 @@ from torch import nn
 
 from .config import bad, param
 
-__all__ = ["RopeSettings", "rope_parameters", "apply_rope", "scaling_law_theta", "inv_freq_float64",
-           "cos_sin", "RotaryEmbedding", "install_rope"]
+__all__ = ["RopeSettings", "rope_parameters", "legacy_rope_keys", "apply_rope", "scaling_law_theta", "inv_freq",
+           "inv_freq_float64", "cos_sin", "phase_gap", "RotaryEmbedding", "install_rope"]
 
 RopeType = Literal["default", "linear", "dynamic", "llama3", "yarn"]
+Precision = Literal["float32", "float64"]
+SERVING_PRECISION = "float32"   # transformers' LlamaRotaryEmbedding and vLLM's RotaryEmbedding
 
 
 @dataclass
@@ -67,6 +75,8 @@ class RopeSettings:
     beta_fast: float = param(32.0, "yarn: rotations bounding the extrapolated (kept) dimensions")
     beta_slow: float = param(1.0, "yarn: rotations bounding the interpolated (scaled) dimensions")
     attention_factor: float | None = param(None, "yarn: cos/sin multiplier; null = 0.1 ln(factor) + 1")
+    precision: Precision = param("float32", "dtype of inv_freq and the phases: float32 = what transformers and "
+                                 "vLLM compute when serving (default), float64 = exact (phase_gap apart at 1M)")
 
     def check(self) -> None:
         if self.type == "llama3" and self.high_freq_factor <= self.low_freq_factor:
@@ -94,8 +104,21 @@ def rope_parameters(settings: RopeSettings) -> dict[str, Any]:
     return out
 
 
+def legacy_rope_keys(params: dict[str, Any]) -> dict[str, Any]:
+    """The same RoPE as transformers 4.x config keys: ``rope_theta`` and ``rope_scaling`` (None for
+    plain RoPE; else the scaling keys with their ``rope_type``, read since transformers 4.43). vLLM and
+    other serving stacks read these; without them transformers 4 loads ``rope_theta = 10000``."""
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")}
+    if scaling.get("rope_type", "default") == "default":
+        return {"rope_theta": float(params["rope_theta"]), "rope_scaling": None}
+    return {"rope_theta": float(params["rope_theta"]), "rope_scaling": scaling}
+
+
 def apply_rope(config, settings: RopeSettings, max_position_embeddings: int) -> None:
-    """Write ``settings`` into a transformers config (in place) for a stage of that length."""
+    """Write ``settings`` into a transformers config (in place) for a stage of that length.
+
+    Only ``rope_parameters``: on transformers 5 ``config.rope_scaling`` is an alias of it, so the
+    legacy keys go into the exported ``config.json`` instead (``checkpoint.export_hf``)."""
     config.max_position_embeddings = int(max_position_embeddings)
     config.rope_parameters = rope_parameters(settings)
 
@@ -109,41 +132,50 @@ def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def inv_freq_float64(params: dict[str, Any], head_dim: int, max_position_embeddings: int,
-                     seq_len: int | None = None) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies (float64, length ``dim/2``) and the cos/sin multiplier for ``params``.
+def inv_freq(params: dict[str, Any], head_dim: int, max_position_embeddings: int, seq_len: int | None = None,
+             dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies (length ``dim/2``, in ``dtype``) and the cos/sin multiplier for ``params``.
 
-    Same formulas as transformers' rope init functions; ``seq_len`` matters for ``dynamic`` only.
+    Same formulas *and operation order* as transformers' rope init functions, so ``float32``
+    reproduces transformers' values bit for bit; ``seq_len`` matters for ``dynamic`` only.
     """
     kind = params.get("rope_type", "default")
     base = float(params["rope_theta"])
     dim = int(head_dim * params.get("partial_rotary_factor", 1.0))
-    exponents = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+    exponents = torch.arange(0, dim, 2, dtype=dtype) / dim
     scaling = 1.0
     if kind == "dynamic":
         factor = float(params["factor"])
-        length = max(seq_len or max_position_embeddings, max_position_embeddings)
+        length = torch.tensor(max(seq_len or max_position_embeddings, max_position_embeddings), dtype=dtype)
+        # a tensor like transformers' (whose seq_len is one): the adjusted base is rounded to dtype too
         base = base * ((factor * length / max_position_embeddings) - (factor - 1)) ** (dim / (dim - 2))
-    inv_freq = 1.0 / base ** exponents
+    freq = 1.0 / base ** exponents
     if kind == "linear":
-        inv_freq = inv_freq / float(params["factor"])
+        freq = freq / float(params["factor"])
     elif kind == "llama3":
         factor = float(params["factor"])
         low, high = float(params["low_freq_factor"]), float(params["high_freq_factor"])
         old = float(params["original_max_position_embeddings"])
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old / low, inv_freq / factor, inv_freq)
+        wavelen = 2 * math.pi / freq
+        scaled = torch.where(wavelen > old / low, freq / factor, freq)
         smooth = (old / wavelen - low) / (high - low)
         medium = (wavelen >= old / high) & (wavelen <= old / low)
-        inv_freq = torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+        freq = torch.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
     elif kind == "yarn":
-        inv_freq, scaling = _yarn(params, base, dim, max_position_embeddings)
+        freq, scaling = _yarn(params, base, dim, max_position_embeddings, dtype)
     elif kind not in ("default", "dynamic"):
         raise ValueError(f"rope_type {kind!r} is not supported; use default, linear, dynamic, llama3 or yarn")
-    return inv_freq, scaling
+    return freq, scaling
 
 
-def _yarn(params: dict[str, Any], base: float, dim: int, max_position_embeddings: int) -> tuple[torch.Tensor, float]:
+def inv_freq_float64(params: dict[str, Any], head_dim: int, max_position_embeddings: int,
+                     seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """:func:`inv_freq` in float64."""
+    return inv_freq(params, head_dim, max_position_embeddings, seq_len, torch.float64)
+
+
+def _yarn(params: dict[str, Any], base: float, dim: int, max_position_embeddings: int,
+          dtype: torch.dtype) -> tuple[torch.Tensor, float]:
     original = float(params["original_max_position_embeddings"])
     factor = params.get("factor") or max_position_embeddings / original
 
@@ -167,8 +199,8 @@ def _yarn(params: dict[str, Any], base: float, dim: int, max_position_embeddings
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001  # transformers' guard against a zero-width ramp
-    ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
-    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    ramp = ((torch.arange(dim // 2, dtype=dtype) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=dtype) / dim)
     extrapolation = 1 - ramp
     inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
     return inv_freq, float(attention)
@@ -177,27 +209,50 @@ def _yarn(params: dict[str, Any], base: float, dim: int, max_position_embeddings
 def cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0,
             dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, shape ``(*position_ids.shape, 2 * len(inv_freq))`` (transformers' half-split
-    layout), computed in float64 for exactly these positions and cast to ``dtype``."""
-    angles = position_ids.to(torch.float64)[..., None] * inv_freq.to(position_ids.device, torch.float64)
+    layout), with angles in ``inv_freq``'s dtype for exactly these positions, cast to ``dtype``."""
+    angles = position_ids.to(inv_freq.dtype)[..., None] * inv_freq.to(position_ids.device)
     angles = torch.cat((angles, angles), dim=-1)
     return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)
+
+
+def phase_gap(settings: RopeSettings, seq_len: int, head_dim: int = 128, window: int = 65536,
+              serving: Precision = SERVING_PRECISION) -> float:
+    """Largest angle difference (radians) between training's phases (``settings.precision``) and
+    the serving engine's (float32, transformers / vLLM) over positions below ``seq_len``.
+
+    Evaluated on the last ``window`` positions: the difference grows with the position
+    (``position x`` the inverse frequencies' rounding), so the maximum lies there. 0 when
+    training computes what the engine computes.
+    """
+    params = rope_parameters(settings)
+    dtypes = {p: getattr(torch, p) for p in (settings.precision, serving)}
+    freqs = {p: inv_freq(params, head_dim, seq_len, seq_len, d)[0] for p, d in dtypes.items()}
+    positions = torch.arange(max(0, seq_len - window), seq_len)
+    angle = {p: (positions.to(dtypes[p])[:, None] * freqs[p]).double() for p in dtypes}
+    return float((angle[settings.precision] - angle[serving]).abs().max())
 
 
 class RotaryEmbedding(nn.Module):
     """Drop-in for transformers' ``LlamaRotaryEmbedding``: ``forward(x, position_ids) -> (cos, sin)``.
 
-    Frequencies are float64 plain attributes (not buffers), so ``model.to(bfloat16)`` and FSDP
-    leave them alone.
+    Frequencies are plain attributes in ``precision`` (not buffers), so ``model.to(bfloat16)``
+    and FSDP leave them alone.
     """
 
-    def __init__(self, config):
+    def __init__(self, config, precision: Precision = SERVING_PRECISION):
         super().__init__()
         self.params = dict(config.rope_parameters)
         self.head_dim = _head_dim(config)
         self.max_position_embeddings = int(config.max_position_embeddings)
-        self.inv_freq64, self.attention_scaling = inv_freq_float64(
-            self.params, self.head_dim, self.max_position_embeddings)
+        self.dtype = {"float32": torch.float32, "float64": torch.float64}[precision]
+        self.inv_freq, self.attention_scaling = inv_freq(
+            self.params, self.head_dim, self.max_position_embeddings, dtype=self.dtype)
         self._on: dict[torch.device, torch.Tensor] = {}
+
+    @property
+    def inv_freq64(self) -> torch.Tensor:
+        """The exact frequencies, whatever ``precision`` (for inspection)."""
+        return inv_freq_float64(self.params, self.head_dim, self.max_position_embeddings)[0]
 
     def _frequencies(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
         if self.params.get("rope_type") == "dynamic":
@@ -205,23 +260,27 @@ class RotaryEmbedding(nn.Module):
 
             longest = position_ids.max().to(torch.int64).reshape(1) + 1
             dist.all_reduce(longest, "max", group=dist.sp_group())  # the global length, not the shard's
-            return inv_freq_float64(self.params, self.head_dim, self.max_position_embeddings, int(longest))
+            freq, scaling = inv_freq(self.params, self.head_dim, self.max_position_embeddings, int(longest),
+                                     self.dtype)
+            return freq.to(position_ids.device), scaling
         device = position_ids.device
         if device not in self._on:
-            self._on[device] = self.inv_freq64.to(device)
+            self._on[device] = self.inv_freq.to(device)
         return self._on[device], self.attention_scaling
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq, scaling = self._frequencies(position_ids)
-        return cos_sin(position_ids, inv_freq, scaling, x.dtype)
+        freq, scaling = self._frequencies(position_ids)
+        return cos_sin(position_ids, freq, scaling, x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.params}, head_dim={self.head_dim}"
+        return f"{self.params}, head_dim={self.head_dim}, precision={self.dtype}"
 
 
-def install_rope(model, settings: RopeSettings | None = None, max_position_embeddings: int | None = None) -> RotaryEmbedding:
+def install_rope(model, settings: RopeSettings | None = None, max_position_embeddings: int | None = None,
+                 precision: Precision | None = None) -> RotaryEmbedding:
     """Apply ``settings`` (if given) to ``model.config`` and swap its rotary module for ours.
 
+    ``precision``: default ``settings.precision``, else float32 (the serving engines').
     Works for transformers' Llama-family models (``model.get_decoder().rotary_emb``).
     """
     if settings is not None:
@@ -230,6 +289,6 @@ def install_rope(model, settings: RopeSettings | None = None, max_position_embed
     if not hasattr(decoder, "rotary_emb"):
         raise TypeError(f"{type(decoder).__name__} has no rotary_emb; install_rope supports Llama-family models")
     decoder.config = model.config
-    rotary = RotaryEmbedding(model.config)
+    rotary = RotaryEmbedding(model.config, precision or (settings.precision if settings else SERVING_PRECISION))
     decoder.rotary_emb = rotary
     return rotary

@@ -9,7 +9,8 @@
   ignored ``slurm/cluster.env``.
 * :func:`dry_run` validates a profile without GPUs: world size per stage, sp/dp/grad-accum
   divisibility, Ulysses head layout, padding, samples on disk, the per-GPU memory estimate with
-  the tiled MLP and checkpoint offload training will use, and the host memory they need.
+  the tiled MLP and checkpoint offload training will use, the host memory they need, and the
+  RoPE phase gap between training and the float32 phases transformers / vLLM serve with.
 """
 
 from __future__ import annotations
@@ -17,22 +18,24 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from . import ulysses
+from . import rope, ulysses
 from .config import project_root, resolve_path, to_dict
 from .memory_estimate import dims_of, plan_stage
 from .train_config import TrainConfig, layout
 
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
 
-__all__ = ["write_params", "launch_local", "sbatch_commands", "dry_run", "format_table"]
+__all__ = ["write_params", "launch_local", "run_command", "sbatch_commands", "dry_run", "format_table"]
 
 
 def write_params(cfg: TrainConfig, path: Path | None = None) -> Path:
@@ -45,24 +48,71 @@ def write_params(cfg: TrainConfig, path: Path | None = None) -> Path:
 
 def launch_local(cfg: TrainConfig, nproc: int | None = None, stage: str | None = None, check: bool = True,
                  echo: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
-    """Run ``longctx.train`` under torchrun with ``nproc`` local processes (default ``cfg.gpus_per_node``)."""
+    """Run ``longctx.train`` under torchrun with ``nproc`` local processes (default ``cfg.gpus_per_node``).
+
+    ``timeout_s``: kill torchrun and every worker after this many seconds (a hung collective
+    would otherwise hang the notebook) and raise ``TimeoutError``; None waits forever.
+    """
     params = write_params(cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc or cfg.gpus_per_node}",
            "-m", "longctx.train", "--params", str(params)] + (["--stage", stage] if stage else [])
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if echo and not _LAUNCHER_CHATTER.match(line):
-            print(line, end="", flush=True)
-    proc.wait(timeout=timeout_s)
-    result = subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), None)
-    if check and proc.returncode != 0:
-        tail = "".join(lines[-40:])
-        raise RuntimeError(f"{shlex.join(cmd)} exited with {proc.returncode}:\n{tail}")
+    result = run_command(cmd, env=env, echo=echo, timeout_s=timeout_s)
+    if check and result.returncode != 0:
+        tail = "".join(result.stdout.splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"{shlex.join(cmd)} exited with {result.returncode}:\n{tail}")
     return result
+
+
+def run_command(cmd: list[str], env: dict[str, str] | None = None, echo: bool = True,
+                timeout_s: float | None = None) -> subprocess.CompletedProcess:
+    """Run ``cmd`` from the project root in its own process group, streaming its output.
+
+    The output is read on a thread so the deadline is kept even while the command prints
+    nothing (a hung collective); on timeout, or when the caller is interrupted, the whole group
+    (torchrun and its workers) gets SIGTERM, then SIGKILL 10 s later.
+    """
+    proc = subprocess.Popen(cmd, cwd=project_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    lines: list[str] = []
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if echo and not _LAUNCHER_CHATTER.match(line):
+                print(line, end="", flush=True)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        reader.join(timeout=5)
+        tail = "".join(lines[-20:])
+        raise TimeoutError(f"{shlex.join(cmd)} still running after {timeout_s:g} s: killed it and its "
+                           f"workers. Last output:\n{tail}") from None
+    except BaseException:          # KeyboardInterrupt in a notebook: take the workers down too
+        _kill_group(proc)
+        raise
+    reader.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), None)
+
+
+KILL_GRACE_S = 10.0   # between SIGTERM (torchrun stops its workers) and SIGKILL of the whole group
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=KILL_GRACE_S)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)   # workers that outlived torchrun, or ignored SIGTERM
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
@@ -119,6 +169,10 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         if stage.seq_len % stage.sp:
             notes.append(f"sequence length {stage.seq_len} is not divisible by sp={stage.sp} (pad to "
                          f"{ulysses.padded_length(stage.seq_len, stage.sp)}); shard_inputs pads such samples")
+        gap = rope.phase_gap(stage.rope, stage.seq_len, dims.head_dim)
+        if gap > 0:
+            notes.append(f"RoPE phases in {stage.rope.precision} differ from the float32 phases transformers and vLLM "
+                         f"serve with by up to {gap:.3g} rad below position {stage.seq_len}")
         if not memory.fits_gpu:
             notes.append(f"estimated {mem['total']:.1f} GiB per GPU exceeds {cfg.gpu_memory_gb:g} GiB")
         if not memory.fits_host:
@@ -133,7 +187,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "dp": lay.dp, "grad_accum": lay.grad_accum, "global_batch": stage.global_batch,
             "kv_heads": f"{dims.kv_heads} ({kv})", "tokens_per_gpu": int(mem["tokens_per_gpu"]),
             "padding": ulysses.padded_length(stage.seq_len, stage.sp) - stage.seq_len,
-            "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g}",
+            "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g} {stage.rope.precision}",
+            "rope_gap_rad": float(f"{gap:.3g}"),
             "mlp_tile": memory.tiled_mlp_tokens or "off", "offloaded": f"{memory.offload_layers}/{dims.layers}",
             "states_gib": round(mem["states"], 1), "checkpoints_gib": round(mem["checkpoints"], 1),
             "working_gib": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["weight_copies"]

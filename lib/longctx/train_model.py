@@ -95,7 +95,7 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
     else:
         with torch.device("meta"):
             lm = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    rope.install_rope(lm)
+    rope.install_rope(lm, precision=stage.rope.precision)   # the phases the serving engine will compute
     ulysses.enable(lm)
     dtype = compute_dtype(cfg, par.device)
     memory = plan_stage(cfg, stage, par.world_size, dtype.itemsize, dims_from_config(config))

@@ -19,8 +19,10 @@ local shard unchanged, so a stock Hugging Face Llama runs under SP by switching 
 * Packed documents: positions restart at each document (transformers' convention). The rank
   gathers the global position ids once per forward (cached across layers) and attends within
   documents only: flash-attn's varlen kernel on GPU, a block-diagonal causal mask for SDPA
-  (CPU, or GPU without flash-attn; that mask is ``S x S`` booleans, fine for tests and short
-  sequences). A single document takes the plain causal kernel.
+  (CPU, or GPU without flash-attn). That mask is ``S x S`` booleans (1 TiB at 1M tokens), so
+  SDPA refuses packed documents longer than :data:`MAX_SDPA_MASK_TOKENS` (install flash-attn).
+  A single document (every stage-2 sample) takes the plain causal kernel at any length.
+  SDPA gets the KV heads as they are (``enable_gqa=True``), never copies repeated to Hq heads.
 * Padding: :func:`shard_inputs` pads the sequence to a multiple of ``sp`` at the end with label
   -100. Causality already keeps every real token from attending to the (later) padding; the
   padding's own outputs carry no loss.
@@ -37,11 +39,14 @@ import torch.nn.functional as F
 
 from . import dist
 
-__all__ = ["HAS_FLASH_ATTN", "IGNORE_INDEX", "check_heads", "valid_sp", "padded_length", "require_divisible",
+__all__ = ["HAS_FLASH_ATTN", "IGNORE_INDEX", "MAX_SDPA_MASK_TOKENS", "check_heads", "valid_sp", "padded_length", "require_divisible",
            "seq_to_heads", "heads_to_seq", "local_attention", "document_ids", "ulysses_attention_forward",
            "register", "enable", "shard_inputs"]
 
 IGNORE_INDEX = -100
+
+# SDPA's packed-document mask is S x S booleans: 256 MiB at this length, 1 TiB at 1M tokens.
+MAX_SDPA_MASK_TOKENS = 16384
 
 # Capability flag, probed once: flash-attn installed and a GPU to run it on.
 HAS_FLASH_ATTN = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
@@ -180,15 +185,18 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: 
     """Causal attention within documents. ``q [B, Hq, S, D]``, ``k/v [B, Hk, S, D]`` -> ``[B, Hq, S, D]``."""
     if HAS_FLASH_ATTN and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         return _flash(q, k, v, scaling, doc_ids)
-    if k.shape[1] != q.shape[1]:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    gqa = k.shape[1] != q.shape[1]    # kernels with native GQA read each KV head once (torch >= 2.5)
     if doc_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
     n = q.shape[2]
+    if n > MAX_SDPA_MASK_TOKENS:
+        raise ValueError(f"packed documents over {n} tokens would need an {n} x {n} SDPA mask "
+                         f"({n * n * q.shape[0] / 2**30:.1f} GiB); SDPA takes at most {MAX_SDPA_MASK_TOKENS} "
+                         "tokens with document masking: install flash-attn (varlen kernel) on GPU, or train "
+                         "one document per sample")
     causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     mask = causal & (doc_ids[:, :, None] == doc_ids[:, None, :])      # [B, S, S]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scaling)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=scaling, enable_gqa=gqa)
 
 
 def _flash(q, k, v, scaling, doc_ids):
