@@ -142,7 +142,8 @@ def test_sbatch_time_limit_warning_checkpoints_and_requeues(tmp_path, one_thread
 
 # --------------------------------------------------------------------------- transformers export
 
-TRANSFORMERS4_PYTHON = Path(os.environ.get("LONGCTX_TRANSFORMERS4_PYTHON", "/tmp/venv-tf4/bin/python"))
+# ./dev setup builds .venv-floor with pyproject's lowest transformers
+TRANSFORMERS4_PYTHON = Path(os.environ.get("LONGCTX_TRANSFORMERS4_PYTHON", ROOT / ".venv-floor" / "bin" / "python"))
 EXPORT_ROPES = {"llama3": {"type": "llama3", "theta": 5e5, "factor": 8.0, "original_max_position_embeddings": 32},
                 "default": {"type": "default", "theta": 3.58e9}}
 
@@ -184,9 +185,8 @@ def test_export_is_bf16_with_the_rope_keys_transformers_4_reads(tmp_path, kind):
 
 
 @pytest.mark.skipif(not TRANSFORMERS4_PYTHON.is_file(), reason=(
-    f"no transformers 4.x interpreter at {TRANSFORMERS4_PYTHON} (set LONGCTX_TRANSFORMERS4_PYTHON): python -m venv "
-    "/tmp/venv-tf4, put this venv's site-packages in a .pth file there, /tmp/venv-tf4/bin/pip install "
-    "transformers==4.56.2 (the declared floor)"))
+    f"no transformers 4.x interpreter at {TRANSFORMERS4_PYTHON}: ./dev setup builds it (or set "
+    "LONGCTX_TRANSFORMERS4_PYTHON)"))
 @pytest.mark.parametrize("kind", list(EXPORT_ROPES))
 def test_lowest_supported_transformers_loads_the_export(tmp_path, kind):
     """transformers 4.56 (pyproject's floor) loads the export in bf16 and builds exactly the
