@@ -40,7 +40,8 @@ from typing import Any, Iterator
 from . import __version__
 from .chunking import Chunking, chunk_document
 from .config import ParamsError, load_params, resolve_path, to_dict
-from .corpus import Document, Skipped, iter_corpus
+from .corpus import Document, Skipped
+from .corpus_shards import assigned_documents
 from .generate_params import GenerateParams
 from .llm.accounting import Accounting
 from .llm.cache import ResponseCache
@@ -77,7 +78,10 @@ def _write_atomic(path: Path, text: str) -> None:
 # across changes of these, and redone after a change of any other.
 _NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurrency", "documents_in_flight",
                        "request_timeout_s", "max_http_attempts", "price_input_per_mtok",
-                       "price_output_per_mtok", "shard_index", "shard_count", "progress"}
+                       "price_output_per_mtok", "shard_index", "shard_count", "progress",
+                       # where the corpus is read from and what the dry run projects: not the records
+                       "corpus_shards_dir", "corpus_documents", "projection_servers",
+                       "server_prompt_tokens_per_s", "server_completion_tokens_per_s"}
 
 
 def fingerprint(params: GenerateParams) -> str:
@@ -99,19 +103,7 @@ def _finished(path: Path, print_: str) -> bool:
 
 def _assigned(params: GenerateParams) -> Iterator[tuple[int, Document | Skipped]]:
     """(position, item) for this shard; position counts the corpus's usable documents."""
-    position = 0
-    for item in iter_corpus(params.corpus, text_field=params.text_field, id_field=params.id_field,
-                            title_field=params.title_field, data_files=params.corpus_data_files,
-                            split=params.corpus_split):
-        if isinstance(item, Skipped):
-            if params.shard_index == 0:  # report each bad document once, not once per shard
-                yield -1, item
-            continue
-        if params.max_documents and position >= params.max_documents:
-            return
-        if position % params.shard_count == params.shard_index:
-            yield position, item
-        position += 1
+    return assigned_documents(params)  # streamed, or from prepared shard files (corpus_shards.py)
 
 
 def prepare_document(doc: Document, tokenizer: Tokenizer, params: GenerateParams) -> tuple[Document, Chunking] | str:
