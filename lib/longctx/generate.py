@@ -49,6 +49,7 @@ from .llm.client import LLMClient, LLMConfig
 from .llm.dry_run import DryRunServer
 from .llm.sync import run_sync
 from .llm.server import EmbeddedServer
+from .projection import format_projection, project
 from .prompts import load_prompts
 from .qa_pipeline import DocumentFailed, expected_requests, generate_document
 from .tokenizer import Tokenizer, load_tokenizer
@@ -256,7 +257,9 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     """
     if dry_run:
         out_root = resolve_path(params.output_dir) / "dry-run"
-        params = dataclasses.replace(params, output_dir=str(out_root), cache_dir=str(out_root / "cache"))
+        # nothing is sent, so no API key is needed: plan a run before the key exists
+        params = dataclasses.replace(params, output_dir=str(out_root), cache_dir=str(out_root / "cache"),
+                                     llm_api_key_env="")
     out = shard_dir(params)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -298,6 +301,8 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         "prompts": live["prompts"],
     }
     manifest["counts"]["documents_skipped"] = len(live["skipped"])
+    if dry_run:  # the whole corpus's requests, tokens and wall time, scaled from this sample
+        manifest["projection"] = project(manifest, params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
@@ -377,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{t['calls']} LLM calls ({t['cache_hits']} from cache), {t['prompt_tokens']} prompt + "
           f"{t['completion_tokens']} completion tokens, cost estimate ${t['cost_usd']:.2f}"
           + (" (dry run: projected)" if args.dry_run else ""))
+    if args.dry_run and not args.merge:
+        print(format_projection(manifest["projection"]))
     return 0
 
 
