@@ -76,3 +76,62 @@ def test_missing_and_unsupported_corpus(tmp_path):
         list(iter_corpus(str(tmp_path / "x.csv")))
     with pytest.raises(FileNotFoundError, match="holds no \\*.txt files"):
         list(iter_corpus(str(tmp_path)))
+
+
+def write_zst(path, rows, frames=1):
+    """A .jsonl.zst like the hub's: one JSON object per line, optionally several zstd frames."""
+    import zstandard
+
+    lines = [(r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows]
+    step = -(-len(lines) // frames)
+    parts = ["".join(lines[i:i + step]).encode() for i in range(0, len(lines), step)]
+    path.write_bytes(b"".join(zstandard.ZstdCompressor(level=3).compress(p) for p in parts))
+    return path
+
+
+BOOK_ROWS = [  # shaped like Long-Data-Collections' pretrain/book.jsonl.zst: no id, title under meta
+    {"text": "It was a dark night.\n\nThe end.", "meta": {"short_book_title": "Night Book", "url": "u1"}},
+    {"text": "No title here.", "meta": {"url": "u2"}},
+    {"text": "   ", "meta": {"short_book_title": "Blank"}},
+    {"text": "Flat key wins.", "meta": {"short_book_title": "Nested"}, "meta.short_book_title": "Flat"},
+    {"meta": {"short_book_title": "No text"}},
+]
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_jsonl_zst_with_nested_title(tmp_path, frames):
+    path = write_zst(tmp_path / "book.jsonl.zst", BOOK_ROWS, frames)
+    docs, skipped = split(list(iter_corpus(str(path), title_field="meta.short_book_title")))
+    assert [(d.id, d.title, d.text) for d in docs] == [
+        ("0", "Night Book", BOOK_ROWS[0]["text"]), ("1", "1", "No title here."), ("3", "Flat", "Flat key wins.")]
+    assert [(s.id, s.reason) for s in skipped] == [
+        ("2", "empty or whitespace-only text"), ("4", "missing text field 'text' (row has: meta)")]
+    assert docs[2].source == f"{path}:4"
+    # nested text and id paths too, and a path through a non-object is "missing"
+    nested = write_zst(tmp_path / "n.jsonl.zst", [{"doc": {"body": "Deep text.", "key": "k1"}}, {"doc": "flat"}])
+    docs, skipped = split(list(iter_corpus(str(nested), text_field="doc.body", id_field="doc.key")))
+    assert [(d.id, d.text) for d in docs] == [("k1", "Deep text.")]
+    assert skipped[0].reason.startswith("missing text field 'doc.body'")
+
+
+def test_jsonl_zst_through_datasets_streaming(tmp_path):
+    """The hub path: datasets' own json builder streams the .zst (it needs zstandard, as we do)."""
+    path = write_zst(tmp_path / "book.jsonl.zst", BOOK_ROWS)
+    docs, skipped = split(list(iter_corpus("hf:json", data_files=str(path), title_field="meta.short_book_title",
+                                           revision="0123abc")))
+    assert [(d.id, d.title) for d in docs] == [("0", "Night Book"), ("1", "1"), ("3", "Flat")]
+    assert docs[0].source == "hf:json@0123abc#0" and len(skipped) == 2
+
+
+def test_books_file_needs_a_revision():
+    from longctx.config import ParamsError, from_mapping
+    from longctx.generate_params import GenerateParams
+
+    spec = {"corpus": "hf:togethercomputer/Long-Data-Collections", "corpus_data_files": "pretrain/book.jsonl.zst",
+            "llm_base_url": "http://x/v1"}
+    with pytest.raises(ParamsError, match="corpus_revision.*deleted from togethercomputer/Long-Data-Collections's "
+                                          "main branch in commit 613289c"):
+        from_mapping(GenerateParams, spec)
+    from_mapping(GenerateParams, {**spec, "corpus_revision": "0" * 40})
+    with pytest.raises(ValueError, match="set corpus_revision to a commit before it"):
+        next(iter_corpus(spec["corpus"], data_files=spec["corpus_data_files"]))

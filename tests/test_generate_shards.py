@@ -81,3 +81,61 @@ def test_cli_shard_flag_and_bad_params(corpus, tmp_path, capsys):
     path.write_text("n_diverse: -1\n")
     assert generate.main(["--params", str(path)]) == 2
     assert f"{path}:1: key 'n_diverse': must be >= 0, got -1" in capsys.readouterr().err
+
+
+@pytest.fixture
+def books_zst(tmp_path):
+    """The fixture's books as a .jsonl.zst shaped like the hub's books file (title under meta), plus bad rows."""
+    import zstandard
+
+    docs = json.loads(FIXTURE.read_text())["documents"][:4]
+    rows = [{"text": d["text"], "meta": {"short_book_title": d["id"].title()}} for d in docs]
+    rows[2:2] = [{"text": "  "}, {"meta": {}}]  # two bad rows between good ones
+    path = tmp_path / "book.jsonl.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return path
+
+
+def test_prepared_shard_files_give_the_streamed_output(books_zst, tmp_path):
+    from longctx import corpus_shards
+
+    extra = {"title_field": "meta.short_book_title", "corpus_shards_dir": str(tmp_path / "prepared")}
+    single = generate.run(params(books_zst, tmp_path / "single", title_field="meta.short_book_title"), dry_run=True)
+    manifest = corpus_shards.prepare(params(books_zst, tmp_path / "x", **extra), 4)
+    assert manifest["documents"] == 4 and manifest["documents_per_file"] == [1, 1, 1, 1] and manifest["complete"]
+    assert sorted(s["id"] for s in manifest["skipped"]) == ["2", "3"]
+    # shard 1 of 2 reads files 1 and 3 only: remove the others and it still runs
+    for j in (0, 2):
+        corpus_shards.shard_file(tmp_path / "prepared", j, 4).rename(tmp_path / f"away-{j}")
+    generate.run(params(books_zst, tmp_path / "sharded", shard_index=1, shard_count=2, **extra), dry_run=True)
+    for j in (0, 2):
+        (tmp_path / f"away-{j}").rename(corpus_shards.shard_file(tmp_path / "prepared", j, 4))
+    generate.run(params(books_zst, tmp_path / "sharded", shard_index=0, shard_count=2, **extra), dry_run=True)
+    merged = generate.merge(params(books_zst, tmp_path / "sharded", **extra), dry_run=True)
+    a = (tmp_path / "single" / "dry-run" / "qa.jsonl").read_text()
+    assert a == (tmp_path / "sharded" / "dry-run" / "qa.jsonl").read_text() and a.count("\n") == 4
+    titles = [d["id"].title() for d in json.loads(FIXTURE.read_text())["documents"][:4]]
+    assert [json.loads(line)["title"] for line in a.splitlines()] == titles
+    assert sorted(d["id"] for d in merged["skipped_documents"]) == sorted(d["id"] for d in single["skipped_documents"])
+    # a second prepare with the same settings does nothing; a count that does not divide is refused
+    assert corpus_shards.prepare(params(books_zst, tmp_path / "x", **extra), 4) == manifest
+    with pytest.raises(RuntimeError, match="holds 4 shard files, which 3 shards cannot split evenly"):
+        list(corpus_shards.assigned_documents(params(books_zst, tmp_path / "y", shard_count=3, **extra)))
+
+
+def test_prepared_shard_files_refuse_what_they_cannot_serve(books_zst, tmp_path):
+    from longctx import corpus_shards
+
+    extra = {"corpus_shards_dir": str(tmp_path / "prepared")}
+    with pytest.raises(FileNotFoundError, match="holds no prepared corpus .* --shards 2"):
+        list(corpus_shards.assigned_documents(params(books_zst, tmp_path / "o", shard_count=2, **extra)))
+    manifest = corpus_shards.prepare(params(books_zst, tmp_path / "o", max_documents=2, **extra), 2)
+    assert manifest["documents"] == 2 and not manifest["complete"]
+    got = [(p, d.id) for p, d in corpus_shards.assigned_documents(params(books_zst, tmp_path / "o", max_documents=1,
+                                                                         shard_count=2, **extra)) if p >= 0]
+    assert got == [(0, "0")]
+    with pytest.raises(RuntimeError, match="holds the first 2 documents only"):
+        list(corpus_shards.assigned_documents(params(books_zst, tmp_path / "o", shard_count=2, **extra)))
+    with pytest.raises(RuntimeError, match="prepared from another corpus .*'text_field': \\('text', 'body'\\)"):
+        list(corpus_shards.assigned_documents(params(books_zst, tmp_path / "o", max_documents=2, shard_count=2,
+                                                     text_field="body", **extra)))

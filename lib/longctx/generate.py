@@ -40,7 +40,8 @@ from typing import Any, Iterator
 from . import __version__
 from .chunking import Chunking, chunk_document
 from .config import ParamsError, load_params, resolve_path, to_dict
-from .corpus import Document, Skipped, iter_corpus
+from .corpus import Document, Skipped
+from .corpus_shards import assigned_documents
 from .generate_params import GenerateParams
 from .llm.accounting import Accounting
 from .llm.cache import ResponseCache
@@ -49,6 +50,7 @@ from .llm.dry_run import DryRunServer
 from .llm.sync import run_sync
 from .llm.server import EmbeddedServer
 from .progress import Progress
+from .projection import format_projection, project
 from .prompts import load_prompts
 from .qa_pipeline import DocumentFailed, expected_requests, generate_document
 from .tokenizer import Tokenizer, load_tokenizer
@@ -78,7 +80,10 @@ def _write_atomic(path: Path, text: str) -> None:
 # across changes of these, and redone after a change of any other.
 _NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurrency", "documents_in_flight",
                        "request_timeout_s", "max_http_attempts", "price_input_per_mtok",
-                       "price_output_per_mtok", "shard_index", "shard_count", "progress"}
+                       "price_output_per_mtok", "shard_index", "shard_count", "progress",
+                       # where the corpus is read from and what the dry run projects: not the records
+                       "corpus_shards_dir", "corpus_documents", "projection_servers",
+                       "server_prompt_tokens_per_s", "server_completion_tokens_per_s"}
 
 
 def fingerprint(params: GenerateParams) -> str:
@@ -100,19 +105,7 @@ def _finished(path: Path, print_: str) -> bool:
 
 def _assigned(params: GenerateParams) -> Iterator[tuple[int, Document | Skipped]]:
     """(position, item) for this shard; position counts the corpus's usable documents."""
-    position = 0
-    for item in iter_corpus(params.corpus, text_field=params.text_field, id_field=params.id_field,
-                            title_field=params.title_field, data_files=params.corpus_data_files,
-                            split=params.corpus_split):
-        if isinstance(item, Skipped):
-            if params.shard_index == 0:  # report each bad document once, not once per shard
-                yield -1, item
-            continue
-        if params.max_documents and position >= params.max_documents:
-            return
-        if position % params.shard_count == params.shard_index:
-            yield position, item
-        position += 1
+    return assigned_documents(params)  # streamed, or from prepared shard files (corpus_shards.py)
 
 
 def prepare_document(doc: Document, tokenizer: Tokenizer, params: GenerateParams) -> tuple[Document, Chunking] | str:
@@ -246,7 +239,9 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     """
     if dry_run:
         out_root = resolve_path(params.output_dir) / "dry-run"
-        params = dataclasses.replace(params, output_dir=str(out_root), cache_dir=str(out_root / "cache"))
+        # nothing is sent, so no API key is needed: plan a run before the key exists
+        params = dataclasses.replace(params, output_dir=str(out_root), cache_dir=str(out_root / "cache"),
+                                     llm_api_key_env="")
     out = shard_dir(params)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -288,6 +283,8 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         "prompts": live["prompts"],
     }
     manifest["counts"]["documents_skipped"] = len(live["skipped"])
+    if dry_run:  # the whole corpus's requests, tokens and wall time, scaled from this sample
+        manifest["projection"] = project(manifest, params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
@@ -367,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{t['calls']} LLM calls ({t['cache_hits']} from cache), {t['prompt_tokens']} prompt + "
           f"{t['completion_tokens']} completion tokens, cost estimate ${t['cost_usd']:.2f}"
           + (" (dry run: projected)" if args.dry_run else ""))
+    if args.dry_run and not args.merge:
+        print(format_projection(manifest["projection"]))
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import bad, param
+from .corpus import REMOVED_FROM_MAIN
 from .walk import DIVERSE_TYPES
 
 __all__ = ["GenerateParams", "PROMPT_OVERHEAD_TOKENS"]
@@ -26,9 +27,15 @@ class GenerateParams:
     corpus: str = param("austen", "'austen', a folder of .txt, a .jsonl/.parquet file, or 'hf:<dataset id>'")
     corpus_data_files: str = param("", "data_files for an hf: corpus (e.g. the books file of Long-Data-Collections)")
     corpus_split: str = param("train", "split of an hf: corpus")
-    text_field: str = param("text", "field holding the document text in jsonl/parquet/hf rows")
-    id_field: str = param("id", "field holding the document id (row number when absent)")
-    title_field: str = param("title", "field holding the document title (id when absent)")
+    corpus_revision: str = param("", "commit (full hash), tag or branch of an hf: corpus (empty = main); required for "
+                                     "files deleted from main, such as Long-Data-Collections' pretrain/book.jsonl.zst")
+    corpus_shards_dir: str = param("", "folder of corpus shard files written by one pass of "
+                                       "'python -m longctx.corpus_shards' (empty = none): a --shard i/n run then "
+                                       "reads only its files instead of the whole corpus; n must divide their count")
+    text_field: str = param("text", "field holding the document text in jsonl/parquet/hf rows (a.b = nested)")
+    id_field: str = param("id", "field holding the document id (row number when absent; a.b = nested)")
+    title_field: str = param("title", "field holding the document title (id when absent; a.b = nested, "
+                                      "e.g. meta.short_book_title)")
     max_documents: int = param(0, "process at most this many usable documents (0 = all)", min=0)
     max_document_tokens: int = param(0, "cut each document to at most this many tokens at a chunk "
                                         "boundary (0 = whole document; the demo uses it to fit its time budget)", min=0)
@@ -70,6 +77,18 @@ class GenerateParams:
     max_qa_tokens: int = param(300, "completion budget of a question-answer request", min=16)
     price_input_per_mtok: float = param(0.0, "USD per million prompt tokens, for the cost estimate", min=0.0)
     price_output_per_mtok: float = param(0.0, "USD per million completion tokens, for the cost estimate", min=0.0)
+    # --- dry-run projection (--dry-run extrapolates from the documents it ran to the whole corpus)
+    corpus_documents: int = param(0, "documents in the whole corpus, for the dry run's projection "
+                                     "(0 = only the documents the dry run saw; the paper used 7,772 books)", min=0)
+    projection_servers: int = param(1, "generator servers working at once, for the projected wall time", min=1)
+    server_prompt_tokens_per_s: float = param(
+        15000.0, "prompt (prefill) tokens per second one server sustains; default: Qwen2-72B bf16 at TP 8 on "
+                 "H100, 2 x 72.7e9 FLOP per token at 30 % of 8 x 989 TFLOP/s ~ 16,300, rounded down; "
+                 "measure yours (vLLM's benchmark_serving) and set it", min=1.0)
+    server_completion_tokens_per_s: float = param(
+        1800.0, "completion (decode) tokens per second one server sustains across its batch; default: "
+                "Qwen2-72B at TP 8 on H100, weights read once per step (145 GB / (8 x 3.35 TB/s x 60 %) ~ 9 ms) "
+                "x ~32 sequences decoding ~ 3,550, halved for KV-cache reads and prefill interleaving", min=1.0)
     # --- embedded server (used when llm_base_url is empty)
     embedded_n_ctx: int = param(8192, "context of the embedded llama.cpp server, shared by its slots", min=512)
     embedded_parallel: int = param(1, "request slots of the embedded server (each gets n_ctx / parallel tokens); "
@@ -98,6 +117,11 @@ class GenerateParams:
         if self.max_document_tokens and self.max_document_tokens < self.small_chunk_tokens:
             raise bad("max_document_tokens", f"must be 0 or >= small_chunk_tokens ({self.small_chunk_tokens}), "
                                              f"got {self.max_document_tokens}")
+        deleted = REMOVED_FROM_MAIN.get((self.corpus.removeprefix("hf:"), self.corpus_data_files))
+        if self.corpus.startswith("hf:") and deleted and not self.corpus_revision:
+            raise bad("corpus_revision", f"{self.corpus_data_files} was deleted from {self.corpus[3:]}'s main "
+                                         f"branch in commit {deleted}: set corpus_revision to a commit before it "
+                                         "(params/paper/01_generate_qa.yaml says how to find one)")
         if self.shard_index >= self.shard_count:
             raise bad("shard_index", f"must be < shard_count ({self.shard_count}), got {self.shard_index}")
         if not self.llm_base_url:

@@ -5,7 +5,9 @@ to project what a real run will send (requests, prompt tokens, cost at the param
 any money is spent, the way curator projects cost. Its answers are schema-valid JSON built from
 words of the prompt (distinct per request, so duplicate detection does not fire); it counts
 prompt tokens with the Llama-3.1 tokenizer: message contents plus the chat template's 4 tokens
-per message and 1 for the assistant header. The benchmark of stage 1's request budget and the
+per message and 1 for the assistant header. Its answers fill half of each request's
+``max_tokens`` (a 400-token summary budget gives a 200-token summary), so the projected
+completion tokens are of a real model's order rather than a few words each. The benchmark of stage 1's request budget and the
 shard/merge tests use it too.
 
 The server runs in a child process (``multiprocessing``) so it never competes with the
@@ -35,10 +37,13 @@ def _answer(body: dict, count_tokens) -> dict:
     pick = " ".join(rng.choice(words) for _ in range(8))
     schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
     if "summary" in schema.get("properties", {}):
-        content = {"summary": f"The passage tells how {pick} matter to the story and to its people."}
+        key, content = "summary", {"summary": f"The passage tells how {pick} matter to the story and to its people."}
     else:
-        content = {"question": f"Why does the passage bring together {pick}?",
-                   "answer": f"Because {' '.join(rng.choice(words) for _ in range(10))} shape what happens."}
+        key, content = "answer", {"question": f"Why does the passage bring together {pick}?",
+                                  "answer": f"Because {' '.join(rng.choice(words) for _ in range(10))} shape what happens."}
+    target = int(body.get("max_tokens") or 0) // 2
+    while count_tokens(json.dumps(content)) < target:  # grow to the assumed length, ten words at a time
+        content[key] += " Then " + " ".join(rng.choice(words) for _ in range(10)) + "."
     text = json.dumps(content)
     prompt_tokens = sum(count_tokens(m["content"]) + 4 for m in body["messages"]) + 1
     completion_tokens = count_tokens(text)

@@ -1,0 +1,68 @@
+"""What a whole stage-1 run will cost, from a dry run over a sample: requests, tokens, wall time.
+
+A dry run (``python -m longctx.generate --params FILE --dry-run --set max_documents=20``) sends
+the real pipeline's requests to a stand-in server and counts them. Offline it can only see a
+sample, so the projection scales the sample's totals by ``corpus_documents / sampled``, where
+``sampled`` counts every document the dry run looked at (written, failed or skipped: a skipped
+one is part of the corpus too, it just costs nothing). Token counts of the sample are the
+Llama-3.1 tokenizer's (the stand-in's count); completions are the stand-in's, which fill half of
+each request's completion budget.
+
+Wall time assumes the servers are the bottleneck (enough requests in flight to keep them busy)
+and that one server spends ``prompt / server_prompt_tokens_per_s`` on prefill plus
+``completion / server_completion_tokens_per_s`` on decoding, one after the other::
+
+    wall_s = (P / prefill_rate + C / decode_rate) / servers
+
+Adding the two is the conservative choice: vLLM overlaps them in one batch (chunked prefill), so
+a real run may be somewhat faster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .generate_params import GenerateParams
+
+__all__ = ["project", "format_projection"]
+
+
+def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
+    """The projection of a dry run's ``manifest`` (from :func:`longctx.generate.run`) to the corpus."""
+    counts, totals = manifest["counts"], manifest["totals"]
+    sampled = (counts.get("documents_written", 0) + counts.get("documents_failed", 0)
+               + counts.get("documents_skipped", 0))
+    corpus = params.corpus_documents or sampled
+    scale = corpus / sampled if sampled else 0.0
+    prompt = totals["prompt_tokens"] * scale
+    completion = totals["completion_tokens"] * scale
+    server_s = prompt / params.server_prompt_tokens_per_s + completion / params.server_completion_tokens_per_s
+    wall_s = server_s / params.projection_servers
+    return {
+        "sampled_documents": sampled, "corpus_documents": corpus, "scale": scale,
+        "extrapolated": bool(params.corpus_documents) and corpus != sampled,
+        "requests": round(totals["calls"] * scale), "prompt_tokens": round(prompt),
+        "completion_tokens": round(completion), "cost_usd": round(totals["cost_usd"] * scale, 2),
+        "servers": params.projection_servers,
+        "server_prompt_tokens_per_s": params.server_prompt_tokens_per_s,
+        "server_completion_tokens_per_s": params.server_completion_tokens_per_s,
+        "server_hours": server_s / 3600, "wall_hours": wall_s / 3600, "wall_days": wall_s / 86400,
+    }
+
+
+def format_projection(p: dict[str, Any]) -> str:
+    """The projection as the few lines ``--dry-run`` prints."""
+    if p["extrapolated"]:
+        head = (f"Projection for {p['corpus_documents']:,} documents (corpus_documents), extrapolated from the "
+                f"{p['sampled_documents']:,} this dry run sampled (x{p['scale']:.1f}; set max_documents to sample more):")
+    else:
+        head = (f"Projection for the {p['sampled_documents']:,} documents this dry run saw "
+                "(set corpus_documents to extrapolate to a whole corpus):")
+    return "\n".join([
+        head,
+        f"  {p['requests']:,} requests, {p['prompt_tokens']:,} prompt + {p['completion_tokens']:,} completion tokens, "
+        f"cost estimate ${p['cost_usd']:,.2f}",
+        f"  {p['server_hours']:,.1f} server-hours at {p['server_prompt_tokens_per_s']:,.0f} prompt + "
+        f"{p['server_completion_tokens_per_s']:,.0f} completion tokens/s per server; on {p['servers']} server(s): "
+        f"{p['wall_hours']:,.1f} h ({p['wall_days']:.2f} days) of wall time",
+    ])
