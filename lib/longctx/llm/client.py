@@ -205,6 +205,11 @@ class LLMClient:
             await self._committer.close()  # every accepted answer is committed before we leave
             self._committer = None
 
+    @property
+    def concurrency(self) -> int:
+        """Requests allowed in flight now: ``max_concurrency``, less after a 429 (adaptive)."""
+        return self._gate.limit if self._gate is not None else self.config.max_concurrency
+
     def __repr__(self) -> str:  # never the key, only the variable's name
         return (f"LLMClient(base_url={self.config.base_url!r}, model={self.config.model!r}, "
                 f"api_key_env={self.config.api_key_env!r}, response_format={self.response_format!r})")
