@@ -139,5 +139,40 @@ def test_sigkilled_run_resends_no_completed_request(tmp_path):
     assert 0 < acc["cache_hits"] == N_REQUESTS - len(sending)
 
 
+def test_recorded_rejections_replay_a_give_up_and_continue_where_they_end(tmp_path):
+    """In one process: a call that gave up is given up again from the record (nothing sent);
+    with more attempts allowed it goes on at the seed where the record ends."""
+    from longctx.llm import Accounting, LLMCallFailed, LLMClient, LLMConfig, ResponseCache
+
+    msgs = [{"role": "user", "content": "request x\nfaults: length,schema,length"}]
+
+    def call(server: FaultServer, attempts: int, accounting: Accounting):
+        async def run():
+            config = LLMConfig(base_url=server.base_url, model="fault-model", max_attempts=attempts,
+                               backoff_base_s=0.01, backoff_max_s=0.02)
+            with ResponseCache(tmp_path) as cache:
+                async with LLMClient(config, cache=cache, accounting=accounting) as llm:
+                    return await llm.chat(msgs, schema=SCHEMA, seed=10, max_tokens=8, stage="s", doc_id="x")
+        return asyncio.run(run())
+
+    with FaultServer() as server:
+        first, again, resumed = Accounting(), Accounting(), Accounting()
+        for accounting in (first, again):
+            try:
+                call(server, 2, accounting)
+            except LLMCallFailed as err:
+                assert (err.reason, err.attempts) == ("schema", 2)
+            else:
+                raise AssertionError("the call should have given up")
+        assert [e["seed"] for e in server.log] == [10, 11]  # the second give-up sent nothing
+        assert again.total().to_dict()["replayed_by_reason"] == {"length": 1, "schema": 1}
+        assert (again.total().cache_hits, again.total().requests, again.total().failures["schema"]) == (1, 0, 1)
+        result = call(server, 4, resumed)
+        assert [e["seed"] for e in server.log] == [10, 11, 12, 13]  # goes on at seed + 2
+    assert result.attempts == 4 and not result.cached
+    total = resumed.total()
+    assert (total.requests, total.cache_hits, dict(total.retries), sum(total.replayed.values())) == (2, 0, {"length": 1}, 2)
+
+
 if __name__ == "__main__":
     _worker(*sys.argv[1:4])
