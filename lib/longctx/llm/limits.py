@@ -112,7 +112,9 @@ class RateLimiter:
 class AdaptiveGate:
     """A concurrency bound that halves on 429 and grows back by one per ``limit`` answers.
 
-    With ``adaptive=False`` it is a fixed semaphore of ``max_limit``.
+    First come, first served, like ``asyncio.Semaphore``: a newcomer never overtakes a waiting
+    call, so with one request in flight the order of requests does not depend on timing (and
+    stage 1's output stays identical across runs). With ``adaptive=False`` it is a fixed bound.
     """
 
     def __init__(self, max_limit: int, adaptive: bool = True):
@@ -125,39 +127,51 @@ class AdaptiveGate:
         self.in_flight = 0
         self._round = 0        # bumped by every cut: a 429 from an older round does not cut again
         self._streak = 0       # answers without a 429 since the last change
-        self._changed: asyncio.Condition | None = None
+        self._waiters: deque[asyncio.Future] = deque()
 
     async def acquire(self) -> int:
         """Wait for a free slot; returns the round the request is sent in (for :meth:`release`)."""
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < self.limit)
+        if self.in_flight < self.limit and not self._waiters:
             self.in_flight += 1
             return self._round
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # resolved by _wake, which has counted the slot as ours
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # the slot came as we were cancelled
+                self.in_flight -= 1
+                self._wake()
+            raise
+        return self._round
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_flight < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)
 
     async def release(self, sent_round: int, outcome: str) -> str:
         """Free the slot. ``outcome``: ``"429"``, ``"answered"`` (the server sent a completion,
         valid or not) or ``"other"`` (transport failure: says nothing about the rate limit).
         Returns ``"down"`` or ``"up"`` when the limit changed, else ``""``."""
-        assert self._changed is not None
         change = ""
-        async with self._changed:
-            self.in_flight -= 1
-            if self.adaptive and outcome == "429" and sent_round == self._round:
-                self._round += 1
+        self.in_flight -= 1
+        if self.adaptive and outcome == "429" and sent_round == self._round:
+            self._round += 1
+            self._streak = 0
+            if self.limit > 1:
+                self.limit = max(1, self.limit // 2)
+                self.decreases += 1
+                self.lowest = min(self.lowest, self.limit)
+                change = "down"
+        elif self.adaptive and outcome == "answered" and self.limit < self.max_limit:
+            self._streak += 1
+            if self._streak >= self.limit:
+                self.limit += 1
+                self.increases += 1
                 self._streak = 0
-                if self.limit > 1:
-                    self.limit = max(1, self.limit // 2)
-                    self.decreases += 1
-                    self.lowest = min(self.lowest, self.limit)
-                    change = "down"
-            elif self.adaptive and outcome == "answered" and self.limit < self.max_limit:
-                self._streak += 1
-                if self._streak >= self.limit:
-                    self.limit += 1
-                    self.increases += 1
-                    self._streak = 0
-                    change = "up"
-            self._changed.notify_all()
+                change = "up"
+        self._wake()
         return change
