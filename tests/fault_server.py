@@ -11,6 +11,8 @@ ok         200, content ``{"answer": <digest of messages + seed>, "n": <len(mess
 429date    429 with ``Retry-After`` as an HTTP date ``retry_after_s`` (rounded up) from now
 500, 503   server error
 hang       sleep ``hang_s`` (longer than the client's timeout), then answer ok
+stall      send the headers and half the body, then nothing until the server stops (the client's
+           ``stall_timeout_s`` catches it; no slow-but-normal answer can look like this)
 drop       abort the TCP connection without a response
 badbody    200 whose body is truncated JSON
 notjson    200, content is prose, not JSON
@@ -20,8 +22,19 @@ length     200, finish_reason ``length``, content cut mid-string
 =========  ==================================================================================
 
 ``reject_json_schema=True`` makes every request with a json_schema response_format a 400 that
-names ``response_format``. Every request is appended to :attr:`FaultServer.log`;
-:attr:`FaultServer.max_in_flight` is the most requests the server held at once.
+names ``response_format``. Every request is appended to :attr:`FaultServer.log` (``delivered``:
+the server sent a completion, valid or not); :attr:`FaultServer.max_in_flight` is the most
+requests the server held at once.
+
+Two modes for tests that must not depend on the machine's speed:
+
+* ``freeze_after = k``: once ``k`` completions were delivered, every further request is held
+  without an answer until the server stops (and does not use up its script entry), so a test can
+  wait for the client to record exactly ``k`` answers and kill it with nothing else delivered.
+* ``capacity = c`` with ``storm_until = m``: a provider's rate limit. A request arriving while
+  ``c`` others are in flight gets 429 (``Retry-After: retry_after_s``) until the server has
+  delivered ``m`` completions; then the storm is over and every request is served. Wasted
+  requests are counted in the log (fault ``storm429``), whatever the machine's speed.
 """
 
 from __future__ import annotations
@@ -44,6 +57,9 @@ def answer_for(messages: list[dict], seed: Any) -> str:
     return digest[:16]
 
 
+_DELIVERING = ("ok", "notjson", "schema", "length")  # faults that deliver a completion
+
+
 def script_of(messages: list[dict]) -> list[str]:
     for line in str(messages[-1].get("content", "")).splitlines():
         if line.startswith("faults:"):
@@ -55,9 +71,12 @@ class FaultServer:
     """Start with ``with FaultServer(...) as server``; ``server.base_url`` ends in ``/v1``."""
 
     def __init__(self, *, delay_s: float = 0.0, hang_s: float = 3.0, retry_after_s: float = 1.0,
-                 reject_json_schema: bool = False):
+                 reject_json_schema: bool = False, capacity: int | None = None, storm_until: int = 0):
         self.delay_s, self.hang_s, self.retry_after_s = delay_s, hang_s, retry_after_s
         self.reject_json_schema = reject_json_schema
+        self.capacity, self.storm_until = capacity, storm_until
+        self.freeze_after: int | None = None  # settable between runs; see the module doc
+        self.delivered = 0                    # completions granted so far (valid or not)
         self.log: list[dict] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -66,6 +85,7 @@ class FaultServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fault-server", daemon=True)
         self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
         self.base_url = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -82,6 +102,7 @@ class FaultServer:
         self._loop.close()
 
     async def _stop(self) -> None:
+        self._stopping.set()
         await self._runner.cleanup()
         # handlers still sleeping in a "hang" would otherwise be destroyed pending
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -90,6 +111,7 @@ class FaultServer:
         await asyncio.gather(*others, return_exceptions=True)
 
     async def _start(self) -> int:
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         # shutdown_timeout: do not wait at exit for handlers still sleeping in a "hang"
@@ -109,20 +131,25 @@ class FaultServer:
         body = await request.json()
         messages = body["messages"]
         identity = json.dumps(messages, sort_keys=True)
+        script = script_of(messages)
+        fmt = (body.get("response_format") or {}).get("type", "none")
         with self._lock:
             n = self._seen.get(identity, 0)
-            self._seen[identity] = n + 1
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
-        script = script_of(messages)
-        fault = script[n] if n < len(script) else "ok"
-        fmt = (body.get("response_format") or {}).get("type", "none")
-        if self.reject_json_schema and fmt == "json_schema":
-            fault = "400rf"
-        entry = {"t": time.monotonic(), "content": messages[-1]["content"], "attempt": n, "fault": fault,
-                 "seed": body.get("seed"), "response_format": fmt,
-                 "authorization": request.headers.get("Authorization", "")}
-        with self._lock:
+            fault = script[n] if n < len(script) else "ok"
+            if self.reject_json_schema and fmt == "json_schema":
+                fault = "400rf"
+            if self.capacity is not None and self.delivered < self.storm_until and self._in_flight > self.capacity:
+                fault = "storm429"
+            elif fault in _DELIVERING and self.freeze_after is not None and self.delivered >= self.freeze_after:
+                fault = "frozen"  # its script entry stays unused for the next time it is sent
+            else:
+                self._seen[identity] = n + 1
+            self.delivered += fault in _DELIVERING
+            entry = {"t": time.monotonic(), "content": messages[-1]["content"], "attempt": n, "fault": fault,
+                     "seed": body.get("seed"), "response_format": fmt, "delivered": fault in _DELIVERING,
+                     "in_flight": self._in_flight, "authorization": request.headers.get("Authorization", "")}
             self.log.append(entry)
         try:
             return await self._play(fault, request, messages, body.get("seed"))
@@ -131,8 +158,21 @@ class FaultServer:
                 self._in_flight -= 1
 
     async def _play(self, fault: str, request: web.Request, messages: list[dict], seed: Any) -> web.StreamResponse:
+        if fault == "frozen":
+            await self._stopping.wait()
+            return web.Response(status=503)  # the server is stopping; nobody reads this
+        if fault == "storm429":  # at once, as providers do: a rejected request holds no capacity
+            return web.json_response({"error": "rate limit"}, status=429,
+                                     headers={"Retry-After": f"{self.retry_after_s:g}"})
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if fault == "stall":
+            response = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                               "Content-Length": "1000"})
+            await response.prepare(request)
+            await response.write(b'{"choices": [')
+            await self._stopping.wait()
+            return web.Response(status=503)  # the server is stopping; nobody reads this
         if fault == "429":
             return web.json_response({"error": "slow down"}, status=429,
                                      headers={"Retry-After": f"{self.retry_after_s:g}"})

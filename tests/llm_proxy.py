@@ -2,9 +2,17 @@
 
 It forwards ``POST /v1/chat/completions`` to the upstream server and logs every request body
 (hash) and the content it relayed, so a test can count requests *at the server side*. Given a
-fault schedule it answers some requests itself instead: 429 with Retry-After, 500, 503, a hang
-past the client's timeout, a dropped connection, a body that is not JSON, or the upstream answer
-cut short with ``finish_reason: "length"``.
+fault schedule (by request number) it answers some requests itself instead: 429 with
+Retry-After, 500, 503, a hang (headers and half a body, then silence: the client's
+``stall_timeout_s`` catches it, and no slow normal answer can look like it), a dropped
+connection, a body that is not JSON, or the upstream answer cut short with
+``finish_reason: "length"``.
+
+``content_fault_every = k`` makes the generator look weak: about one upstream answer in ``k``,
+chosen by the hash of the request body (so every run, killed or not, gets the same ones), is
+relayed cut at ``max_tokens`` or, for a structured request, as prose or as JSON off the schema.
+``freeze_after = n``: after ``n`` relayed answers every further request is held unanswered until
+the proxy closes, so a test can kill the client with nothing else completed.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 FAULTS = ("429", "500", "503", "hang", "drop", "bad_json", "length")
+CONTENT_FAULTS = ("length", "notjson", "schema")
 
 
 @dataclass
@@ -26,18 +35,22 @@ class Entry:
     fault: str | None
     content: str | None  # what the proxy relayed (None when it answered with a fault)
     finished: float
+    delivered: bool = False  # an upstream completion was relayed, as is or with its content spoiled
 
 
 @dataclass
 class Proxy:
     upstream: str                                   # e.g. http://127.0.0.1:PORT/v1
     faults: dict[int, str] = field(default_factory=dict)  # request number (1-based) -> fault
-    hang_s: float = 6.0
+    content_fault_every: int = 0                    # 0 = relay every upstream answer as it is
+    freeze_after: int | None = None
     log: list[Entry] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._count = 0
+        self._relayed = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,13 +78,33 @@ class Proxy:
                     number = proxy._count
                 fault = proxy.faults.get(number)
                 digest = hashlib.sha256(body).hexdigest()
+                if fault is None and proxy.content_fault_every and int(digest, 16) % proxy.content_fault_every == 0:
+                    fault = CONTENT_FAULTS[int(digest, 16) // proxy.content_fault_every % 3]
+                    if b'"response_format"' not in body:
+                        fault = "length"  # prose is a valid answer to a free-text request
+                with proxy._lock:
+                    frozen = proxy.freeze_after is not None and proxy._relayed >= proxy.freeze_after
+                    relay = not frozen and fault in (None, *CONTENT_FAULTS)
+                    proxy._relayed += relay
+                if frozen:
+                    proxy._closing.wait()  # never answered: the client is killed meanwhile
+                    self.close_connection = True
+                    with proxy._lock:
+                        proxy.log.append(Entry(digest, "frozen", None, time.time()))
+                    return
                 content = None
                 if fault == "429":
                     self._send(429, b'{"error":"slow down"}', {"Retry-After": "1"})
                 elif fault in ("500", "503"):
                     self._send(int(fault), b'{"error":"server error"}')
                 elif fault == "hang":
-                    time.sleep(proxy.hang_s)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                    self.wfile.write(b'{"choices": [')
+                    self.wfile.flush()
+                    proxy._closing.wait()
                     self.close_connection = True
                 elif fault == "drop":
                     self.close_connection = True
@@ -83,15 +116,19 @@ class Proxy:
                                                      headers={"Content-Type": "application/json"})
                     with urllib.request.urlopen(request, timeout=600) as response:
                         answer = json.loads(response.read())
+                    message = answer["choices"][0]["message"]
                     if fault == "length":
-                        message = answer["choices"][0]["message"]
                         message["content"] = message["content"][: len(message["content"]) // 2]
                         answer["choices"][0]["finish_reason"] = "length"
+                    elif fault == "notjson":
+                        message["content"] = "Sure! Here is a question about the passage."
+                    elif fault == "schema":
+                        message["content"] = "{}"
                     else:
                         content = answer["choices"][0]["message"]["content"]
                     self._send(200, json.dumps(answer).encode())
                 with proxy._lock:
-                    proxy.log.append(Entry(digest, fault, content, time.time()))
+                    proxy.log.append(Entry(digest, fault, content, time.time(), delivered=relay))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
@@ -106,6 +143,7 @@ class Proxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
 

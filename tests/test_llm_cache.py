@@ -128,3 +128,25 @@ def test_a_new_file_appears_complete_to_concurrent_globbers(tmp_path):
     watcher.join()
     assert not seen_bad
     assert len(list(tmp_path.glob("*.sqlite"))) == 30 and not list(tmp_path.glob(".*.init"))
+
+
+def test_cache_files_from_before_the_deliveries_table_still_work(tmp_path):
+    from longctx.llm.cache import CACHE_FORMAT, Delivery, delivery_key
+
+    old_schema = ("CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+                  "CREATE TABLE responses (key TEXT PRIMARY KEY, content TEXT NOT NULL, finish_reason TEXT NOT NULL,"
+                  " prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, model TEXT NOT NULL,"
+                  " stage TEXT NOT NULL, doc_id TEXT NOT NULL, created REAL NOT NULL);")
+    for name in ("responses-0-of-2.sqlite", "responses-1-of-2.sqlite"):
+        conn = sqlite3.connect(tmp_path / name)
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO meta VALUES ('format', ?)", (CACHE_FORMAT,))
+        conn.execute("INSERT INTO responses VALUES (?, 'old', 'stop', 1, 1, 'm', '', '', 0)", (name,))
+        conn.commit()
+        conn.close()
+    with ResponseCache(tmp_path, "responses-0-of-2") as cache:  # own file gains the table, the other stays read-only
+        cut = CachedResponse("{\"a", "length", 3, 4, "m")
+        cache.write([], [(delivery_key("k", 0), Delivery(cut, 1, "length"), "s", "d")])
+        assert cache.get_delivery(delivery_key("k", 0)) == Delivery(cut, 1, "length")
+        assert cache.get_delivery(delivery_key("k", 1)) is None and cache.get(delivery_key("k", 0)) is None
+        assert cache.get("responses-1-of-2.sqlite").content == "old"

@@ -2,6 +2,11 @@
 
 Each test asserts the run completes, every fault is counted under its reason, nothing is lost,
 and the limits (Retry-After, max_attempts, max_concurrency) hold.
+
+Counts must hold on a loaded machine, so no normal answer may run into a timeout: the whole-
+attempt ``timeout_s`` is a minute, and the injected fault that must time out is a ``stall``
+(headers, then silence), caught by ``stall_timeout_s``. A server that answers in one write
+cannot stall, however slow the machine.
 """
 
 from __future__ import annotations
@@ -25,18 +30,18 @@ def messages(name: str, faults: str = "") -> list[dict]:
 
 
 def config(server: FaultServer, **overrides) -> LLMConfig:
-    base = dict(base_url=server.base_url, model="fault-model", timeout_s=0.5, max_attempts=4,
+    base = dict(base_url=server.base_url, model="fault-model", timeout_s=60, stall_timeout_s=1.0, max_attempts=4,
                 backoff_base_s=0.01, backoff_max_s=0.05)
     base.update(overrides)
     return LLMConfig(**base)
 
 
 def test_every_fault_is_retried_counted_and_answered():
-    scripts = {"rate": "429", "server": "500,503", "hang": "hang", "drop": "drop", "body": "badbody",
+    scripts = {"rate": "429", "server": "500,503", "stall": "stall", "drop": "drop", "body": "badbody",
                "prose": "notjson", "shape": "schema", "cut": "length"}
     scripts.update({f"clean{i}": "" for i in range(4)})
     accounting = Accounting()
-    with FaultServer(hang_s=1.5, retry_after_s=0.2) as server:
+    with FaultServer(retry_after_s=0.2) as server:
         async def run():
             async with LLMClient(config(server), accounting=accounting) as llm:
                 return await asyncio.gather(*[
@@ -57,11 +62,24 @@ def test_every_fault_is_retried_counted_and_answered():
                                           "bad_json": 1, "schema": 1, "length": 1}
     assert total["requests"] == len(server.log) == len(scripts) + 9
     assert total["calls"] == len(scripts) and total["failures"] == 0 and total["cache_hits"] == 0
-    # usage of every received answer is paid for, rejected content included (not the one that hung)
+    # usage of every received answer is paid for, rejected content included (not the one that stalled)
     answered = sum(1 for e in server.log if e["fault"] in ("ok", "notjson", "schema", "length"))
     assert total["prompt_tokens"] == 10 * answered
     assert accounting.for_doc("shape")["retries_by_reason"] == {"schema": 1}
     assert accounting.for_stage("diverse")["calls"] == len(scripts)
+
+
+def test_an_answer_that_never_comes_times_out_and_is_retried():
+    # The one test of the whole-attempt timeout: it must be short to be caught, so a loaded
+    # machine may time out the retries too; only "at least once, then answered" is asserted.
+    accounting = Accounting()
+    with FaultServer(hang_s=3600) as server:
+        async def run():
+            async with LLMClient(config(server, timeout_s=0.5, max_attempts=20), accounting=accounting) as llm:
+                return await llm.chat(messages("late", "hang"), schema=SCHEMA, seed=2)
+        result = asyncio.run(run())
+    assert result.data == {"answer": answer_for(messages("late", "hang"), 2), "n": 2}
+    assert accounting.total().retries["timeout"] >= 1 == server.log[0]["fault"].count("hang")
 
 
 @pytest.mark.parametrize("fault, at_least_s", [("429", 1.0), ("429date", 1.5)])

@@ -79,7 +79,8 @@ def _write_atomic(path: Path, text: str) -> None:
 # Parameters that do not change what a document's record contains: a finished document is reused
 # across changes of these, and redone after a change of any other.
 _NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurrency", "documents_in_flight",
-                       "request_timeout_s", "max_http_attempts", "price_input_per_mtok",
+                       "request_timeout_s", "max_http_attempts", "price_input_per_mtok", "stall_timeout_s",
+                       "requests_per_minute", "tokens_per_minute", "adaptive_concurrency",
                        "price_output_per_mtok", "shard_index", "shard_count", "progress",
                        # where the corpus is read from and what the dry run projects: not the records
                        "corpus_shards_dir", "corpus_documents", "projection_servers",
@@ -134,7 +135,10 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
                        max_concurrency=concurrency, timeout_s=params.request_timeout_s,
                        max_attempts=params.max_http_attempts, response_format=params.response_format,
                        price_input_per_mtok=params.price_input_per_mtok,
-                       price_output_per_mtok=params.price_output_per_mtok)
+                       price_output_per_mtok=params.price_output_per_mtok,
+                       stall_timeout_s=params.stall_timeout_s, requests_per_minute=params.requests_per_minute,
+                       tokens_per_minute=params.tokens_per_minute,
+                       adaptive_concurrency=params.adaptive_concurrency)
     progress = Progress("QA generation", "request", enabled=params.progress)
     skipped: list[dict] = []
     slots = asyncio.Semaphore(params.documents_in_flight)

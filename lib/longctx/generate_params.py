@@ -70,6 +70,13 @@ class GenerateParams:
     documents_in_flight: int = param(4, "documents processed at the same time", min=1)
     request_timeout_s: float = param(300.0, "seconds before a request counts as timed out and is retried", min=1.0)
     max_http_attempts: int = param(6, "attempts per request on 429/5xx/timeouts/bad JSON before it fails", min=1)
+    stall_timeout_s: float = param(60.0, "seconds from a response's headers to its last byte before it counts as "
+                                         "timed out (0 = only request_timeout_s)", min=0.0)
+    requests_per_minute: float = param(0.0, "provider's RPM limit, kept by the client (0 = none)", min=0.0)
+    tokens_per_minute: float = param(0.0, "provider's TPM limit (prompt + completion tokens), kept by the client "
+                                          "(0 = none)", min=0.0)
+    adaptive_concurrency: bool = param(True, "halve the requests in flight on a 429, grow back by one per answered "
+                                             "round (counted in the manifest under llm_limits)")
     response_format: str = param("json_schema", "structured output mode sent to the server",
                                  choices=("json_schema", "json_object", "none"))
     temperature: float = param(0.7, "sampling temperature of every request", min=0.0)

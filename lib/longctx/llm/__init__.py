@@ -2,7 +2,11 @@
 
 =================  ====================================================================
 ``client``         :class:`LLMClient`, :class:`LLMConfig`: async, bounded, retrying, validating
-``cache``          :class:`ResponseCache`: content-addressed, crash-safe, one SQLite file per shard
+``cache``          :class:`ResponseCache`: content-addressed, crash-safe, one SQLite file per shard;
+                   valid answers and every rejected one (``deliveries``)
+``replay``         a resumed call replays its recorded rejections instead of sending them again
+``response``       one attempt's answer: parsed, classified, validated (same rules on replay)
+``limits``         RPM / TPM windows and the concurrency that halves on 429 and grows back
 ``accounting``     :class:`Accounting`: requests, cache hits, retries, tokens, cost by stage/doc
 ``schema``         the JSON-schema subset every structured answer is checked against
 ``group_commit``   answers arriving during a commit share the next one (durable before returned)

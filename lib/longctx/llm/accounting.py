@@ -10,8 +10,15 @@ Counters (:class:`Counts`):
 * ``requests``: HTTP requests actually sent (every attempt, so ``requests >= calls - cache_hits``)
 * ``retries`` / ``failures``: by :data:`~longctx.llm.errors.Reason`; a retry is a failed attempt
   followed by another, a failure a call that gave up
+* ``replayed``: by reason, rejected answers (cut, not JSON, off-schema) that a resumed run read
+  from the cache's record instead of sending again; they are neither requests nor retries of
+  this invocation, and a call answered entirely from the record is a cache hit
 * ``prompt_tokens`` / ``completion_tokens``: from ``usage`` of every answered attempt (a
   rejected answer was still paid for); ``cost_usd`` from the configured per-million prices
+
+Client-wide, not per stage (:attr:`Accounting.limits`, manifest key ``llm_limits``): 429
+answers, the adaptive concurrency's cuts and recoveries and the lowest limit it reached, and
+how many requests waited for the RPM / TPM limits (:mod:`longctx.llm.limits`).
 
 Shards each keep their own :class:`Accounting`; :meth:`Accounting.merge` and
 :meth:`Accounting.from_dict` combine them, live or from their manifests.
@@ -35,6 +42,7 @@ class Counts:
     requests: int = 0
     retries: Counter = field(default_factory=Counter)   # reason -> failed attempts that were retried
     failures: Counter = field(default_factory=Counter)  # reason -> calls that gave up
+    replayed: Counter = field(default_factory=Counter)  # reason -> rejected answers replayed from the record
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -46,6 +54,7 @@ class Counts:
         self.requests += other.requests
         self.retries.update(other.retries)
         self.failures.update(other.failures)
+        self.replayed.update(other.replayed)
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
         self.cost_usd += other.cost_usd
@@ -60,6 +69,8 @@ class Counts:
             "retries_by_reason": dict(sorted(self.retries.items())),
             "failures": sum(self.failures.values()),
             "failures_by_reason": dict(sorted(self.failures.items())),
+            "replayed_failures": sum(self.replayed.values()),
+            "replayed_by_reason": dict(sorted(self.replayed.items())),
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 6),
@@ -71,6 +82,7 @@ class Counts:
         return cls(calls=data["calls"], cache_hits=data["cache_hits"], requests=data["requests"],
                    retries=Counter(data.get("retries_by_reason", {})),
                    failures=Counter(data.get("failures_by_reason", {})),
+                   replayed=Counter(data.get("replayed_by_reason", {})),
                    prompt_tokens=data["prompt_tokens"], completion_tokens=data["completion_tokens"],
                    cost_usd=float(data["cost_usd"]))
 
@@ -84,6 +96,9 @@ class Accounting:
     def __init__(self) -> None:
         self.by_stage: dict[str, Counts] = {}
         self.by_doc: dict[str, Counts] = {}
+        # client-wide: responses_429, concurrency_decreases, concurrency_increases, rpm_waits,
+        # tpm_waits (sums), lowest_concurrency (min; absent until a limit was cut)
+        self.limits: Counter = Counter()
 
     def _both(self, stage: str, doc_id: str) -> tuple[Counts, Counts]:
         stage_counts = self.by_stage.get(stage)
@@ -119,6 +134,19 @@ class Accounting:
         for counts in self._both(stage, doc_id):
             counts.failures[reason] += 1
 
+    def replayed(self, stage: str, doc_id: str, reason: str) -> None:
+        for counts in self._both(stage, doc_id):
+            counts.replayed[reason] += 1
+
+    def limit_event(self, name: str, n: int = 1) -> None:
+        """Count a client-wide event (``responses_429``, ``concurrency_decreases``, ...)."""
+        self.limits[name] += n
+
+    def lowest_concurrency(self, limit: int) -> None:
+        """Note the concurrency limit reached after a cut; the manifest keeps the lowest."""
+        current = self.limits.get("lowest_concurrency")
+        self.limits["lowest_concurrency"] = limit if current is None else min(current, limit)
+
     # ------------------------------------------------------------------ reading
     def total(self) -> Counts:
         """Sum over stages (equal to the sum over documents)."""
@@ -141,6 +169,10 @@ class Accounting:
             self.by_stage.setdefault(stage, Counts()).add(counts)
         for doc_id, counts in other.by_doc.items():
             self.by_doc.setdefault(doc_id, Counts()).add(counts)
+        lowest = [a.limits["lowest_concurrency"] for a in (self, other) if "lowest_concurrency" in a.limits]
+        self.limits.update({k: v for k, v in other.limits.items() if k != "lowest_concurrency"})
+        if lowest:
+            self.limits["lowest_concurrency"] = min(lowest)
 
     def to_dict(self) -> dict[str, Any]:
         """``{"llm_total": ..., "llm_by_stage": {...}, "llm_by_document": {...}}`` for manifest.json."""
@@ -148,6 +180,7 @@ class Accounting:
             "llm_total": self.total().to_dict(),
             "llm_by_stage": {stage: c.to_dict() for stage, c in sorted(self.by_stage.items())},
             "llm_by_document": {doc: c.to_dict() for doc, c in sorted(self.by_doc.items())},
+            "llm_limits": dict(sorted(self.limits.items())),
         }
 
     @classmethod
@@ -156,6 +189,7 @@ class Accounting:
         accounting = cls()
         accounting.by_stage = {k: Counts.from_dict(v) for k, v in data["llm_by_stage"].items()}
         accounting.by_doc = {k: Counts.from_dict(v) for k, v in data["llm_by_document"].items()}
+        accounting.limits = Counter(data.get("llm_limits", {}))
         return accounting
 
     def __repr__(self) -> str:

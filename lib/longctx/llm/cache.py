@@ -18,6 +18,12 @@ of the folder, the others opened read-only, so a rerun with a different shard co
 every answer. Files use SQLite's WAL mode with ``synchronous=FULL``: a commit is on disk when it
 returns, and a reader never blocks the writer.
 
+Rejected answers are kept too. An answer cut at ``max_tokens`` or failing the schema was paid
+for; the client retries it with ``seed + n``, and a resumed run must replay that decision
+instead of asking again. Table ``deliveries`` keeps each rejected answer under
+:func:`delivery_key` (the call's key and ``n``), committed before the retry is sent. Files
+written before the table existed gain it when opened for writing; read-only they have none.
+
 Threads: :meth:`put`/:meth:`put_many` may run on a worker thread (the client does so, to keep
 fsync off the event loop) while :meth:`get` runs on another; they use separate connections.
 """
@@ -34,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["CachedResponse", "ResponseCache", "request_key", "canonical_json"]
+__all__ = ["CachedResponse", "Delivery", "ResponseCache", "request_key", "delivery_key", "canonical_json"]
 
 # Bump when the key recipe or the table layout changes; old files are then refused, not misread.
 CACHE_FORMAT = "longctx-responses-v1"
@@ -51,6 +57,19 @@ CREATE TABLE IF NOT EXISTS responses (
     stage TEXT NOT NULL,            -- for audits only: the tags of the first call that stored it
     doc_id TEXT NOT NULL,
     created REAL NOT NULL           -- unix time
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    key TEXT PRIMARY KEY,           -- delivery_key(): the call's request_key and its n-th content retry
+    attempt INTEGER NOT NULL,       -- the call's attempt number (1-based) that got this answer
+    reason TEXT NOT NULL,           -- why it was rejected: length, schema, bad_json
+    content TEXT NOT NULL,          -- the rejected content, as the server sent it
+    finish_reason TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    doc_id TEXT NOT NULL,
+    created REAL NOT NULL
 );
 """
 
@@ -78,6 +97,15 @@ def request_key(model: str, messages: Sequence[Mapping[str, Any]], *, temperatur
     return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
+def delivery_key(call_key: str, n: int) -> str:
+    """Address of the answer a call received on its ``n``-th content retry (0 = first send).
+
+    Not the request_key of the re-sent body: with ``seed=None`` every retry sends the same
+    body, and a rejected answer must never be found by a call that asks for a valid one.
+    """
+    return hashlib.sha256(f"{call_key}/delivery/{n}".encode("ascii")).hexdigest()
+
+
 @dataclass(frozen=True)
 class CachedResponse:
     """What the cache keeps of one validated completion."""
@@ -87,6 +115,15 @@ class CachedResponse:
     prompt_tokens: int
     completion_tokens: int
     model: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A rejected answer as recorded: what the server sent, on which attempt, and why rejected."""
+
+    response: CachedResponse
+    attempt: int  # the call's attempt number (1-based) that received it
+    reason: str   # the content failure it was rejected for
 
 
 class ResponseCache:
@@ -110,8 +147,10 @@ class ResponseCache:
             self._create(self.path)
         self._writer = self._connect(self.path, read_only=False)
         self._check_format(self._writer, self.path)
+        self._writer.executescript(_SCHEMA_SQL)  # a file from before `deliveries` gains the table
         # Own file first: in a resumed shard nearly every hit is there.
         self._readers: list[tuple[Path, sqlite3.Connection]] = [(self.path, self._connect(self.path, read_only=True))]
+        self._no_deliveries: set[Path] = set()  # read-only files written before the table existed
         self.refresh()
         self._closed = False
 
@@ -174,6 +213,8 @@ class ResponseCache:
                 continue
             conn = self._connect(path, read_only=True)
             self._check_format(conn, path)
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name='deliveries'").fetchone() is None:
+                self._no_deliveries.add(path)
             with self._read_lock:
                 self._readers.append((path, conn))
 
@@ -187,6 +228,19 @@ class ResponseCache:
                     "FROM responses WHERE key=?", (key,)).fetchone()
                 if row is not None:
                     return CachedResponse(*row)
+        return None
+
+    def get_delivery(self, key: str) -> Delivery | None:
+        """The rejected answer recorded under ``key`` (a :func:`delivery_key`), or None."""
+        with self._read_lock:
+            for path, conn in self._readers:
+                if path in self._no_deliveries:
+                    continue
+                row = conn.execute(
+                    "SELECT content, finish_reason, prompt_tokens, completion_tokens, model, attempt, reason "
+                    "FROM deliveries WHERE key=?", (key,)).fetchone()
+                if row is not None:
+                    return Delivery(CachedResponse(*row[:5]), row[5], row[6])
         return None
 
     def put(self, key: str, response: CachedResponse, *, stage: str = "", doc_id: str = "") -> None:
@@ -203,13 +257,24 @@ class ResponseCache:
         One fsync for the lot: :class:`~longctx.llm.group_commit.GroupCommitter` gathers the
         answers that arrive while a commit is under way, so the disk does not cap throughput.
         """
+        self.write(items, ())
+
+    def write(self, items: Sequence[tuple[str, CachedResponse, str, str]],
+              deliveries: Sequence[tuple[str, Delivery, str, str]]) -> None:
+        """Store valid answers (as :meth:`put_many`) and rejected ``(key, delivery, stage,
+        doc_id)`` answers in one transaction, on disk on return. A key present keeps its first."""
         now = time.time()
         rows = [(key, r.content, r.finish_reason, r.prompt_tokens, r.completion_tokens, r.model, stage, doc_id, now)
                 for key, r, stage, doc_id in items]
+        rejected = [(key, d.attempt, d.reason, d.response.content, d.response.finish_reason, d.response.prompt_tokens,
+                     d.response.completion_tokens, d.response.model, stage, doc_id, now)
+                    for key, d, stage, doc_id in deliveries]
         with self._write_lock:
             self._writer.execute("BEGIN IMMEDIATE")
             try:
                 self._writer.executemany("INSERT OR IGNORE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._writer.executemany("INSERT OR IGNORE INTO deliveries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                         rejected)
             except BaseException:
                 self._writer.execute("ROLLBACK")
                 raise

@@ -15,15 +15,20 @@ What a call does, in order:
 
 1. Look the request up in the cache (:mod:`longctx.llm.cache`); a hit returns at once and takes
    no concurrency slot.
-2. Send it, at most ``max_concurrency`` in flight (one aiohttp session, one connection pool).
-3. Classify any failure (:data:`~longctx.llm.errors.Reason`) and retry transient ones after
+2. Replay the call's recorded rejected answers, if an earlier run was killed part-way
+   (:mod:`longctx.llm.replay`): none of them is sent again.
+3. Send it, at most ``max_concurrency`` in flight (one aiohttp session, one connection pool),
+   fewer after a 429 (:class:`~longctx.llm.limits.AdaptiveGate`), and within the RPM / TPM
+   limits (:class:`~longctx.llm.limits.RateLimiter`) when they are set.
+4. Classify any failure (:data:`~longctx.llm.errors.Reason`) and retry transient ones after
    full-jitter backoff or the server's ``Retry-After``. Content failures (not JSON, schema
    mismatch, cut at ``max_tokens``) are retried too, with ``seed + n``: a deterministic server
    would otherwise return the same broken text. Only transient failures leave the seed alone,
-   so on a deterministic server the stored answer is a function of the request alone.
-4. Validate the content against ``schema`` client-side, always (:mod:`longctx.llm.schema`),
+   so on a deterministic server the stored answer is a function of the request alone. A
+   rejected answer is recorded durably before its retry is sent.
+5. Validate the content against ``schema`` client-side, always (:mod:`longctx.llm.schema`),
    whatever ``response_format`` the server enforced.
-5. Store the validated answer durably, then return it: fsync happens on a writer thread, off
+6. Store the validated answer durably, then return it: fsync happens on a writer thread, off
    the event loop, and answers arriving during a commit share the next one
    (:mod:`longctx.llm.group_commit`). A kill loses only the requests in flight and the answers
    waiting for that commit, never one already returned. After ``max_attempts`` the call raises
@@ -45,6 +50,10 @@ down one mode, remember it for all later calls, and re-send (counted as reason
 
 The API key is read from the environment variable *named* in the config when the client opens;
 it lives only in the session's headers and is redacted from every error text.
+
+Two timeouts: ``timeout_s`` bounds a whole attempt (a slow generator on a loaded machine needs
+it generous), ``stall_timeout_s`` bounds the time from the response's headers to its last byte.
+A server that started answering and then stalls is caught quickly without cutting slow answers.
 """
 
 from __future__ import annotations
@@ -59,18 +68,20 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import aiohttp
 
 from .accounting import Accounting
-from .cache import CachedResponse, ResponseCache, request_key
+from .cache import CachedResponse, Delivery, ResponseCache, delivery_key, request_key
 from .errors import CONTENT_REASONS, RETRYABLE, LLMCallFailed, LLMSetupError
 from .group_commit import GroupCommitter
-from .retry import next_delay, parse_retry_after
-from .schema import check_schema, schema_problem
+from .limits import AdaptiveGate, RateLimiter, estimate_tokens
+from .replay import Replay, replay_record
+from .response import AttemptFailed, classify_status, parse_completion, parse_content, validate
+from .retry import next_delay
+from .schema import check_schema
 
 __all__ = ["LLMConfig", "ChatResult", "LLMClient", "LLMCallFailed", "ResponseFormat"]
 
 ResponseFormat = Literal["json_schema", "json_object", "none"]
 _FORMATS: tuple[str, ...] = ("json_schema", "json_object", "none")
 _STEP_DOWN = {"json_schema": "json_object", "json_object": "none"}
-_DETAIL_CHARS = 300  # server text kept in error details
 
 
 @dataclass
@@ -88,6 +99,11 @@ class LLMConfig:
     response_format: str = "json_schema"  # json_schema | json_object | none (when a schema is given)
     price_input_per_mtok: float = 0.0  # USD per million prompt tokens, for the cost estimate
     price_output_per_mtok: float = 0.0 # USD per million completion tokens
+    stall_timeout_s: float = 60.0      # from the response's headers to its last byte (0 = only timeout_s)
+    requests_per_minute: float = 0.0   # provider's RPM limit, kept by the client (0 = none)
+    tokens_per_minute: float = 0.0     # provider's TPM limit, prompt + completion tokens (0 = none)
+    rate_window_s: float = 60.0        # the window RPM / TPM are counted over (providers: a minute)
+    adaptive_concurrency: bool = True  # halve the requests in flight on a 429, grow back on answers
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -98,9 +114,12 @@ class LLMConfig:
         for name in ("max_concurrency", "max_attempts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LLMConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("timeout_s", "backoff_base_s", "backoff_max_s"):
+        for name in ("timeout_s", "backoff_base_s", "backoff_max_s", "rate_window_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"LLMConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("stall_timeout_s", "requests_per_minute", "tokens_per_minute"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"LLMConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.api_key_env.startswith(("sk-", "Bearer")) or len(self.api_key_env) > 64:
             # Someone pasted the key itself; refuse before it is written to a manifest.
             raise ValueError("LLMConfig.api_key_env takes the NAME of an environment variable "
@@ -133,29 +152,6 @@ class ChatResult:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
 
-class _AttemptFailed(Exception):
-    """Internal: one attempt failed for ``reason``; ``retry_after_s`` is the server's hint."""
-
-    def __init__(self, reason: str, detail: str, retry_after_s: float | None = None):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.retry_after_s = retry_after_s
-
-
-def _strip_fence(content: str) -> str:
-    # Without grammar constraints (json_object/none fallback) models like to wrap JSON in ```json.
-    text = content.strip()
-    if text.startswith("```") and text.endswith("```") and "\n" in text:
-        text = text[text.index("\n") + 1:-3].strip()
-    return text
-
-
-def parse_content(content: str) -> Any:
-    """JSON value of a model answer (tolerating a markdown code fence); raises ValueError."""
-    return json.loads(_strip_fence(content))
-
-
 class LLMClient:
     """Async chat client: bounded concurrency, retries, validation, cache, accounting.
 
@@ -176,7 +172,8 @@ class LLMClient:
         self._rng = rng or random.Random()
         self._secret = ""
         self._session: aiohttp.ClientSession | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._gate: AdaptiveGate | None = None
+        self._rate = RateLimiter(config.requests_per_minute, config.tokens_per_minute, config.rate_window_s)
         self._committer: GroupCommitter | None = None
         self._checked_schemas: dict[int, Mapping[str, Any]] = {}  # id -> schema, checked once
         self._price_in = config.price_input_per_mtok / 1e6
@@ -195,7 +192,7 @@ class LLMClient:
         self._session = aiohttp.ClientSession(
             connector=connector, headers=headers,
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_s))
-        self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        self._gate = AdaptiveGate(self.config.max_concurrency, self.config.adaptive_concurrency)
         if self.cache is not None:
             self._committer = GroupCommitter(self.cache)
         return self
@@ -207,6 +204,11 @@ class LLMClient:
         if self._committer is not None:
             await self._committer.close()  # every accepted answer is committed before we leave
             self._committer = None
+
+    @property
+    def concurrency(self) -> int:
+        """Requests allowed in flight now: ``max_concurrency``, less after a 429 (adaptive)."""
+        return self._gate.limit if self._gate is not None else self.config.max_concurrency
 
     def __repr__(self) -> str:  # never the key, only the variable's name
         return (f"LLMClient(base_url={self.config.base_url!r}, model={self.config.model!r}, "
@@ -241,6 +243,7 @@ class LLMClient:
         keyed = [{"prompt": messages[0]["content"]}] if completion else messages
         key = request_key(self.config.model, keyed, temperature=temperature, top_p=top_p,
                           seed=seed, max_tokens=max_tokens, schema=schema, extra=extra_body)
+        accept_length = accept_length and schema is None  # cut JSON cannot match the schema
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
@@ -249,6 +252,14 @@ class LLMClient:
                 return ChatResult(hit.content, parse_content(hit.content) if schema is not None else None,
                                   hit.prompt_tokens, hit.completion_tokens, hit.finish_reason,
                                   cached=True, attempts=0, key=key)
+            replay = replay_record(self.cache, key, lambda r: validate(r, schema, accept_length),
+                                   self.config.max_attempts)
+        else:
+            replay = Replay()
+        for reason in replay.reasons:
+            self.accounting.replayed(stage, doc_id, reason)
+        if replay.finished:
+            return await self._finish_replayed(replay, key, stage, doc_id)
         self.accounting.call(stage, doc_id, cached=False)
         base: dict[str, Any] = {"model": self.config.model, **(extra_body or {})}
         if completion:
@@ -256,12 +267,13 @@ class LLMClient:
         else:
             base["messages"] = list(messages)
         url = self.config.completions_url if completion else self.config.chat_url
-        accept_length = accept_length and schema is None  # cut JSON cannot match the schema
         for name, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
             if value is not None:
                 base[name] = value
+        tokens = estimate_tokens(sum(len(str(m.get("content", ""))) for m in messages), max_tokens)
 
-        attempts = consecutive = content_failures = 0
+        # A resumed call goes on from where its record ends: same seed offset, same attempt count.
+        attempts, content_failures, consecutive = replay.attempts, replay.n, 0
         while True:
             mode = self.response_format if schema is not None else "none"
             body = dict(base)
@@ -274,10 +286,15 @@ class LLMClient:
                 body["response_format"] = {"type": "json_object"}
             attempts += 1
             try:
-                async with self._slots:
-                    response, data = await self._attempt(url, json.dumps(body).encode("utf-8"), schema,
-                                                         mode, stage, doc_id, accept_length, completion)
-            except _AttemptFailed as err:
+                response = await self._send(url, json.dumps(body).encode("utf-8"), tokens, mode, stage,
+                                            doc_id, completion)
+                data = validate(response, schema, accept_length)
+            except AttemptFailed as err:
+                if err.response is not None and self._committer is not None:
+                    # Paid for and rejected: on disk before the retry goes out, so that a rerun
+                    # after a kill replays this rejection instead of asking again.
+                    await self._committer.record(delivery_key(key, content_failures),
+                                                 Delivery(err.response, attempts, err.reason), stage, doc_id)
                 if err.reason == "response_format":
                     attempts -= 1  # discovering the server's abilities is not the call's fault
                     self.accounting.retry(stage, doc_id, err.reason)
@@ -304,68 +321,82 @@ class LLMClient:
             return ChatResult(response.content, data, response.prompt_tokens, response.completion_tokens,
                               response.finish_reason, cached=False, attempts=attempts, key=key)
 
+    async def _finish_replayed(self, replay: Replay, key: str, stage: str, doc_id: str) -> ChatResult:
+        """End a call from its record alone: nothing is sent, so it counts as a cache hit."""
+        self.accounting.call(stage, doc_id, cached=True)
+        if replay.gave_up is not None:
+            err = replay.gave_up
+            self.accounting.failure(stage, doc_id, err.reason)
+            self._done(stage, "failed")
+            raise LLMCallFailed(err.reason, replay.attempts, self._redact(err.detail), stage=stage, doc_id=doc_id)
+        assert replay.answer is not None
+        response, data = replay.answer
+        if self._committer is not None:
+            await self._committer.put(key, response, stage, doc_id)
+        self._done(stage, "cached")
+        return ChatResult(response.content, data, response.prompt_tokens, response.completion_tokens,
+                          response.finish_reason, cached=True, attempts=0, key=key)
+
     # ------------------------------------------------------------------ one attempt
-    async def _attempt(self, url: str, body: bytes, schema: Mapping[str, Any] | None, mode: str,
-                       stage: str, doc_id: str, accept_length: bool,
-                       completion: bool) -> tuple[CachedResponse, Any]:
-        """Send once (the caller holds a concurrency slot); return the validated answer or
-        raise :class:`_AttemptFailed`."""
+    async def _send(self, url: str, body: bytes, tokens: int, mode: str, stage: str, doc_id: str,
+                    completion: bool) -> CachedResponse:
+        """One attempt within the limits: a concurrency slot, then room in the RPM / TPM window."""
+        assert self._gate is not None
+        sent_round = await self._gate.acquire()
+        outcome = "other"
+        try:
+            start = None
+            if self._rate.active:
+                start, waited = await self._rate.acquire(tokens)
+                if waited:
+                    self.accounting.limit_event(f"{waited}_waits")
+            try:
+                response = await self._attempt(url, body, mode, stage, doc_id, completion)
+            except AttemptFailed as err:
+                if err.reason == "429":
+                    outcome = "429"
+                    self.accounting.limit_event("responses_429")
+                raise
+            outcome = "answered"
+            if start is not None:
+                self._rate.settle(start, response.prompt_tokens + response.completion_tokens)
+            return response
+        finally:
+            change = await self._gate.release(sent_round, outcome)
+            if change == "down":
+                self.accounting.limit_event("concurrency_decreases")
+                self.accounting.lowest_concurrency(self._gate.limit)
+            elif change == "up":
+                self.accounting.limit_event("concurrency_increases")
+
+    async def _attempt(self, url: str, body: bytes, mode: str, stage: str, doc_id: str,
+                       completion: bool) -> CachedResponse:
+        """Send once (the caller holds a concurrency slot); return the server's answer or raise
+        :class:`AttemptFailed`. The content is checked by the caller."""
         assert self._session is not None
+        stall = self.config.stall_timeout_s or None
         try:
             self.accounting.request(stage, doc_id)
             async with self._session.post(url, data=body) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
-                raw = await resp.read()
+                try:
+                    async with asyncio.timeout(stall):
+                        raw = await resp.read()
+                except TimeoutError:
+                    raise AttemptFailed("timeout", f"the answer stalled: headers came, the body did not "
+                                                   f"within {stall} s") from None
         except TimeoutError:  # aiohttp's timeouts subclass it (before ClientError on purpose)
-            raise _AttemptFailed("timeout", f"no complete answer within {self.config.timeout_s} s") from None
+            raise AttemptFailed("timeout", f"no complete answer within {self.config.timeout_s} s") from None
         except aiohttp.ClientError as err:
-            raise _AttemptFailed("connection", f"{type(err).__name__}: {err}") from None
-
+            raise AttemptFailed("connection", f"{type(err).__name__}: {err}") from None
         if status != 200:
-            text = raw[:_DETAIL_CHARS].decode("utf-8", "replace")
-            hint = parse_retry_after(retry_after)
-            if status == 429:
-                raise _AttemptFailed("429", f"HTTP 429: {text}", hint)
-            if status >= 500:
-                raise _AttemptFailed("5xx", f"HTTP {status}: {text}", hint)
-            if status == 408:
-                raise _AttemptFailed("timeout", f"HTTP 408: {text}", hint)
-            lowered = text.lower()
-            if status == 400 and mode != "none" and ("response_format" in lowered or "json_schema" in lowered):
-                raise _AttemptFailed("response_format", f"HTTP 400 for response_format {mode!r}: {text}")
-            raise _AttemptFailed("http_4xx", f"HTTP {status}: {text}")
-
-        try:
-            payload = json.loads(raw)
-            choice = payload["choices"][0]
-            content = choice.get("text") if completion else choice["message"].get("content")
-            finish_reason = str(choice.get("finish_reason") or "")
-            usage = payload.get("usage") or {}
-            prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            completion_tokens = int(usage.get("completion_tokens") or 0)
-            model = str(payload.get("model") or self.config.model)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-            snippet = raw[:120].decode("utf-8", "replace")
-            raise _AttemptFailed("bad_response", f"not a chat completion ({type(err).__name__}): {snippet!r}") from None
+            raise classify_status(status, raw, retry_after, mode)
+        response = parse_completion(raw, completion, self.config.model)
         # Paid for whatever happens next.
-        self.accounting.usage(stage, doc_id, prompt_tokens, completion_tokens,
-                              prompt_tokens * self._price_in + completion_tokens * self._price_out)
-
-        if finish_reason == "length" and not accept_length:
-            raise _AttemptFailed("length", f"answer cut at max_tokens ({completion_tokens} completion tokens)")
-        if not isinstance(content, str):
-            raise _AttemptFailed("bad_response", f"message content is {type(content).__name__}, expected a string")
-        data = None
-        if schema is not None:
-            try:
-                data = parse_content(content)
-            except ValueError as err:
-                raise _AttemptFailed("bad_json", f"content is not JSON ({err}): {content[:80]!r}") from None
-            problem = schema_problem(data, schema)  # type: ignore[arg-type]
-            if problem:
-                raise _AttemptFailed("schema", f"content does not match the schema: {problem}")
-        return CachedResponse(content, finish_reason, prompt_tokens, completion_tokens, model), data
+        self.accounting.usage(stage, doc_id, response.prompt_tokens, response.completion_tokens,
+                              response.prompt_tokens * self._price_in + response.completion_tokens * self._price_out)
+        return response
 
     # ------------------------------------------------------------------ helpers
     def _redact(self, text: str) -> str:

@@ -15,7 +15,7 @@ __all__ = ["Reason", "REASONS", "RETRYABLE", "CONTENT_REASONS", "LLMCallFailed",
 Reason = Literal[
     "429",              # rate limited (Retry-After honoured)
     "5xx",              # server error
-    "timeout",          # no complete answer within LLMConfig.timeout_s
+    "timeout",          # no complete answer within timeout_s, or the body stalled past stall_timeout_s
     "connection",       # refused, reset, dropped mid-body
     "bad_response",     # HTTP 200 whose body is not a chat completion (HTML, truncated JSON, ...)
     "bad_json",         # the model's content is not JSON although a schema was given

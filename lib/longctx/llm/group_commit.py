@@ -5,7 +5,9 @@ caps the client at one fsync per answer (about 450 answers/s on a busy 2-core VM
 network file system), below what 128 requests in flight at 200 ms deliver (640/s). Here one
 writer thread commits everything that queued up during the previous commit in one transaction:
 the guarantee is the same (nothing is handed out before it is on disk, so a kill loses no
-handed-out answer), the number of fsyncs adapts to the load.
+handed-out answer), the number of fsyncs adapts to the load. Rejected answers
+(:meth:`GroupCommitter.record`) ride in the same transactions: each is durable before the
+client acts on it by sending a retry.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
-from .cache import CachedResponse, ResponseCache
+from .cache import CachedResponse, Delivery, ResponseCache
 
 __all__ = ["GroupCommitter"]
 
@@ -28,13 +30,21 @@ class GroupCommitter:
         self.cache = cache
         self.commits = 0  # transactions so far (<= answers stored)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-cache-writer")
-        self._pending: list[tuple[str, CachedResponse, str, str, asyncio.Future]] = []
+        # (key, CachedResponse or Delivery, stage, doc_id, future waiting for the commit)
+        self._pending: list[tuple[str, CachedResponse | Delivery, str, str, asyncio.Future]] = []
         self._drainer: asyncio.Task | None = None
 
     async def put(self, key: str, response: CachedResponse, stage: str, doc_id: str) -> None:
         """Return once ``response`` is committed (raises what the commit raised)."""
+        await self._commit(key, response, stage, doc_id)
+
+    async def record(self, key: str, delivery: Delivery, stage: str, doc_id: str) -> None:
+        """Return once the rejected answer ``delivery`` is committed under ``key``."""
+        await self._commit(key, delivery, stage, doc_id)
+
+    async def _commit(self, key: str, item: CachedResponse | Delivery, stage: str, doc_id: str) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((key, response, stage, doc_id, future))
+        self._pending.append((key, item, stage, doc_id, future))
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
         await asyncio.shield(future)  # a cancelled caller must not cancel others' commit
@@ -45,8 +55,9 @@ class GroupCommitter:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await loop.run_in_executor(self._executor, self.cache.put_many,
-                                               [item[:4] for item in batch])
+                    valid = [i[:4] for i in batch if isinstance(i[1], CachedResponse)]
+                    rejected = [i[:4] for i in batch if isinstance(i[1], Delivery)]
+                    await loop.run_in_executor(self._executor, self.cache.write, valid, rejected)
                 except Exception as err:  # disk full, locked file: every waiter must hear it
                     for *_, future in batch:
                         if not future.done():
