@@ -237,7 +237,7 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
     rng = random.Random(f"{params.seed}:{doc.id}")
     steps = plan_hierarchical(params.n_hierarchical, params.n_global_questions,
                               [s.chunk_ids for s in chunking.sections], params.follow_up_probability,
-                              params.questions_per_section, rng)
+                              params.questions_per_section, rng, params.max_follow_ups)
     items = plan_diverse(params.n_diverse, len(chunking.chunks), params.diverse_types, rng,
                          (params.multi_hop_min_chunks, params.multi_hop_max_chunks))
     loop = asyncio.get_running_loop()
