@@ -52,7 +52,15 @@ class GenerateParams:
     multi_hop_min_chunks: int = param(2, "fewest chunks a multi-hop question spans", min=2)
     multi_hop_max_chunks: int = param(4, "most chunks a multi-hop question spans", min=2)
     max_qa_attempts: int = param(3, "generations per question or summary before it counts as failed "
-                                    "(each retry uses a new seed)", min=1)
+                                    "(each retry uses a new seed); a failed question is replaced within qa_budget", min=1)
+    qa_budget: float = param(2.0, "QA generations a document may spend per requested question, retries and "
+                                  "replacements included (separately for hierarchical and diverse); "
+                                  "what is still missing then is reported as shortfall", min=1.0)
+    min_answer_support: float = param(0.5, "least share of an answer's content words found in the text its "
+                                           "question was asked from (0 = no support check)", min=0.0, max=1.0)
+    judge_qa: bool = param(False, "also ask the generator whether each accepted answer is supported by its "
+                                  "source (one more request per QA; prompts/judge_qa.txt)")
+    max_judge_tokens: int = param(32, "completion budget of a judge request", min=8)
     summary_fallback: bool = param(True, "when a summary fails every attempt, use the passage's opening sentences "
                                          "(listed under summaries.fallbacks) instead of dropping the document")
     prompts_dir: str = param("", "folder whose template files override the built-in prompts (empty = built-in)")
