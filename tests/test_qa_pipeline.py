@@ -196,3 +196,21 @@ def test_resumed_run_prints_the_requests_it_sent(book, tmp_path, capsys):
         second = capsys.readouterr().out
         assert len(server.log) == sent
         assert "this run: 0 LLM requests sent" in second and f"all runs: {sent} LLM requests sent" in second
+
+
+def test_stage_2_reads_the_new_type_and_fields(book, tmp_path):
+    from longctx.qa_store import read_qa_store
+
+    with ScriptedServer(summary_or(grounded)) as server:
+        result, _, _, _ = run_document(server, book, n_hierarchical=8, n_diverse=6, follow_up_probability=1.0,
+                                       diverse_types=["hierarchical_aware", "multi_hop"])
+    record = result.record
+    assert any(q["follows"] is not None for q in record["hierarchical_qa"])
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    store = read_qa_store(path)
+    [doc] = store.documents
+    assert not store.dropped_qa
+    assert [q.label for q in doc.diverse] == [q["type"] for q in record["diverse_qa"]]
+    assert "hierarchical_aware" in {q.label for q in doc.diverse}
+    assert [q.question for q in doc.hierarchical] == [q["question"] for q in record["hierarchical_qa"]]
