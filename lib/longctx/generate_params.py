@@ -56,8 +56,9 @@ class GenerateParams:
     qa_budget: float = param(2.0, "QA generations a document may spend per requested question, retries and "
                                   "replacements included (separately for hierarchical and diverse); "
                                   "what is still missing then is reported as shortfall", min=1.0)
-    min_answer_support: float = param(0.5, "least share of an answer's content words found in the text its "
-                                           "question was asked from (0 = no support check)", min=0.0, max=1.0)
+    min_answer_support: float = param(0.4, "least share of an answer's content words found in the text its "
+                                           "question was asked from (0 = no support check; lenient, as thematic "
+                                           "answers word things their own way)", min=0.0, max=1.0)
     judge_qa: bool = param(False, "also ask the generator whether each accepted answer is supported by its "
                                   "source (one more request per QA; prompts/judge_qa.txt)")
     max_judge_tokens: int = param(32, "completion budget of a judge request", min=8)
