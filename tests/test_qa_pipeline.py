@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_follow_up_is_asked_against_the_qa_it_follows(book):
         result, _, params, _ = run_document(server, book, **settings)
         hier = result.record["hierarchical_qa"]
         steps = plan_hierarchical(25, 1, [s.chunk_ids for s in chunking.sections], 1.0, 8,
-                                  __import__("random").Random(f"0:{book.id}"), params.max_follow_ups)
+                                  random.Random(f"0:{book.id}"), params.max_follow_ups)
         failed = {f["index"] for f in result.failed_items}
         # the case exists: a planned follow-up right after a failed step
         assert any(steps[i + 1].follow_up for i in failed if i + 1 < len(steps))
