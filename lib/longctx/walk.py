@@ -72,7 +72,7 @@ def _stops(n_chunks: int, m: int, rng: random.Random) -> list[int]:
     return [math.floor((i + u) * n_chunks / m) for i in range(m)]
 
 
-def _visit(section_id: int, chunks: Sequence[int], budget: int, p: float, max_follow_ups: int,
+def _visit(chunks: Sequence[int], budget: int, p: float, max_follow_ups: int,
            rng: random.Random) -> list[tuple[str, int | None, bool]]:
     """One visit of ``budget`` steps as (level, chunk id or None, follow_up)."""
     # First the shape: which steps are section questions, new chunk stops or follow-ups.
@@ -87,9 +87,7 @@ def _visit(section_id: int, chunks: Sequence[int], budget: int, p: float, max_fo
             kind = "stop"
         else:
             kind = "section"  # every chunk of this pass asked: go back up for a new pass
-        if kind == "stop":
-            stops_in_pass += 1
-        stops_in_pass = 0 if kind == "section" else stops_in_pass
+        stops_in_pass = 0 if kind == "section" else stops_in_pass + (kind == "stop")
         chain = chain + 1 if kind == "follow" else 0
         kinds.append(kind)
     # Then the places: each pass's stops spread over the section's chunks.
@@ -128,8 +126,7 @@ def plan_hierarchical(n_questions: int, n_global: int, sections: Sequence[Sequen
     budgets = [remaining // len(visit) + (1 if i < remaining % len(visit) else 0) for i in range(len(visit))]
     for section_id, budget in zip(visit, budgets):
         chunks = list(sections[section_id])
-        for level, chunk, follow_up in _visit(section_id, chunks, budget, follow_up_probability,
-                                              max_follow_ups, rng):
+        for level, chunk, follow_up in _visit(chunks, budget, follow_up_probability, max_follow_ups, rng):
             grounding = tuple(chunks) if level == "section" else (chunk,)
             steps.append(HierStep(len(steps), level, section_id, grounding, follow_up))
     return steps
