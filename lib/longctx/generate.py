@@ -158,7 +158,8 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
             try:
                 result = await generate_document(llm, prompts, params, doc, chunking, progress.step)
                 entry.update(status="ok", record=result.record, rejects=result.rejects,
-                             failed_items=result.failed_items)
+                             failed_items=result.failed_items, shortfall=result.shortfall,
+                             qa_generations=result.qa_generations)
             except DocumentFailed as err:
                 entry.update(status="failed", reason=str(err), rejects=[])
             entry["accounting"] = accounting.for_doc(doc.id)
@@ -212,6 +213,9 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
                 reasons[reject["reason"]] += 1
             counts["documents_written"] += 1
             counts["failed_questions"] += len(entry["failed_items"])
+            for kind in ("hierarchical", "diverse"):  # requested QA still missing when the budget ran out
+                counts[f"shortfall_{kind}"] += entry.get("shortfall", {}).get(kind, 0)
+                counts[f"qa_generations_{kind}"] += entry.get("qa_generations", {}).get(kind, 0)
             counts["summary_fallbacks"] += len(record["summaries"].get("fallbacks", []))
             book_tokens += record["n_tokens"]
             by_level.update(q["level"] for q in record["hierarchical_qa"])
@@ -243,9 +247,11 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     """
     if dry_run:
         out_root = resolve_path(params.output_dir) / "dry-run"
-        # nothing is sent, so no API key is needed: plan a run before the key exists
+        # nothing is sent, so no API key is needed: plan a run before the key exists. The stand-in's
+        # answers are words of the whole prompt, not of the passage: the support check would reject
+        # them and project replacements a real run need not send
         params = dataclasses.replace(params, output_dir=str(out_root), cache_dir=str(out_root / "cache"),
-                                     llm_api_key_env="")
+                                     llm_api_key_env="", min_answer_support=0.0)
     out = shard_dir(params)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -364,8 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{c.get('documents_written', 0)} documents, {c['hierarchical_qa']} hierarchical + "
           f"{c['diverse_qa']} diverse QA, {c['rejected_total']} rejected, "
           f"{c['documents_skipped']} skipped, {c['documents_failed']} failed")
+    if c.get("shortfall_hierarchical") or c.get("shortfall_diverse"):
+        print(f"shortfall: {c.get('shortfall_hierarchical', 0)} hierarchical + {c.get('shortfall_diverse', 0)} "
+              "diverse QA missing when the budget (qa_budget) ran out")
     t = manifest["totals"]
-    print(f"{t['calls']} LLM calls ({t['cache_hits']} from cache), {t['prompt_tokens']} prompt + "
+    now = manifest.get("this_invocation", {}).get("llm_total")
+    if now is not None:  # a resumed run sends only what earlier runs did not finish
+        print(f"this run: {now['requests']} LLM requests sent, {now['cache_hits']} calls answered from cache")
+    print(f"{'all runs: ' if now is not None else ''}{t['requests']} LLM requests sent, {t['prompt_tokens']} prompt + "
           f"{t['completion_tokens']} completion tokens, cost estimate ${t['cost_usd']:.2f}"
           + (" (dry run: projected)" if args.dry_run else ""))
     if args.dry_run and not args.merge:

@@ -50,14 +50,25 @@ class GenerateParams:
     n_hierarchical: int = param(25, "hierarchical questions per document (paper: 25)", min=0)
     n_diverse: int = param(50, "diverse questions per document (paper: 50)", min=0)
     n_global_questions: int = param(2, "of the hierarchical questions, how many are about the whole document", min=0)
-    questions_per_section: int = param(3, "hierarchical questions the walk aims to spend per visited section", min=1)
+    questions_per_section: int = param(2, "hierarchical questions the walk spends per section visit (fewer: more "
+                                          "sections get a question; 2 visits 11 of a 180K book's 15 sections)", min=1)
     follow_up_probability: float = param(0.5, "chance that the next chunk question goes deeper on the same chunk "
                                               "(exploit) rather than moving to the next chunk (explore)", min=0.0, max=1.0)
+    max_follow_ups: int = param(2, "longest run of follow-up questions; the walk then moves on", min=0)
     diverse_types: list[str] = param(list(DIVERSE_TYPES), "pool of diverse question types, drawn uniformly")
     multi_hop_min_chunks: int = param(2, "fewest chunks a multi-hop question spans", min=2)
     multi_hop_max_chunks: int = param(4, "most chunks a multi-hop question spans", min=2)
     max_qa_attempts: int = param(3, "generations per question or summary before it counts as failed "
-                                    "(each retry uses a new seed)", min=1)
+                                    "(each retry uses a new seed); a failed question is replaced within qa_budget", min=1)
+    qa_budget: float = param(2.0, "QA generations a document may spend per requested question, retries and "
+                                  "replacements included (separately for hierarchical and diverse); "
+                                  "what is still missing then is reported as shortfall", min=1.0)
+    min_answer_support: float = param(0.4, "least share of an answer's content words found in the text its "
+                                           "question was asked from (0 = no support check; lenient, as thematic "
+                                           "answers word things their own way)", min=0.0, max=1.0)
+    judge_qa: bool = param(False, "also ask the generator whether each accepted answer is supported by its "
+                                  "source (one more request per QA; prompts/judge_qa.txt)")
+    max_judge_tokens: int = param(32, "completion budget of a judge request", min=8)
     summary_fallback: bool = param(True, "when a summary fails every attempt, use the passage's opening sentences "
                                          "(listed under summaries.fallbacks) instead of dropping the document")
     prompts_dir: str = param("", "folder whose template files override the built-in prompts (empty = built-in)")

@@ -3,21 +3,32 @@
 Order of work (all requests go through one :class:`~longctx.llm.client.LLMClient`, which bounds
 concurrency and caches every validated response):
 
-* diverse questions only need chunk text, so they start at once, concurrently;
+* diverse questions only need chunk text, so they start at once, concurrently (the
+  ``hierarchical_aware`` type waits for the summaries it shows);
 * chunk summaries (concurrent) -> section summaries (concurrent) -> the global summary;
 * the hierarchical walk runs step by step, each prompt carrying the previous accepted QA so a
   follow-up can go deeper and a move can ask something new.
 
-Every QA passes :func:`longctx.quality.qa_problem`; a rejected one is asked again with a new seed
-up to ``max_qa_attempts``. Duplicate detection for diverse questions runs after the walk, in
-index order, so the result does not depend on which request finished first: same seed and same
-cache give the same record.
+Every QA passes :func:`longctx.quality.qa_problem` (with the support check against the text the
+question was asked from) and, with ``judge_qa``, a judge request. Counts: each kind may spend
+``qa_budget`` x its requested count in generations. A rejected QA is asked again with a new seed
+up to ``max_qa_attempts``; then it is replaced (a diverse question by a fresh draw, a walk step
+by a new, non-follow-up question on the same part) while the budget lasts, so the requested
+counts are met unless the budget runs out; what is missing is reported as ``shortfall``.
+
+A follow-up is generated against the QA it is recorded to follow (``follows``, the record just
+before it); when the step before it failed, it is asked as a new question instead.
+
+Diverse questions run in rounds of one attempt per open slot; duplicate detection and budget
+decisions happen in slot order after each round, so the result does not depend on which request
+finished first: same seed and same cache give the same record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -28,13 +39,14 @@ from .generate_params import GenerateParams
 from .llm.client import LLMCallFailed, LLMClient
 from .prompts import Prompts
 from .quality import QuestionIndex, qa_problem, summary_problem
-from .walk import DiverseItem, HierStep, plan_diverse, plan_hierarchical
+from .walk import SUMMARY_TYPES, DiverseItem, HierStep, plan_diverse, plan_hierarchical
 
 __all__ = ["DocumentFailed", "DocumentResult", "generate_document", "QA_SCHEMA", "SUMMARY_SCHEMA"]
 
 QA_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
              "required": ["question", "answer"]}
 SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+JUDGE_SCHEMA = {"type": "object", "properties": {"supported": {"type": "boolean"}}, "required": ["supported"]}
 
 
 class DocumentFailed(RuntimeError):
@@ -48,6 +60,8 @@ class DocumentResult:
     rejects: list[dict] = field(default_factory=list)   # every rejected generation, with reason
     failed_items: list[dict] = field(default_factory=list)  # questions dropped after max attempts
     summary_fallbacks: list[str] = field(default_factory=list)  # summaries replaced by opening sentences
+    shortfall: dict[str, int] = field(default_factory=dict)  # kind -> requested QA still missing
+    qa_generations: dict[str, int] = field(default_factory=dict)  # kind -> QA generations spent
 
 
 def extractive_summary(text: str, max_words: int = 80) -> str:
@@ -107,19 +121,26 @@ class _DocumentRun:
         self.result.summary_fallbacks.append(key)
         return extractive_summary(source_text)
 
-    async def _qa(self, stage: str, key: str, first_attempt: int, prompt: str,
-                  seen: QuestionIndex | None) -> tuple[dict | None, int]:
-        """Accepted ``{question, answer}`` (or None) and the next unused attempt number."""
-        attempt = first_attempt
-        while attempt < self.p.max_qa_attempts:
-            data = await self._generate(stage, key, attempt, prompt, QA_SCHEMA, self.p.max_qa_tokens)
-            reason = data if isinstance(data, str) else qa_problem(
-                data.get("question"), data.get("answer"), seen or QuestionIndex())
-            attempt += 1
-            if reason is None:
-                return {"question": data["question"].strip(), "answer": data["answer"].strip()}, attempt
-            self._reject(stage, key, attempt - 1, reason, data)
-        return None, attempt
+    async def _attempt(self, stage: str, key: str, attempt: int, prompt: str, source: str,
+                       seen: QuestionIndex | None) -> dict | str:
+        """One QA generation through the gates (and the judge): the QA, or why it was rejected."""
+        data = await self._generate(stage, key, attempt, prompt, QA_SCHEMA, self.p.max_qa_tokens)
+        reason = data if isinstance(data, str) else qa_problem(
+            data.get("question"), data.get("answer"), seen or QuestionIndex(), source, self.p.min_answer_support)
+        if reason is None and self.p.judge_qa:
+            reason = await self._judge(key, attempt, source, data["question"], data["answer"])
+        if reason is not None:
+            self._reject(stage, key, attempt, reason, data)
+            return reason
+        return {"question": data["question"].strip(), "answer": data["answer"].strip()}
+
+    async def _judge(self, key: str, attempt: int, source: str, question: str, answer: str) -> str | None:
+        prompt = self.prompts.render("judge_qa", source=source, question=question, answer=answer)
+        verdict = await self._generate("judge", f"{key}-judge", attempt, prompt, JUDGE_SCHEMA,
+                                       self.p.max_judge_tokens)
+        if isinstance(verdict, str):
+            return f"judge: {verdict}"
+        return None if verdict["supported"] else "judge: answer not supported"
 
     # ------------------------------------------------------------------ text helpers
     def _chunk_text(self, cid: int) -> str:
@@ -155,78 +176,125 @@ class _DocumentRun:
                 "fallbacks": self.result.summary_fallbacks}
 
     # ------------------------------------------------------------------ hierarchical walk
-    def _step_prompt(self, step: HierStep, summaries: dict, previous: dict | None) -> str:
+    def _step_prompt(self, step: HierStep, follow_up: bool, summaries: dict, previous: dict | None
+                     ) -> tuple[str, str]:
+        """The step's prompt and the text its answer must be supported by."""
         hier = self.instr["hierarchical"]
-        instruction = hier["first"] if previous is None else (hier["follow_up"] if step.follow_up else hier["next"])
+        instruction = hier["first"] if previous is None else (hier["follow_up"] if follow_up else hier["next"])
         common = dict(title=self.doc.title, previous=self._previous(previous), instruction=instruction)
         if step.level == "global":
-            return self.prompts.render("question_global", global_summary=summaries["global"],
-                                       section_summaries=self._numbered(summaries["sections"], "Part"), **common)
+            parts = self._numbered(summaries["sections"], "Part")
+            return (self.prompts.render("question_global", global_summary=summaries["global"],
+                                        section_summaries=parts, **common),
+                    f"{summaries['global']}\n{parts}")
         section = self.chunking.sections[step.section_id]
         if step.level == "section":
-            return self.prompts.render(
-                "question_section", section_number=step.section_id + 1,
-                section_summary=summaries["sections"][step.section_id],
-                chunk_summaries=self._numbered([summaries["chunks"][c] for c in section.chunk_ids], "Passage"),
-                **common)
-        return self.prompts.render("question_chunk", section_number=step.section_id + 1,
-                                   section_summary=summaries["sections"][step.section_id],
-                                   text=self._chunk_text(step.chunk_ids[0]), **common)
+            passages = self._numbered([summaries["chunks"][c] for c in section.chunk_ids], "Passage")
+            return (self.prompts.render("question_section", section_number=step.section_id + 1,
+                                        section_summary=summaries["sections"][step.section_id],
+                                        chunk_summaries=passages, **common),
+                    f"{summaries['sections'][step.section_id]}\n{passages}")
+        text = self._chunk_text(step.chunk_ids[0])
+        return (self.prompts.render("question_chunk", section_number=step.section_id + 1,
+                                    section_summary=summaries["sections"][step.section_id], text=text, **common),
+                text)
 
     async def hierarchical(self, steps: list[HierStep], summaries: dict) -> list[dict]:
+        n, max_attempts = len(steps), self.p.max_qa_attempts
+        budget, used = math.ceil(self.p.qa_budget * n), 0
         accepted: list[dict] = []
         seen = QuestionIndex()
         previous = None
-        for step in steps:
-            prompt = self._step_prompt(step, summaries, previous)
-            qa, _ = await self._qa("hierarchical", f"h{step.index}", 0, prompt, seen)
+        last_ok = False  # whether the step just before was accepted (a follow-up needs it)
+        for pos, step in enumerate(steps):
+            # A follow-up of a failed step would be asked against an older QA than the one it is
+            # recorded to follow: ask a new question on the same part instead.
+            follow_up = step.follow_up and last_ok
+            qa, tries = None, 0
+            # Until accepted or out of budget (every later step keeps one generation in reserve);
+            # after max_qa_attempts the step is replaced by a new, non-follow-up question.
+            while qa is None and used < budget - (n - pos - 1):
+                if tries == max_attempts:
+                    self.result.failed_items.append({"kind": "hierarchical", "index": step.index,
+                                                     "level": step.level, "replaced": True})
+                    follow_up = False
+                prompt, source = self._step_prompt(step, follow_up, summaries, previous)
+                outcome = await self._attempt("hierarchical", f"h{step.index}", tries, prompt, source, seen)
+                used, tries = used + 1, tries + 1
+                qa = outcome if isinstance(outcome, dict) else None
+            last_ok = qa is not None
             if qa is None:
-                self.result.failed_items.append({"kind": "hierarchical", "index": step.index, "level": step.level})
+                self.result.failed_items.append({"kind": "hierarchical", "index": step.index,
+                                                 "level": step.level, "replaced": False})
                 continue
             seen.add(qa["question"])
             previous = qa
             accepted.append({"index": len(accepted), "level": step.level, "section_id": step.section_id,
-                             "chunk_ids": list(step.chunk_ids), "follow_up": step.follow_up,
+                             "chunk_ids": list(step.chunk_ids), "follow_up": follow_up,
+                             "follows": len(accepted) - 1 if follow_up else None,
                              "walk_step": step.index, **qa})
+        self.result.shortfall["hierarchical"] = n - len(accepted)
+        self.result.qa_generations["hierarchical"] = used
         return accepted
 
     # ------------------------------------------------------------------ diverse questions
-    def _diverse_prompt(self, item: DiverseItem) -> str:
-        kind = self.prompts.diverse_type(item.type)
+    def _diverse_prompt(self, item: DiverseItem, summaries: dict | None) -> tuple[str, str]:
+        """The item's prompt and the text its answer must be supported by."""
         texts = [self._chunk_text(c) for c in item.chunk_ids]
+        if item.type == "hierarchical_aware":
+            section_id = self.chunking.chunks[item.chunk_ids[0]].section_id
+            section_summary = summaries["sections"][section_id]
+            return (self.prompts.render("question_hierarchical_aware", title=self.doc.title,
+                                        global_summary=summaries["global"], section_number=section_id + 1,
+                                        section_summary=section_summary, text=texts[0]),
+                    f"{summaries['global']}\n{section_summary}\n{texts[0]}")
+        kind = self.prompts.diverse_type(item.type)
         text = texts[0] if len(texts) == 1 else self._numbered(texts, "Passage")
-        return self.prompts.render("question_diverse", title=self.doc.title, text=text,
-                                   type_name=kind["name"], type_instruction=kind["instruction"])
+        return (self.prompts.render("question_diverse", title=self.doc.title, text=text,
+                                    type_name=kind["name"], type_instruction=kind["instruction"]), text)
 
-    async def diverse(self, items: list[DiverseItem], hierarchical: asyncio.Future) -> list[dict]:
-        prompts = {it.index: self._diverse_prompt(it) for it in items}
-        next_attempt = {it.index: 0 for it in items}
+    async def _diverse_attempt(self, item: DiverseItem, attempt: int, summaries: asyncio.Future) -> dict | str:
+        prompt, source = self._diverse_prompt(item, await summaries if item.type in SUMMARY_TYPES else None)
+        return await self._attempt("diverse", f"d{item.index}", attempt, prompt, source, None)
+
+    async def diverse(self, draws: list[DiverseItem], n: int, hierarchical: asyncio.Future,
+                      summaries: asyncio.Future) -> list[dict]:
+        """``n`` diverse QA from ``draws`` (the first ``n``, then replacements in draw order)."""
+        budget, used = math.ceil(self.p.qa_budget * n), 0
+        slots = [[item, 0] for item in draws[:n]]  # per requested question: its current draw, attempts
+        reserve = iter(draws[n:])
         accepted: dict[int, dict] = {}
-        pending = list(items)
+        open_slots = list(range(len(slots)))
         seen: QuestionIndex | None = None
-        while pending:
-            outcomes = await asyncio.gather(*[
-                self._qa("diverse", f"d{it.index}", next_attempt[it.index], prompts[it.index], None)
-                for it in pending])
-            if seen is None:  # dedup against the walk's questions, then in index order
+        while open_slots and used < budget:
+            round_slots = open_slots[:budget - used]
+            outcomes = await asyncio.gather(*[self._diverse_attempt(slots[i][0], slots[i][1], summaries)
+                                              for i in round_slots])
+            used += len(round_slots)
+            if seen is None:  # dedup against the walk's questions, then in slot order
                 seen = QuestionIndex(q["question"] for q in await hierarchical)
-                for qa in accepted.values():
-                    seen.add(qa["question"])
-            retry = []
-            for it, (qa, attempt) in zip(pending, outcomes):
-                next_attempt[it.index] = attempt
-                if qa is not None and seen.duplicates(qa["question"]):
-                    self._reject("diverse", f"d{it.index}", attempt - 1, "duplicate question", qa)
-                    qa = None
-                if qa is not None:
-                    seen.add(qa["question"])
-                    accepted[it.index] = {"type": it.type, "chunk_ids": list(it.chunk_ids), "draw": it.index, **qa}
-                elif attempt < self.p.max_qa_attempts:
-                    retry.append(it)
-                else:
-                    self.result.failed_items.append({"kind": "diverse", "index": it.index, "type": it.type})
-            pending = retry
-        return [{"index": i, **accepted[k]} for i, k in enumerate(sorted(accepted))]
+            for i, outcome in zip(round_slots, outcomes):
+                item = slots[i][0]
+                slots[i][1] += 1
+                if isinstance(outcome, dict) and seen.duplicates(outcome["question"]):
+                    self._reject("diverse", f"d{item.index}", slots[i][1] - 1, "duplicate question", outcome)
+                    outcome = "duplicate question"
+                if isinstance(outcome, dict):
+                    seen.add(outcome["question"])
+                    accepted[i] = {"type": item.type, "chunk_ids": list(item.chunk_ids), "draw": item.index,
+                                   **outcome}
+                    open_slots.remove(i)
+                elif slots[i][1] >= self.p.max_qa_attempts:
+                    replacement = next(reserve, None)
+                    self.result.failed_items.append({"kind": "diverse", "index": item.index, "type": item.type,
+                                                     "replaced": replacement is not None})
+                    if replacement is None:
+                        open_slots.remove(i)
+                    else:
+                        slots[i] = [replacement, 0]
+        self.result.shortfall["diverse"] = n - len(accepted)
+        self.result.qa_generations["diverse"] = used
+        return [{"index": k, **accepted[i]} for k, i in enumerate(sorted(accepted))]
 
 
 async def generate_document(llm: LLMClient, prompts: Prompts, params: GenerateParams, doc: Document,
@@ -237,18 +305,24 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
     rng = random.Random(f"{params.seed}:{doc.id}")
     steps = plan_hierarchical(params.n_hierarchical, params.n_global_questions,
                               [s.chunk_ids for s in chunking.sections], params.follow_up_probability,
-                              params.questions_per_section, rng)
-    items = plan_diverse(params.n_diverse, len(chunking.chunks), params.diverse_types, rng,
+                              params.questions_per_section, rng, params.max_follow_ups)
+    # the requested draws, then replacements: as many as the budget could ever try
+    n_draws = params.n_diverse + math.ceil(params.qa_budget * params.n_diverse)
+    draws = plan_diverse(n_draws, len(chunking.chunks), params.diverse_types, rng,
                          (params.multi_hop_min_chunks, params.multi_hop_max_chunks))
     loop = asyncio.get_running_loop()
+    summaries_done: asyncio.Future = loop.create_future()
     hierarchical_done: asyncio.Future = loop.create_future()
-    diverse_task = asyncio.create_task(run.diverse(items, hierarchical_done))
+    diverse_task = asyncio.create_task(run.diverse(draws, params.n_diverse, hierarchical_done, summaries_done))
     try:
         summaries = await run.summaries()
+        summaries_done.set_result(summaries)
         hierarchical = await run.hierarchical(steps, summaries)
     except BaseException as err:
-        if not hierarchical_done.done():
-            hierarchical_done.set_exception(err if isinstance(err, Exception) else asyncio.CancelledError())
+        for future in (summaries_done, hierarchical_done):
+            if not future.done():
+                future.set_exception(err if isinstance(err, Exception) else asyncio.CancelledError())
+                future.exception()  # retrieved here: the diverse task may never await it
         diverse_task.cancel()
         await asyncio.gather(diverse_task, return_exceptions=True)
         raise
@@ -266,4 +340,5 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
 
 def expected_requests(params: GenerateParams, chunking: Chunking) -> int:
     """Requests a document needs when nothing is rejected (for the progress bar's total)."""
-    return len(chunking.chunks) + len(chunking.sections) + 1 + params.n_hierarchical + params.n_diverse
+    qa = (params.n_hierarchical + params.n_diverse) * (2 if params.judge_qa else 1)
+    return len(chunking.chunks) + len(chunking.sections) + 1 + qa

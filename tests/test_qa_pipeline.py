@@ -1,0 +1,217 @@
+"""Stage 1 for one document against a scripted generator on a real HTTP server (tests/scripted_llm.py).
+
+* a follow-up is generated against the QA its record names, also after a failed step;
+* rejected QA are replaced within the budget until the requested counts are met, and what is
+  missing when the budget is spent is reported;
+* the judge pass sends one judge request per QA that passed the gates and drops what it refuses;
+* a hierarchical-aware diverse question is asked with its section summary and the global summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import pytest
+
+from longctx import generate
+from longctx.chunking import chunk_document
+from longctx.config import from_mapping
+from longctx.corpus import Document
+from longctx.generate_params import GenerateParams
+from longctx.llm.accounting import Accounting
+from longctx.llm.client import LLMClient, LLMConfig
+from longctx.prompts import load_prompts
+from longctx.qa_pipeline import generate_document
+from longctx.quality import answer_support
+from longctx.tokenizer import load_tokenizer
+from longctx.walk import plan_hierarchical
+
+from fixtures.austen_qa import austen_documents
+from scripted_llm import ScriptedServer, passage_words
+
+FOLLOW_UP = load_prompts().instructions["hierarchical"]["follow_up"].split(",")[0]
+
+
+def summary_or(answer_qa):
+    """A script: summaries and judge verdicts answered well, QA prompts by ``answer_qa``."""
+    def answer(prompt: str, seed: int) -> dict:
+        if '{"summary"' in prompt:
+            words = passage_words(prompt)
+            return {"summary": "This part tells of " + " ".join(words[(seed >> k) % len(words)] for k in range(12))}
+        if '{"supported"' in prompt:
+            return {"supported": "zzinvented" not in prompt.split("Answer:")[-1]}
+        return answer_qa(prompt, seed)
+    return answer
+
+
+def grounded(prompt: str, seed: int) -> dict:
+    words = passage_words(prompt)
+    a, b, c, d = [words[(seed >> (4 * k)) % len(words)] for k in range(4)]
+    return {"question": f"Why does {a} come before {b} while {c} follows {d}?",
+            "answer": f"{a.capitalize()} {b} {c} {d}."}
+
+
+BAD = {"question": "What is the answer to the question?", "answer": "N/A"}
+
+
+@pytest.fixture(scope="module")
+def book():
+    doc_id, title, text = max(austen_documents(), key=lambda d: len(d[2]))
+    return Document(doc_id, title, f"test:{doc_id}", text)
+
+
+def run_document(server: ScriptedServer, doc: Document, **overrides):
+    params = from_mapping(GenerateParams, {"small_chunk_tokens": 256, "medium_chunk_tokens": 768,
+                                           "llm_base_url": server.base_url, "progress": False, **overrides})
+    chunking = chunk_document(doc.text, load_tokenizer("llama3"), 256, 768)
+    accounting = Accounting()
+
+    async def go():
+        config = LLMConfig(base_url=server.base_url, model="scripted", max_concurrency=8, max_attempts=1)
+        async with LLMClient(config, accounting=accounting) as llm:
+            return await generate_document(llm, load_prompts(), params, doc, chunking)
+    return asyncio.run(go()), chunking, params, accounting
+
+
+def _prompt_of(server: ScriptedServer, qa: dict) -> str:
+    [prompt] = {p for p, _, content in server.log if json.loads(content).get("question") == qa["question"]}
+    return prompt
+
+
+def test_follow_up_is_asked_against_the_qa_it_follows(book):
+    # Every new question on a section's second chunk fails; follow-ups there would succeed, so a
+    # follow-up planned after that failed step would be written against the QA of another chunk.
+    chunking = chunk_document(book.text, load_tokenizer("llama3"), 256, 768)
+    second = [chunking.chunk_text(book.text, s.chunk_ids[1]).strip() for s in chunking.sections if len(s.chunk_ids) > 1]
+
+    def qa(prompt, seed):
+        if FOLLOW_UP not in prompt and any(text in prompt for text in second):
+            return BAD
+        return grounded(prompt, seed)
+
+    with ScriptedServer(summary_or(qa)) as server:
+        settings = dict(n_hierarchical=25, n_diverse=0, n_global_questions=1, questions_per_section=8,
+                        follow_up_probability=1.0, max_qa_attempts=1, qa_budget=1.0)
+        result, _, params, _ = run_document(server, book, **settings)
+        hier = result.record["hierarchical_qa"]
+        steps = plan_hierarchical(25, 1, [s.chunk_ids for s in chunking.sections], 1.0, 8,
+                                  random.Random(f"0:{book.id}"), params.max_follow_ups)
+        failed = {f["index"] for f in result.failed_items}
+        # the case exists: a planned follow-up right after a failed step
+        assert any(steps[i + 1].follow_up for i in failed if i + 1 < len(steps))
+        follow_ups = [q for q in hier if q["follow_up"]]
+        assert follow_ups
+        for q in hier:
+            if not q["follow_up"]:
+                assert q["follows"] is None
+                continue
+            parent = hier[q["follows"]]
+            assert q["follows"] == q["index"] - 1 and parent["chunk_ids"] == q["chunk_ids"]
+            prompt = _prompt_of(server, q)
+            assert FOLLOW_UP in prompt and f"Q: {parent['question']}" in prompt
+        # nothing is recorded on the failing chunks, and the shortfall says so
+        assert result.shortfall["hierarchical"] == 25 - len(hier) > 0
+
+
+def test_rejects_are_replaced_until_the_counts_are_met(book):
+    def qa(prompt, seed):
+        return BAD if seed % 3 == 0 else grounded(prompt, seed)  # about a third of generations fail
+
+    with ScriptedServer(summary_or(qa)) as server:
+        result, _, _, accounting = run_document(server, book, n_hierarchical=12, n_diverse=15,
+                                                max_qa_attempts=1, qa_budget=2.0)
+        record = result.record
+        assert len(record["hierarchical_qa"]) == 12 and len(record["diverse_qa"]) == 15
+        assert result.shortfall == {"hierarchical": 0, "diverse": 0}
+        assert any(f["replaced"] for f in result.failed_items if f["kind"] == "diverse")
+        assert max(q["draw"] for q in record["diverse_qa"]) >= 15  # a replacement draw was used
+        assert result.qa_generations["hierarchical"] <= 24 and result.qa_generations["diverse"] <= 30
+        assert len(result.rejects) == sum(result.qa_generations.values()) - 27
+    with ScriptedServer(summary_or(qa)) as server:  # a budget too small: the shortfall is reported
+        result, _, _, _ = run_document(server, book, n_hierarchical=12, n_diverse=15,
+                                       max_qa_attempts=1, qa_budget=1.0)
+        assert result.qa_generations == {"hierarchical": 12, "diverse": 15}
+        assert result.shortfall["hierarchical"] == 12 - len(result.record["hierarchical_qa"]) > 0
+        assert result.shortfall["diverse"] == 15 - len(result.record["diverse_qa"]) > 0
+
+
+@pytest.mark.parametrize("judge", [True, False])
+def test_judge_pass(book, judge):
+    def qa(prompt, seed):
+        planted = grounded(prompt, seed)
+        if seed % 4 == 0:  # supported lexically (4 of 5 words), refused by the judge
+            planted["answer"] = planted["answer"][:-1] + " zzinvented."
+        return planted
+
+    with ScriptedServer(summary_or(qa)) as server:
+        result, _, _, accounting = run_document(server, book, n_hierarchical=6, n_diverse=8, judge_qa=judge,
+                                                min_answer_support=0.5)
+        kept = result.record["hierarchical_qa"] + result.record["diverse_qa"]
+        judged = [p for p, _, _ in server.log if '{"supported"' in p]
+    planted = [r for r in result.rejects if "zzinvented" in r.get("answer", "")]
+    if judge:
+        assert planted and all(r["reason"] == "judge: answer not supported" for r in planted)
+        assert not any("zzinvented" in q["answer"] for q in kept)
+        # one judge request per QA that passed the gates, each showing the answer's source
+        assert len(judged) == len(kept) + len(planted) == accounting.by_stage["judge"].calls
+        for q in kept:
+            [prompt] = [p for p in judged if f"Answer: {q['answer']}" in p]
+            assert answer_support(q["answer"], prompt.split("</source>")[0]) >= 0.75
+    else:
+        assert not judged and "judge" not in accounting.by_stage
+        assert any("zzinvented" in q["answer"] for q in kept)
+
+
+def test_hierarchical_aware_questions_see_the_summaries(book):
+    with ScriptedServer(summary_or(grounded)) as server:
+        result, chunking, _, _ = run_document(server, book, n_hierarchical=2, n_diverse=6,
+                                              diverse_types=["hierarchical_aware"])
+        record = result.record
+        assert [q["type"] for q in record["diverse_qa"]] == ["hierarchical_aware"] * 6
+        for q in record["diverse_qa"]:
+            [chunk] = q["chunk_ids"]
+            prompt = _prompt_of(server, q)
+            section = chunking.chunks[chunk].section_id
+            assert record["summaries"]["global"] in prompt
+            assert record["summaries"]["sections"][section] in prompt
+            assert chunking.chunk_text(book.text, chunk).strip() in prompt
+
+
+def test_resumed_run_prints_the_requests_it_sent(book, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / f"{book.id}.txt").write_text(book.text, encoding="utf-8")
+    with ScriptedServer(summary_or(grounded)) as server:
+        params = tmp_path / "params.yaml"
+        params.write_text(json.dumps({
+            "corpus": str(corpus), "output_dir": str(tmp_path / "out"), "small_chunk_tokens": 256,
+            "medium_chunk_tokens": 768, "n_hierarchical": 3, "n_diverse": 3, "llm_base_url": server.base_url,
+            "progress": False}))
+        assert generate.main(["--params", str(params)]) == 0
+        first = capsys.readouterr().out
+        sent = len(server.log)
+        assert f"this run: {sent} LLM requests sent, 0 calls answered from cache" in first
+        assert generate.main(["--params", str(params)]) == 0  # the document is finished: nothing to do
+        second = capsys.readouterr().out
+        assert len(server.log) == sent
+        assert "this run: 0 LLM requests sent" in second and f"all runs: {sent} LLM requests sent" in second
+
+
+def test_stage_2_reads_the_new_type_and_fields(book, tmp_path):
+    from longctx.qa_store import read_qa_store
+
+    with ScriptedServer(summary_or(grounded)) as server:
+        result, _, _, _ = run_document(server, book, n_hierarchical=8, n_diverse=6, follow_up_probability=1.0,
+                                       diverse_types=["hierarchical_aware", "multi_hop"])
+    record = result.record
+    assert any(q["follows"] is not None for q in record["hierarchical_qa"])
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
+    store = read_qa_store(path)
+    [doc] = store.documents
+    assert not store.dropped_qa
+    assert [q.label for q in doc.diverse] == [q["type"] for q in record["diverse_qa"]]
+    assert "hierarchical_aware" in {q.label for q in doc.diverse}
+    assert [q.question for q in doc.hierarchical] == [q["question"] for q in record["hierarchical_qa"]]
