@@ -9,7 +9,6 @@ every request is kept in :attr:`ScriptedServer.log` as ``(prompt, seed, content)
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
@@ -17,6 +16,7 @@ import threading
 from typing import Any, Callable
 
 from aiohttp import web
+from threaded_app import ThreadedApp
 
 _WORD = re.compile(r"[A-Za-z]{5,}")
 
@@ -40,37 +40,17 @@ def grounded_qa(prompt: str, seed: int) -> dict[str, str]:
             "answer": f"Because {a} and {b} lead to {c} and {d} in the passage."}
 
 
-class ScriptedServer:
+class ScriptedServer(ThreadedApp):
     """``with ScriptedServer(answer) as server``; ``server.base_url`` ends in ``/v1``."""
 
     def __init__(self, answer: Callable[[str, int], dict[str, Any]]):
+        super().__init__()
         self.answer = answer
         self.log: list[tuple[str, int, str]] = []
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="scripted-llm", daemon=True)
-        self._runner: web.AppRunner | None = None
-        self.base_url = ""
 
-    def __enter__(self) -> "ScriptedServer":
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-    async def _start(self) -> int:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return self._runner.addresses[0][1]
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()

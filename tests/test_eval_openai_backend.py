@@ -12,14 +12,13 @@ first run's predictions.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import urllib.request
 
 import pytest
 from aiohttp import web
 from test_eval_fixtures import corpus_dir, mmlu_rows, write_jsonl
+from threaded_app import ThreadedApp
 
 from longctx.config import from_mapping
 from longctx.eval.backends import OpenAIBackend, detect_server
@@ -28,7 +27,7 @@ from longctx.eval.runner import open_backend, run_suite
 from longctx.eval.sample import Sample
 
 
-class ScriptedServer:
+class ScriptedServer(ThreadedApp):
     """``/v1/chat/completions`` and ``/v1/completions`` on a free port, in a background thread.
 
     Answers ``"chat answer"`` / ``"raw answer"``, cut (``finish_reason: length``) when the prompt
@@ -39,34 +38,15 @@ class ScriptedServer:
     """
 
     def __init__(self, owner: str | None = None):
+        super().__init__()
         self.owner = owner
         self.log: list[tuple[str, dict]] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
-    def __enter__(self) -> "ScriptedServer":
-        self._thread.start()
-        port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
-
-    async def _start(self) -> int:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/chat/completions", self._answer)
         app.router.add_post("/v1/completions", self._answer)
         if self.owner:
             app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return self._runner.addresses[0][1]
 
     async def _models(self, request: web.Request) -> web.Response:
         card = {"id": "fake", "object": "model", "owned_by": self.owner}
