@@ -104,8 +104,12 @@ class Proxy:
                     self.end_headers()
                     self.wfile.write(b'{"choices": [')
                     self.wfile.flush()
+                    # logged now: the handler stays blocked until the proxy closes, after the test has read the log
+                    with proxy._lock:
+                        proxy.log.append(Entry(digest, fault, None, time.time(), delivered=False))
                     proxy._closing.wait()
                     self.close_connection = True
+                    return
                 elif fault == "drop":
                     self.close_connection = True
                     self.connection.close()
