@@ -54,6 +54,9 @@ def test_no_eta_before_paid_work_and_disabled_prints_nothing():
     p.step()
     assert p.eta_s() is None
     assert out.getvalue().splitlines() == ["[evaluation] 1/4 task groups (1 from cache)"]
+    p.step(4)  # past the plan (retries, replacements): no ETA, the plan is named
+    assert p.eta_s() is None
+    assert out.getvalue().splitlines()[-1] == "[evaluation] 5 task groups (4 planned) (1 from cache), 0.0 s/task group"
     quiet = io.StringIO()
     q = Progress("x", "request", enabled=False, stream=quiet, interval_s=0, clock=clock)
     q.step()

@@ -89,7 +89,10 @@ class Progress:
 
     def line(self) -> str:
         parts = [f"{self.documents} {self.documents_label} done"] if self.documents_label else []
-        parts.append(f"{self.done}/{self.total} {self.unit}s" if self.total else f"{self.done} {self.unit}s")
+        if self.total and self.done <= self.total:
+            parts.append(f"{self.done}/{self.total} {self.unit}s")
+        else:  # retries and replacements went past the plan: no ETA, say what was planned
+            parts.append(f"{self.done} {self.unit}s" + (f" ({self.total} planned)" if self.total else ""))
         if self.from_cache:
             parts[-1] += f" ({self.from_cache} from cache)"
         paid = self.done - self.from_cache
