@@ -104,7 +104,7 @@ def worker(approach: str, qa: str, target: int, docs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="180K-token samples instead of 1M")
-    parser.add_argument("--samples", type=int, default=3, help="samples timed side by side")
+    parser.add_argument("--samples", type=int, default=5, help="samples timed side by side")
     parser.add_argument("--stage-subset", type=int, default=6, help="samples written to extrapolate the stage")
     parser.add_argument("--worker", choices=["ours", "plain"], help=argparse.SUPPRESS)
     parser.add_argument("--qa", help=argparse.SUPPRESS)

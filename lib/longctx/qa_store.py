@@ -129,8 +129,8 @@ class QAStore:
             return
         todo = list(want)
         texts = [self._span(p, want[p])[0] for p in todo]
-        for p, ids in zip(todo, self.tokenizer.encode_batch(texts)):
-            self._store(p, np.asarray(ids, dtype=np.int32), want[p])
+        for p, ids in zip(todo, self.tokenizer.encode_arrays(texts)):
+            self._store(p, ids, want[p])
 
     def _cached_tokens(self, position: int) -> int:
         ids = self._cache.get(position)
@@ -156,8 +156,7 @@ class QAStore:
         if not whole:
             expected = int(doc.chunk_token_ends[chunks_kept])
             if len(ids) != expected:  # the prefix did not tokenise as the record says: do it all
-                self._store(position, np.asarray(self.tokenizer.encode(self.document_text(position)),
-                                                 dtype=np.int32))
+                self._store(position, self.tokenizer.encode_arrays([self.document_text(position)])[0])
                 return
             ids = ids[:int(doc.chunk_token_ends[chunks_kept - 1])]  # drop the spare chunk
             self.n_prefix_encodes += 1
@@ -181,11 +180,11 @@ class QAStore:
             self._cache.move_to_end(position)
             return self._cache[position]
         if upto is None or upto >= doc.n_tokens:
-            self._store(position, np.asarray(self.tokenizer.encode(self.document_text(position)), dtype=np.int32))
+            self._store(position, self.tokenizer.encode_arrays([self.document_text(position)])[0])
         else:
             k = int(np.searchsorted(doc.chunk_token_ends, upto)) + 1
             text, _ = self._span(position, k)
-            self._store(position, np.asarray(self.tokenizer.encode(text), dtype=np.int32), k)
+            self._store(position, self.tokenizer.encode_arrays([text])[0], k)
         return self._cache[position]
 
 

@@ -134,6 +134,9 @@ class ServerTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_arrays(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return [np.asarray(self.encode(t), dtype=np.int32) for t in texts]
+
     def encode_with_offsets(self, text: str) -> tuple[list[int], np.ndarray]:
         pieces = self._pieces(text) if text else []
         lengths = [len(p["piece"].encode("utf-8")) if isinstance(p["piece"], str) else len(p["piece"])
