@@ -83,3 +83,14 @@ def test_hf_backend_rope_override_travels_to_the_model(model_dir):
     assert info["rope_parameters"] == {"rope_type": "default", "rope_theta": 2.5e6}
     assert backend.context_window == 4096
     assert backend.model.get_decoder().rotary_emb.__class__.__name__ == "RotaryEmbedding"
+
+
+def test_embedded_server_runs_with_the_configured_threads(tmp_path):
+    """``embedded_threads`` reaches the llama.cpp server it starts (the default, all cores but one,
+    would be 1 on a 2-core machine; 3 differs from it everywhere we run)."""
+    pytest.importorskip("xllamacpp")
+    cfg = from_mapping(EvalConfig, {"embedded_threads": 3, "context_window": 2048,
+                                    "output_dir": str(tmp_path / "out")})
+    with open_backend(cfg) as backend:
+        info = backend.describe()
+    assert info["embedded_threads"] == 3 and info["context_window"] == 2048

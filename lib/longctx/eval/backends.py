@@ -206,6 +206,7 @@ class OpenAIBackend:
         if api_key_env and not os.environ.get(api_key_env):  # fail here, not at the first generate()
             raise LLMSetupError(f"environment variable {api_key_env} is empty or unset")
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.embedded_threads = 0  # set by runner.open_backend when it started the embedded server
         self.accounting = Accounting()  # every call of this backend; the runner's manifest records it
         self.tokenizer = (ServerTokenizer(self.base_url, timeout_s, model) if tokenizer == "server"
                           else load_tokenizer(tokenizer))
@@ -243,7 +244,8 @@ class OpenAIBackend:
         return {"backend": "openai", "base_url": self.base_url, "model": self.model, "server": self.server,
                 "context_window": self.context_window, "tokenizer": self.tokenizer.name,
                 "template_tokens": self.template_tokens(),
-                "response_cache": str(self.cache_dir) if self.cache_dir else ""}
+                "response_cache": str(self.cache_dir) if self.cache_dir else "",
+                **({"embedded_threads": self.embedded_threads} if self.embedded_threads else {})}
 
     def choice_logprobs(self, sample: Sample) -> list[float] | None:
         return None

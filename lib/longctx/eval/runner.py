@@ -59,9 +59,12 @@ def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
         return
     from ..llm.server import EmbeddedServer
 
-    with EmbeddedServer(n_ctx=cfg.context_window or 8192, n_parallel=1) as server:
-        yield OpenAIBackend(server.base_url, cfg.llm_model, **kwargs,
-                            server="llamacpp" if cfg.llm_server == "auto" else cfg.llm_server)
+    with EmbeddedServer(n_ctx=cfg.context_window or 8192, n_parallel=1,
+                        n_threads=cfg.embedded_threads or None) as server:
+        backend = OpenAIBackend(server.base_url, cfg.llm_model, **kwargs,
+                                server="llamacpp" if cfg.llm_server == "auto" else cfg.llm_server)
+        backend.embedded_threads = server.n_threads
+        yield backend
 
 
 def score_sample(sample: Sample, prediction: str) -> tuple[float, str]:
