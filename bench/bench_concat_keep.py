@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from longctx.concatenate import ConcatConfig, Concatenator
-from longctx.config import load_params, project_root
+from longctx.core.config import load_params, project_root
 from longctx.sample_plan import FITS, LEVELS
 from longctx.synthetic_books import lognormal_lengths, synthetic_store
 

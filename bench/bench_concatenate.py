@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from longctx.concatenate import ConcatConfig, Concatenator, StageSpec
-from longctx.config import project_root
+from longctx.core.config import project_root
 from longctx.placeholder_qa import write_placeholder_qa
 from longctx.samples import SampleWriter
 from longctx.token_joins import diff_regions, regions_at_joins, token_byte_lengths
@@ -77,7 +77,7 @@ def worker(approach: str, qa: str, target: int, docs: int) -> None:
     plan = next(concat.plans(cfg.stages[0]))
     fast = None
     if approach == "plain":
-        from longctx.fast_tokenizer import llama3_fast_tokenizer
+        from longctx.core.fast_tokenizer import llama3_fast_tokenizer
         fast = llama3_fast_tokenizer()
     import threading
 
@@ -124,7 +124,7 @@ def main() -> None:
     t_load = time.perf_counter() - t0
     store = concat.store
     n_qa = sum(len(d.hierarchical) + len(d.diverse) for d in store.documents)
-    from longctx.fast_tokenizer import llama3_fast_tokenizer
+    from longctx.core.fast_tokenizer import llama3_fast_tokenizer
     fast = llama3_fast_tokenizer()
     lengths = token_byte_lengths(store.tokenizer)
     rows = []

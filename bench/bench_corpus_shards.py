@@ -66,7 +66,7 @@ def read_shard(params) -> tuple[int, int, float]:
 
 def main() -> int:
     from longctx import corpus_shards
-    from longctx.config import from_mapping
+    from longctx.core.config import from_mapping
     from longctx.generate_params import GenerateParams
 
     rows = []

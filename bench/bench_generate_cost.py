@@ -27,7 +27,7 @@ RESULTS = ROOT / "bench" / "results"
 
 def main() -> int:
     from longctx import generate
-    from longctx.config import from_mapping
+    from longctx.core.config import from_mapping
     from longctx.generate_params import GenerateParams
 
     with tempfile.TemporaryDirectory() as tmp:

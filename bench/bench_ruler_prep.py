@@ -28,7 +28,7 @@ import pandas as pd
 
 from longctx.eval import haystack
 from longctx.eval.ruler import RULER_TASKS, RulerContext, prepare_ruler
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 TASKS = [t for t in RULER_TASKS if not t.startswith("qa")]
 TEMPLATE_TOKENS = 32  # a chat template's share of the window (Llama-3.1's is ~30)

@@ -6,7 +6,7 @@ import pytest
 
 from longctx.austen import load_austen
 from longctx.chunking import chunk_document
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from fixtures.austen_qa import write_austen_qa
 
 from longctx.concatenate import ConcatConfig, Concatenator, StageSpec, main, run
-from longctx.config import ParamsError, load_params, project_root
+from longctx.core.config import ParamsError, load_params, project_root
 from longctx.qa_store import QAFileError
 from longctx.sample_plan import StageBudgetError
 from longctx.samples import IGNORE_INDEX, open_samples

@@ -20,7 +20,7 @@ MAX_REGION_TOKENS = 3
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory):
     pytest.importorskip("transformers")
-    from longctx.fast_tokenizer import llama3_fast_tokenizer
+    from longctx.core.fast_tokenizer import llama3_fast_tokenizer
     return llama3_fast_tokenizer()
 
 
@@ -53,7 +53,7 @@ def test_assembled_ids_equal_plain_encoding_except_at_listed_joins(fast, tmp_pat
 
 
 def test_diff_regions_finds_a_planted_difference(fast):
-    from longctx.tokenizer import load_tokenizer
+    from longctx.core.tokenizer import load_tokenizer
     tok = load_tokenizer()
     lengths = token_byte_lengths(tok)
     a = tok.encode("It ended.") + tok.encode("\n\nNext") + tok.encode(" words here")

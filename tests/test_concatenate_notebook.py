@@ -1,9 +1,9 @@
-"""Notebook 02 runs headless (papermill, through longctx.notebook.execute) on a tiny profile."""
+"""Notebook 02 runs headless (papermill, through longctx.core.notebook.execute) on a tiny profile."""
 
 import pytest
 from fixtures.austen_qa import write_austen_qa
 
-from longctx.notebook import execute
+from longctx.core.notebook import execute
 
 
 def test_notebook_02_tiny_profile(tmp_path):

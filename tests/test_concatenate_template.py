@@ -13,7 +13,7 @@ from fixtures.austen_qa import write_austen_qa
 
 from longctx.chat import Llama3Chat, Turn
 from longctx.concatenate import DEFAULT_SYSTEM_PROMPT, ConcatConfig, Concatenator, StageSpec
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 TEMPLATE = (Path(__file__).parent / "fixtures" / "llama31_chat_template.jinja").read_text()
 
@@ -21,7 +21,7 @@ TEMPLATE = (Path(__file__).parent / "fixtures" / "llama31_chat_template.jinja").
 @pytest.fixture(scope="module")
 def fast():
     pytest.importorskip("transformers")
-    from longctx.fast_tokenizer import llama3_fast_tokenizer
+    from longctx.core.fast_tokenizer import llama3_fast_tokenizer
     tok = llama3_fast_tokenizer()
     tok.chat_template = TEMPLATE
     return tok

@@ -11,7 +11,7 @@ import pytest
 
 from longctx.austen import NOVELS, load_austen
 from longctx.corpus import Document, Skipped, iter_corpus
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 
 def split(items):
@@ -124,7 +124,7 @@ def test_jsonl_zst_through_datasets_streaming(tmp_path):
 
 
 def test_books_file_needs_a_revision():
-    from longctx.config import ParamsError, from_mapping
+    from longctx.core.config import ParamsError, from_mapping
     from longctx.generate_params import GenerateParams
 
     spec = {"corpus": "hf:togethercomputer/Long-Data-Collections", "corpus_data_files": "pretrain/book.jsonl.zst",

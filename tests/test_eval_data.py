@@ -18,7 +18,7 @@ from longctx.eval.provenance import data_provenance, scoring_provenance
 from longctx.eval.results import COLUMNS, append_rows, read_results
 from longctx.eval.ruler_qa import qa_from_squad
 from longctx.eval.sample import Sample
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from test_eval_fixtures import corpus_dir, longbench_rows, mmlu_rows, prose, tiny_hf_model, write_jsonl
 
-from longctx.config import from_mapping
+from longctx.core.config import from_mapping
 from longctx.eval import hub
 from longctx.eval.backends import HFBackend
 from longctx.eval.params import EvalConfig

@@ -14,7 +14,7 @@ from longctx.eval.haystack import (PromptFrame, TokenizedUnits, count_tokens, es
                                    naive_fit, split_sentences)
 from longctx.eval.infinitebench import IB_SYNTHETIC, prepare_infinitebench_synthetic
 from longctx.eval.ruler import RULER_TASKS, RulerContext, prepare_ruler
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 # Largest allowed gap (budget - tokens) per task: the haystack granularity. Prose and noise
 # haystacks are filled word by word; needle haystacks, word lists and documents by whole units.
@@ -176,7 +176,7 @@ def test_fast_fit_equals_naive_binary_search(tok):
 
 
 def test_units_are_additive_for_an_hf_tokenizer(tmp_path):
-    from longctx.tokenizer import HFTokenizer
+    from longctx.core.tokenizer import HFTokenizer
 
     text = prose(800, 4)
     hf = HFTokenizer(str(tiny_hf_model(tmp_path, text)))

@@ -21,7 +21,7 @@ import pytest
 
 from longctx.eval.infinitebench import prepare_infinitebench_synthetic, score_infinitebench
 from longctx.eval.infinitebench_synth import MATH_FIND_TARGETS, math_find_answer
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 
 ORACLE = {  # the official meaning of each question, written independently of the generator
     "largest": lambda xs: sorted(set(xs))[-1], "second largest": lambda xs: sorted(set(xs))[-2],

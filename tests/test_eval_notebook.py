@@ -7,7 +7,7 @@ import pytest
 from test_eval_fixtures import corpus_dir
 
 from longctx.eval.results import read_results
-from longctx.notebook import execute
+from longctx.core.notebook import execute
 
 
 def test_notebook_04_embedded_llamacpp_tiny_profile(tmp_path, monkeypatch, capsys):

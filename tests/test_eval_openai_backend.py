@@ -20,7 +20,7 @@ from aiohttp import web
 from test_eval_fixtures import corpus_dir, mmlu_rows, write_jsonl
 from threaded_app import ThreadedApp
 
-from longctx.config import from_mapping
+from longctx.core.config import from_mapping
 from longctx.eval.backends import OpenAIBackend, detect_server
 from longctx.eval.params import EvalConfig
 from longctx.eval.runner import open_backend, run_suite

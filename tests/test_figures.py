@@ -7,7 +7,7 @@ import pytest
 
 from longctx.eval.results import append_rows, read_reported
 from longctx.figures import FiguresConfig, load_tables, make_figures, ruler_table, task_table
-from longctx.notebook import execute
+from longctx.core.notebook import execute
 
 
 def _results(path):

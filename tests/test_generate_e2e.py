@@ -30,7 +30,7 @@ import pytest
 import yaml
 
 from longctx import generate
-from longctx.config import from_mapping
+from longctx.core.config import from_mapping
 from longctx.generate_params import GenerateParams
 from longctx.llm.server import EmbeddedServer
 from longctx.quality import QuestionIndex, qa_problem

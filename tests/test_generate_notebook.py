@@ -8,7 +8,7 @@ import pytest
 import yaml
 from papermill.exceptions import PapermillExecutionError
 
-from longctx.notebook import execute
+from longctx.core.notebook import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_generate_qa.ipynb"

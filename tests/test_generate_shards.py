@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from longctx import generate
-from longctx.config import from_mapping
+from longctx.core.config import from_mapping
 from longctx.generate_params import GenerateParams
 
 FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"

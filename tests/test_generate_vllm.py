@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from longctx.config import load_params
+from longctx.core.config import load_params
 from longctx.generate_launch import sbatch_commands
 from longctx.generate_params import GenerateParams
 

@@ -104,7 +104,7 @@ def test_plan_keeps_as_many_layers_on_the_gpu_as_fit():
 def test_offload_needs_checkpointing():
     from pathlib import Path
 
-    from longctx.config import ParamsError, load_params
+    from longctx.core.config import ParamsError, load_params
     from longctx.train_config import TrainConfig
 
     with pytest.raises(ValueError, match="needs activation_checkpointing"):

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longctx.config import to_dict
-from longctx.stages import params_class
+from longctx.core.config import to_dict
+from longctx.core.stages import params_class
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from longctx.config import load_params
-from longctx.stages import STAGES, params_class
+from longctx.core.config import load_params
+from longctx.core.stages import STAGES, params_class
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = sorted((ROOT / "params").glob("*/*.yaml"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from longctx.progress import Progress, format_duration
+from longctx.core.progress import Progress, format_duration
 
 
 class Clock:

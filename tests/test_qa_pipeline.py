@@ -17,7 +17,7 @@ import pytest
 
 from longctx import generate
 from longctx.chunking import chunk_document
-from longctx.config import from_mapping
+from longctx.core.config import from_mapping
 from longctx.corpus import Document
 from longctx.generate_params import GenerateParams
 from longctx.llm.accounting import Accounting
@@ -25,7 +25,7 @@ from longctx.llm.client import LLMClient, LLMConfig
 from longctx.prompts import load_prompts
 from longctx.qa_pipeline import generate_document
 from longctx.quality import answer_support
-from longctx.tokenizer import load_tokenizer
+from longctx.core.tokenizer import load_tokenizer
 from longctx.walk import plan_hierarchical
 
 from fixtures.austen_qa import austen_documents

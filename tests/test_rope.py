@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from longctx import rope
-from longctx.config import ParamsError, from_mapping
+from longctx.core.config import ParamsError, from_mapping
 
 HEAD_DIM = 128
 POSITIONS = np.array([0, 1, 7, 4095, 8191, 65_537, 131_071, 262_144, 524_287, 999_983, 1_048_575])

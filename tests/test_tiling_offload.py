@@ -106,7 +106,7 @@ def test_offload_plan_and_bad_counts():
 def test_build_model_wires_the_plan(tmp_path):
     """``build_model`` tiles and offloads as the params say, with the plain model's gradients."""
     from longctx import dist
-    from longctx.config import load_params
+    from longctx.core.config import load_params
     from longctx.loss import shift_labels
     from longctx.train_config import TrainConfig
     from longctx.train_model import build_model
@@ -139,7 +139,7 @@ def _fsdp_worker(root: str, out_dir: str) -> dict:
     """Rank body: sp=2 Ulysses + FSDP2 over gloo; full gradients of the plain and the tiled +
     offloaded build on the same sample."""
     from longctx import dist
-    from longctx.config import load_params
+    from longctx.core.config import load_params
     from longctx.loss import shift_labels
     from longctx.train_config import TrainConfig
     from longctx.train_model import build_model

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from longctx import tokenizer as tokmod
-from longctx.tokenizer import load_tokenizer
+from longctx.core import tokenizer as tokmod
+from longctx.core.tokenizer import load_tokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
 
@@ -26,7 +26,7 @@ def texts():
 @pytest.fixture(scope="module")
 def fast():
     pytest.importorskip("transformers")
-    from longctx.fast_tokenizer import llama3_fast_tokenizer
+    from longctx.core.fast_tokenizer import llama3_fast_tokenizer
     return llama3_fast_tokenizer()
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from longctx import dist, rope, train
-from longctx.config import load_params
+from longctx.core.config import load_params
 from longctx.train_config import Stage, TrainConfig, layout
 from longctx.train_data import SampleSet, StepPlan, open_stage_samples
 from longctx.train_launch import dry_run, launch_local, sbatch_commands
@@ -164,7 +164,7 @@ def test_slurm_script_is_generic():
 
 
 def _stage_dict(stage: Stage) -> dict:
-    from longctx.config import to_dict
+    from longctx.core.config import to_dict
 
     return to_dict(stage)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from longctx import dist, rope, train
-from longctx.config import load_params
+from longctx.core.config import load_params
 from longctx.train_config import TrainConfig
 from longctx.train_log import read_log
 from test_train import ROOT, TINY, one_thread, tiny_config, write_samples  # noqa: F401 (one_thread: fixture)

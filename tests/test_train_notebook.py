@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from longctx.notebook import execute
+from longctx.core.notebook import execute
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "03_train.ipynb"

@@ -22,7 +22,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from .config import project_root
+from .core.config import project_root
 
 __all__ = ["NOVELS", "austen_dir", "fetch_austen", "load_austen"]
 

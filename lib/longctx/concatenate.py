@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import bad, load_params, param, resolve_path, to_dict
+from .core.config import bad, load_params, param, resolve_path, to_dict
 from .qa_store import QAStore, read_qa_store
 from .sample_layout import LAYOUTS, SampleLayout
 from .sample_plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError

@@ -72,7 +72,7 @@ def iter_corpus(spec: str, *, text_field: str = "text", id_field: str = "id",
     if spec.startswith("hf:"):
         yield from _iter_hub(spec[3:], text_field, id_field, title_field, data_files, split, revision)
         return
-    from .config import resolve_path
+    from .core.config import resolve_path
 
     path = resolve_path(spec, root)
     if path.is_dir():

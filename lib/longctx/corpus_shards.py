@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import ParamsError, load_params, resolve_path
+from .core.config import ParamsError, load_params, resolve_path
 from .corpus import Document, Skipped, iter_corpus, open_lines
 from .generate_params import GenerateParams
 

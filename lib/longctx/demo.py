@@ -16,8 +16,8 @@ import time
 
 import yaml
 
-from .config import project_root
-from .notebook import execute
+from .core.config import project_root
+from .core.notebook import execute
 
 __all__ = ["stages", "main"]
 

@@ -18,7 +18,7 @@ import sys
 
 import yaml
 
-from .config import load_params
+from .core.config import load_params
 from .eval.params import EvalConfig
 from .eval.runner import open_backend, run_suite
 

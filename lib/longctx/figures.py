@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import load_params, param, resolve_path
+from .core.config import load_params, param, resolve_path
 from .eval.results import read_reported, read_results
 
 __all__ = ["FiguresConfig", "load_tables", "ruler_table", "task_table", "mmlu_table", "make_figures"]

@@ -22,7 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .config import ParamsError, load_params, project_root, resolve_path
+from .core.config import ParamsError, load_params, project_root, resolve_path
 from .generate_params import GenerateParams
 
 __all__ = ["sbatch_commands", "main"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import bad, param
+from .core.config import bad, param
 from .corpus import REMOVED_FROM_MAIN
 from .walk import DIVERSE_TYPES
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .qa_store import QA, Document, QAStore
-from .tokenizer import load_tokenizer
+from .core.tokenizer import load_tokenizer
 from .walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
 
 __all__ = ["lognormal_lengths", "synthetic_store"]

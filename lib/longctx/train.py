@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from . import checkpoint, dist, ulysses
-from .config import load_params, resolve_path
+from .core.config import load_params, resolve_path
 from .loss import global_answer_tokens
 from .train_config import Stage, TrainConfig, layout
 from .train_data import SampleSet, StepPlan, open_stage_samples, to_batch

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import resolve_path
+from .core.config import resolve_path
 from .loss import shift_labels
 from .train_config import Stage
 

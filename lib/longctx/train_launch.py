@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from . import rope, ulysses
-from .config import project_root, resolve_path, to_dict
+from .core.config import project_root, resolve_path, to_dict
 from .memory_estimate import dims_of, plan_stage
 from .train_config import TrainConfig, layout
 

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..llm import Accounting, LLMCallFailed, LLMClient, LLMConfig, LLMSetupError, ResponseCache
 from ..llm.sync import run_sync
-from ..tokenizer import Tokenizer, load_tokenizer
+from ..core.tokenizer import Tokenizer, load_tokenizer
 from .sample import Sample
 
 __all__ = ["Backend", "Generation", "HFBackend", "OpenAIBackend", "ServerTokenizer", "SERVERS", "detect_server"]
@@ -110,7 +110,7 @@ def _server_root(base_url: str) -> str:
 
 
 class ServerTokenizer:
-    """The :class:`~longctx.tokenizer.Tokenizer` interface over llama.cpp's ``/tokenize`` and
+    """The :class:`~longctx.core.tokenizer.Tokenizer` interface over llama.cpp's ``/tokenize`` and
     ``/detokenize`` (the served model's own vocabulary, no local files needed)."""
 
     def __init__(self, base_url: str, timeout: float = 120.0, model: str = ""):
@@ -296,7 +296,7 @@ class HFBackend:
         from transformers import AutoModelForCausalLM
 
         from ..rope import install_rope
-        from ..tokenizer import HFTokenizer
+        from ..core.tokenizer import HFTokenizer
 
         self.name = name or model_path
         self.model_path = model_path

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 from .haystack import count_tokens
 from .sample import Sample
 

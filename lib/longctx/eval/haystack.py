@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 
 __all__ = [
     "SIZING", "largest_fitting", "count_tokens", "seam_delta", "TokenizedUnits", "tokenize_units", "split_sentences",

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 from . import metrics as M
 from .haystack import PromptFrame, count_tokens
 from .hub import load_subset

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 from .haystack import PromptFrame, TokenizedUnits, count_tokens, fit_units, seam_delta, tokenize_units
 from .ruler import NOISE
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import bad, param
+from ..core.config import bad, param
 from ..rope import RopeSettings
 from .backends import SERVERS
 from .fit import POLICIES

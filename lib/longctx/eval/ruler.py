@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 from .sample import Sample, read_samples, write_samples
 
 __all__ = ["RULER_TASKS", "RulerTask", "TEMPLATES", "ANSWER_PREFIXES", "prepare_ruler", "ruler_metric",

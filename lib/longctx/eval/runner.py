@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from ..config import resolve_path
-from ..progress import Progress
+from ..core.config import resolve_path
+from ..core.progress import Progress
 from . import metrics as M
 from .backends import Backend, HFBackend, OpenAIBackend
 from .fit import fit_sample
@@ -241,6 +241,6 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
 
 
 def _plain(cfg: EvalConfig) -> dict[str, Any]:
-    from ..config import to_dict
+    from ..core.config import to_dict
 
     return to_dict(cfg)

@@ -57,7 +57,7 @@ def _answer(body: dict, count_tokens) -> dict:
 def _serve(port: int, tokenizer: str) -> None:
     from aiohttp import web
 
-    from ..tokenizer import load_tokenizer
+    from ..core.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
 

@@ -2,7 +2,7 @@
 
 A notebook records the values its tests assert on with :func:`record`; :func:`execute` runs a
 notebook headless through papermill (output under ``runs/``) and returns those values. The
-parameters a notebook accepts are checked with :func:`longctx.config.from_notebook`.
+parameters a notebook accepts are checked with :func:`longctx.core.config.from_notebook`.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The stage-2 benchmark and the segment-join test compare our piecewise token asse
 plain approach: render the chat as text and encode it with the Hugging Face fast tokenizer.
 The hub is unreachable, so we build that tokenizer with transformers' own tiktoken conversion
 (``TikTokenConverter``) from the same BPE ranks, pattern and special tokens as
-:func:`longctx.tokenizer.load_tokenizer` and cache ``tokenizer.json`` under
+:func:`longctx.core.tokenizer.load_tokenizer` and cache ``tokenizer.json`` under
 ``runs/cache/llama3-fast/``. :func:`llama3_fast_tokenizer` checks that its ids equal ours on a
 probe text before returning it.
 """
