@@ -16,8 +16,8 @@ TikTokenConverter, ids checked against ours). Measured per sample:
   sample in a fresh process per approach, and the time to write the paper's 1M stage
   (200 samples), extrapolated from a measured subset written to parquet.
 
-Input: Jane Austen's six novels (``longctx.austen``; 0.9M tokens in all) with placeholder QA
-(``longctx.placeholder_qa``, 4,096-token chunks, 25 hierarchical + 50 diverse per document).
+Input: Jane Austen's six novels (``longctx.generate.austen``; 0.9M tokens in all) with placeholder QA
+(``longctx.generate.placeholder_qa``, 4,096-token chunks, 25 hierarchical + 50 diverse per document).
 A 1M-token sample needs 12 distinct documents of about 87K tokens, so each novel appears twice
 under two ids (``emma`` and ``emma-copy``): timing and memory depend on sizes, not on content.
 Results: bench/results/concatenate.md and .csv.
@@ -39,7 +39,7 @@ import numpy as np
 
 from longctx.concatenate import ConcatConfig, Concatenator, StageSpec
 from longctx.core.config import project_root
-from longctx.placeholder_qa import write_placeholder_qa
+from longctx.generate.placeholder_qa import write_placeholder_qa
 from longctx.samples import SampleWriter
 from longctx.token_joins import diff_regions, regions_at_joins, token_byte_lengths
 
@@ -54,10 +54,10 @@ def corpus_qa(path: Path) -> Path:
     if path.is_file():
         return path
     try:
-        from longctx.austen import load_austen
+        from longctx.generate.austen import load_austen
         novels = load_austen()
     except Exception as err:  # no Austen corpus: repeat the test openings (same code path)
-        print(f"longctx.austen unavailable ({err}); using the test-fixture openings", file=sys.stderr)
+        print(f"longctx.generate.austen unavailable ({err}); using the test-fixture openings", file=sys.stderr)
         fixture = json.loads((ROOT / "tests/fixtures/austen_openings.json").read_text())["documents"]
         novels = [(d["id"], d["title"], "\n\n".join([d["text"]] * 30)) for d in fixture]
     docs = [(f"{i}{suffix}", f"{t}{label}", text) for i, t, text in novels

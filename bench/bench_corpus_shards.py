@@ -2,13 +2,13 @@
 
 A local ``.jsonl.zst`` shaped like the paper's books file (one JSON line per book, title under
 ``meta.short_book_title``; text drawn from Jane Austen's words so it compresses like prose) is
-read the way a ``--shard i/n`` task reads it, through ``longctx.corpus_shards.assigned_documents``
-(what ``longctx.generate`` uses), once per shard in this process. Bytes read are the process's
+read the way a ``--shard i/n`` task reads it, through ``longctx.generate.corpus_shards.assigned_documents``
+(what ``longctx.generate.stage`` uses), once per shard in this process. Bytes read are the process's
 ``rchar`` in ``/proc/self/io`` (every byte returned by read(2), page cache or not), taken before
 and after each shard's pass: the compressed bytes a task pulls from disk or the network.
 
 * streamed: every shard reads the source from the start and keeps ``position % n == i``;
-* prepared: one ``python -m longctx.corpus_shards`` pass (measured too), then each shard reads
+* prepared: one ``python -m longctx.generate.corpus_shards`` pass (measured too), then each shard reads
   its own shard files.
 
     python bench/bench_corpus_shards.py          # writes bench/results/corpus_shards.{md,csv}
@@ -44,7 +44,7 @@ def rchar() -> int:
 def make_books(path: Path) -> None:
     import zstandard
 
-    from longctx.austen import load_austen
+    from longctx.generate.austen import load_austen
 
     words = re.findall(r"\S+", " ".join(text for _, _, text in load_austen()))
     rng = random.Random(0)
@@ -57,7 +57,7 @@ def make_books(path: Path) -> None:
 
 
 def read_shard(params) -> tuple[int, int, float]:
-    from longctx.corpus_shards import assigned_documents
+    from longctx.generate.corpus_shards import assigned_documents
 
     before, started = rchar(), time.perf_counter()
     docs = sum(1 for position, _ in assigned_documents(params) if position >= 0)
@@ -65,9 +65,9 @@ def read_shard(params) -> tuple[int, int, float]:
 
 
 def main() -> int:
-    from longctx import corpus_shards
+    from longctx.generate import corpus_shards
     from longctx.core.config import from_mapping
-    from longctx.generate_params import GenerateParams
+    from longctx.generate.params import GenerateParams
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

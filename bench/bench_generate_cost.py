@@ -1,6 +1,6 @@
 """Stage 1 request budget: LLM calls and prompt tokens per 1,000 book tokens, default settings.
 
-Runs the real pipeline's dry run (``longctx.generate.run(params, dry_run=True)``: every request
+Runs the real pipeline's dry run (``longctx.generate.stage.run(params, dry_run=True)``: every request
 answered at once by :class:`longctx.llm.dry_run.DryRunServer`, which counts prompt tokens with the
 Llama-3.1 tokenizer) with the paper's method settings (4,096-token chunks, 12,288-token
 sections, 25 hierarchical + 50 diverse questions) over Jane Austen's six novels. The figures are
@@ -28,7 +28,7 @@ RESULTS = ROOT / "bench" / "results"
 def main() -> int:
     from longctx import generate
     from longctx.core.config import from_mapping
-    from longctx.generate_params import GenerateParams
+    from longctx.generate.params import GenerateParams
 
     with tempfile.TemporaryDirectory() as tmp:
         # default method settings; a remote endpoint, so no embedded-server limits apply

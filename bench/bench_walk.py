@@ -1,6 +1,6 @@
 """Coverage of the hierarchical walk at the default settings, for a short, a long and a 1M-token book.
 
-Pure planning (``longctx.walk.plan_hierarchical``, no model): for each length, 1,000 seeds of the
+Pure planning (``longctx.generate.walk.plan_hierarchical``, no model): for each length, 1,000 seeds of the
 walk over sections of full 4,096-token chunks (3 per 12,288-token section), reporting the share
 of sections that get a question, the share of chunk questions at each position of a 3-chunk
 section, the longest run of follow-ups and the questions per level.
@@ -21,8 +21,8 @@ LENGTHS = {"12K": 12_288, "180K": 184_320, "1M": 1_048_576}
 
 
 def main() -> int:
-    from longctx.generate_params import GenerateParams
-    from longctx.walk import plan_hierarchical
+    from longctx.generate.params import GenerateParams
+    from longctx.generate.walk import plan_hierarchical
 
     d = GenerateParams()
     per = d.medium_chunk_tokens // d.small_chunk_tokens

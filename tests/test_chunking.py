@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from longctx.austen import load_austen
-from longctx.chunking import chunk_document
+from longctx.generate.austen import load_austen
+from longctx.generate.chunking import chunk_document
 from longctx.core.tokenizer import load_tokenizer
 
 

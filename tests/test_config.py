@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 
 from longctx.core.config import ParamsError, bad, describe, from_mapping, from_notebook, load_params, param
-from longctx.generate_params import GenerateParams
+from longctx.generate.params import GenerateParams
 
 
 @dataclass

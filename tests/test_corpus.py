@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from longctx.austen import NOVELS, load_austen
-from longctx.corpus import Document, Skipped, iter_corpus
+from longctx.generate.austen import NOVELS, load_austen
+from longctx.generate.corpus import Document, Skipped, iter_corpus
 from longctx.core.tokenizer import load_tokenizer
 
 
@@ -125,7 +125,7 @@ def test_jsonl_zst_through_datasets_streaming(tmp_path):
 
 def test_books_file_needs_a_revision():
     from longctx.core.config import ParamsError, from_mapping
-    from longctx.generate_params import GenerateParams
+    from longctx.generate.params import GenerateParams
 
     spec = {"corpus": "hf:togethercomputer/Long-Data-Collections", "corpus_data_files": "pretrain/book.jsonl.zst",
             "llm_base_url": "http://x/v1"}

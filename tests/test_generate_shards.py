@@ -9,7 +9,7 @@ import pytest
 
 from longctx import generate
 from longctx.core.config import from_mapping
-from longctx.generate_params import GenerateParams
+from longctx.generate.params import GenerateParams
 
 FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
 
@@ -97,7 +97,7 @@ def books_zst(tmp_path):
 
 
 def test_prepared_shard_files_give_the_streamed_output(books_zst, tmp_path):
-    from longctx import corpus_shards
+    from longctx.generate import corpus_shards
 
     extra = {"title_field": "meta.short_book_title", "corpus_shards_dir": str(tmp_path / "prepared")}
     single = generate.run(params(books_zst, tmp_path / "single", title_field="meta.short_book_title"), dry_run=True)
@@ -124,7 +124,7 @@ def test_prepared_shard_files_give_the_streamed_output(books_zst, tmp_path):
 
 
 def test_prepared_shard_files_refuse_what_they_cannot_serve(books_zst, tmp_path):
-    from longctx import corpus_shards
+    from longctx.generate import corpus_shards
 
     extra = {"corpus_shards_dir": str(tmp_path / "prepared")}
     with pytest.raises(FileNotFoundError, match="holds no prepared corpus .* --shards 2"):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from longctx.core.config import load_params
-from longctx.generate_launch import sbatch_commands
-from longctx.generate_params import GenerateParams
+from longctx.generate.launch import sbatch_commands
+from longctx.generate.params import GenerateParams
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "slurm" / "generate_vllm.sbatch"
@@ -29,7 +29,7 @@ def test_sbatch_chain_prepares_runs_and_merges():
     p = "params/paper/01_generate_qa.yaml"
     assert lines[2] == ("prep=$(sbatch --parsable --job-name=longctx-prepare-corpus --cpus-per-task=4 --mem=16G "
                         "--time=24:00:00 --output=runs/slurm/%x-%j.out "
-                        f"--wrap='{PY} -m longctx.corpus_shards --params {p} --shards 64')")
+                        f"--wrap='{PY} -m longctx.generate.corpus_shards --params {p} --shards 64')")
     assert lines[3] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 --gpus-per-node=8 "
                         "--time=48:00:00 --export=ALL,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
                         f"slurm/generate_vllm.sbatch {p})")
@@ -65,7 +65,7 @@ def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
                             "--tensor-parallel-size", "4", "--served-model-name", "Qwen/Qwen2-72B-Instruct",
                             "--max-model-len", "32768", "--enable-prefix-caching",
                             "--gpu-memory-utilization", "0.92"]
-    assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "5/64",
+    assert got["generate"] == [sys.executable, "-m", "longctx.generate.stage", "--params", str(PAPER), "--shard", "5/64",
                                "--set", "progress=false", "--set", "llm_base_url=http://127.0.0.1:8123/v1",
                                "--set", "llm_api_key_env=''", "--set", "llm_model=Qwen/Qwen2-72B-Instruct",
                                "--set", "max_concurrency=64"]

@@ -9,8 +9,8 @@ import pytest
 
 from longctx import generate
 from longctx.core.config import from_mapping
-from longctx.generate_params import GenerateParams
-from longctx.projection import format_projection, project
+from longctx.generate.params import GenerateParams
+from longctx.generate.projection import format_projection, project
 
 FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
 

@@ -16,17 +16,17 @@ import random
 import pytest
 
 from longctx import generate
-from longctx.chunking import chunk_document
+from longctx.generate.chunking import chunk_document
 from longctx.core.config import from_mapping
-from longctx.corpus import Document
-from longctx.generate_params import GenerateParams
+from longctx.generate.corpus import Document
+from longctx.generate.params import GenerateParams
 from longctx.llm.accounting import Accounting
 from longctx.llm.client import LLMClient, LLMConfig
-from longctx.prompts import load_prompts
-from longctx.qa_pipeline import generate_document
-from longctx.quality import answer_support
+from longctx.generate.prompts import load_prompts
+from longctx.generate.pipeline import generate_document
+from longctx.generate.quality import answer_support
 from longctx.core.tokenizer import load_tokenizer
-from longctx.walk import plan_hierarchical
+from longctx.generate.walk import plan_hierarchical
 
 from fixtures.austen_qa import austen_documents
 from scripted_llm import ScriptedServer, passage_words

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from longctx.quality import QuestionIndex, answer_support, content_stems, qa_problem, summary_problem
+from longctx.generate.quality import QuestionIndex, answer_support, content_stems, qa_problem, summary_problem
 
 GOOD_Q = "Why does Emma decide to find a husband for Harriet Smith?"
 GOOD_A = "She believes Harriet deserves a gentleman and enjoys the project of improving her."

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from longctx.generate_params import GenerateParams
-from longctx.walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
+from longctx.generate.params import GenerateParams
+from longctx.generate.walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
 
 SECTIONS = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13]]  # 14 chunks in 5 sections
 

@@ -2,7 +2,7 @@
 
 Stage 2's planner needs, per document, only chunk token ends and the token sizes and groundings
 of its questions. :func:`synthetic_store` makes those for any list of lengths, with the project's
-own stage-1 walk (:mod:`longctx.walk`: 25 hierarchical questions over 4,096-token chunks and
+own stage-1 walk (:mod:`longctx.generate.walk`: 25 hierarchical questions over 4,096-token chunks and
 12,288-token sections, 50 diverse) and question / answer sizes drawn around what a 72B generator
 writes (about 30 and 90 tokens). The documents have no text; planning and the manifest counts
 work on them, tokenising a sample does not. Used by ``bench/bench_concat_keep.py`` and the tests
@@ -18,7 +18,7 @@ import numpy as np
 
 from .qa_store import QA, Document, QAStore
 from .core.tokenizer import load_tokenizer
-from .walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
+from .generate.walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
 
 __all__ = ["lognormal_lengths", "synthetic_store"]
 

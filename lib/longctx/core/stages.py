@@ -11,7 +11,7 @@ import importlib
 __all__ = ["STAGES", "params_class"]
 
 STAGES: dict[str, str] = {
-    "01_generate_qa": "longctx.generate_params:GenerateParams",
+    "01_generate_qa": "longctx.generate.params:GenerateParams",
     "02_concatenate": "longctx.concatenate:ConcatConfig",
     "03_train": "longctx.train_config:TrainConfig",
     "04_evaluate": "longctx.eval.params:EvalConfig",

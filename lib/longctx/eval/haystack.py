@@ -193,9 +193,9 @@ def split_sentences(text: str) -> list[str]:
 
 
 def corpus_text(spec: str) -> tuple[str, str]:
-    """All usable documents of a corpus spec (see :mod:`longctx.corpus`) joined, and a source
+    """All usable documents of a corpus spec (see :mod:`longctx.generate.corpus`) joined, and a source
     label for reports (e.g. ``austen: 6 documents``)."""
-    from ..corpus import Document, iter_corpus
+    from ..generate.corpus import Document, iter_corpus
 
     docs = [d for d in iter_corpus(spec) if isinstance(d, Document)]
     if not docs:

@@ -71,7 +71,7 @@ class EvalConfig:
     seed: int = param(0, "seed of the generated data (same seed, same samples)")
     # --- data
     haystack_corpus: str = param("austen", "prose haystack of the RULER essay tasks (a corpus spec, see "
-                                           "longctx.corpus): Jane Austen's novels by default")
+                                           "longctx.generate.corpus): Jane Austen's novels by default")
     verify_lengths: bool = param(True, "tokenise each generated prompt once to confirm its length")
     squad_path: str = param("", "local file with rajpurkar/squad_v2 rows ('' = the hub)")
     hotpotqa_path: str = param("", "local file with hotpotqa/hotpot_qa distractor rows ('' = the hub)")

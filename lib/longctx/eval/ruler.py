@@ -118,7 +118,7 @@ class RulerContext:
     """What every generator needs: the tokenizer, the prose haystack, caches, data sources."""
 
     tokenizer: Tokenizer
-    haystack_corpus: str = "austen"         # corpus spec (see longctx.corpus)
+    haystack_corpus: str = "austen"         # corpus spec (see longctx.generate.corpus)
     cache_dir: str | Path | None = None
     verify: bool = True                     # tokenise each final prompt once to confirm its length
     squad_path: str = ""                    # local file shaped like the hub rows ("" = the hub)

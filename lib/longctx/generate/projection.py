@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .generate_params import GenerateParams
+from .params import GenerateParams
 
 __all__ = ["project", "format_projection"]
 
 
 def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
-    """The projection of a dry run's ``manifest`` (from :func:`longctx.generate.run`) to the corpus."""
+    """The projection of a dry run's ``manifest`` (from :func:`longctx.generate.stage.run`) to the corpus."""
     counts, totals = manifest["counts"], manifest["totals"]
     sampled = (counts.get("documents_written", 0) + counts.get("documents_failed", 0)
                + counts.get("documents_skipped", 0))

@@ -5,7 +5,7 @@ database. We read it without R: ``apt-get download`` fetches the .deb (no root n
 package lists exist), Python unpacks the ``ar``/``tar`` archive, and the pure-Python ``rdata``
 package decodes the R objects (one character vector of lines per novel). Lines are re-flowed
 into paragraphs separated by blank lines and written to ``data/austen/<id>.txt`` (ignored by
-git). ``python -m longctx.austen`` does this once; :func:`load_austen` does it on first use.
+git). ``python -m longctx.generate.austen`` does this once; :func:`load_austen` does it on first use.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
-from .core.config import project_root
+from ..core.config import project_root
 
 __all__ = ["NOVELS", "austen_dir", "fetch_austen", "load_austen"]
 

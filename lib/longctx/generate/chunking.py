@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .core.tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 
 __all__ = ["Chunk", "Section", "Chunking", "chunk_document"]
 

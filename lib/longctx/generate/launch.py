@@ -1,12 +1,12 @@
 """Stage 1 on SLURM with self-hosted generators: the sbatch chain, rendered, never submitted.
 
-    python -m longctx.generate_launch --params params/paper/01_generate_qa.yaml --shards 64 \\
+    python -m longctx.generate.launch --params params/paper/01_generate_qa.yaml --shards 64 \\
         --model /models/Qwen2-72B-Instruct --tp 8 --servers 8
 
 prints shell lines, run from the project root, that queue three jobs chained with
 ``--dependency=afterok``:
 
-1. one CPU job: ``python -m longctx.corpus_shards`` reads the corpus once into shard files;
+1. one CPU job: ``python -m longctx.generate.corpus_shards`` reads the corpus once into shard files;
 2. the array ``slurm/generate_vllm.sbatch``: task ``i`` serves the generator with vLLM on its own
    node and runs shard ``i/n`` against it; ``--array=0-(n-1)%servers`` keeps ``servers`` nodes busy;
 3. one CPU job: ``python -m longctx.generate --merge`` joins the shards.
@@ -22,8 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from .core.config import ParamsError, load_params, project_root, resolve_path
-from .generate_params import GenerateParams
+from ..core.config import ParamsError, load_params, project_root, resolve_path
+from .params import GenerateParams
 
 __all__ = ["sbatch_commands", "main"]
 
@@ -55,7 +55,7 @@ def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: 
              "set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON (cluster.env.example)"]
     dependency = ""
     if params.corpus_shards_dir:
-        prepare = f"{_PY} -m longctx.corpus_shards --params {path} --shards {shards}"
+        prepare = f"{_PY} -m longctx.generate.corpus_shards --params {path} --shards {shards}"
         lines.append(f"prep=$(sbatch --parsable --job-name=longctx-prepare-corpus --cpus-per-task=4 --mem=16G "
                      f"--time=24:00:00 --output=runs/slurm/%x-%j.out --wrap={shlex.quote(prepare)})")
         dependency = " --dependency=afterok:$prep"
@@ -68,7 +68,7 @@ def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m longctx.generate_launch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m longctx.generate.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="YAML file of GenerateParams (stage 1)")
     parser.add_argument("--shards", type=int, default=64, help="array tasks (and shard files)")
     parser.add_argument("--model", default="", help="generator weights, a path or hub id (default: llm_model)")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port of each node's server on 127.0.0.1")
     parser.add_argument("--servers", type=int, default=0, help="nodes at once (default: projection_servers)")
     parser.add_argument("--time", default="48:00:00", help="time limit of one array task")
-    parser.add_argument("--generate-args", default="", help="more longctx.generate flags for every task")
+    parser.add_argument("--generate-args", default="", help="more longctx.generate.stage flags for every task")
     args = parser.parse_args(argv)
     try:
         params = load_params(GenerateParams, args.params)

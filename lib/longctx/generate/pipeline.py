@@ -9,7 +9,7 @@ concurrency and caches every validated response):
 * the hierarchical walk runs step by step, each prompt carrying the previous accepted QA so a
   follow-up can go deeper and a move can ask something new.
 
-Every QA passes :func:`longctx.quality.qa_problem` (with the support check against the text the
+Every QA passes :func:`longctx.generate.quality.qa_problem` (with the support check against the text the
 question was asked from) and, with ``judge_qa``, a judge request. Counts: each kind may spend
 ``qa_budget`` x its requested count in generations. A rejected QA is asked again with a new seed
 up to ``max_qa_attempts``; then it is replaced (a diverse question by a fresh draw, a walk step
@@ -35,8 +35,8 @@ from typing import Callable
 
 from .chunking import Chunking
 from .corpus import Document
-from .generate_params import GenerateParams
-from .llm.client import LLMCallFailed, LLMClient
+from .params import GenerateParams
+from ..llm.client import LLMCallFailed, LLMClient
 from .prompts import Prompts
 from .quality import QuestionIndex, qa_problem, summary_problem
 from .walk import SUMMARY_TYPES, DiverseItem, HierStep, plan_diverse, plan_hierarchical

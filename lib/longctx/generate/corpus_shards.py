@@ -10,7 +10,7 @@ So a sharded run reads prepared shard files instead: one pass over the corpus wr
 document, with its corpus position, to ``P`` zstd files (position ``p`` goes to file ``p % P``) and
 bad documents to the manifest::
 
-    python -m longctx.corpus_shards --params params/paper/01_generate_qa.yaml --shards 64
+    python -m longctx.generate.corpus_shards --params params/paper/01_generate_qa.yaml --shards 64
 
 A run with ``corpus_shards_dir`` set and ``--shard i/n`` (``n`` dividing ``P``) then reads only
 files ``j % n == i``, merged by position: the same documents at the same positions as streaming,
@@ -29,9 +29,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from .core.config import ParamsError, load_params, resolve_path
+from ..core.config import ParamsError, load_params, resolve_path
 from .corpus import Document, Skipped, iter_corpus, open_lines
-from .generate_params import GenerateParams
+from .params import GenerateParams
 
 __all__ = ["assigned_documents", "prepare", "shard_file", "SOURCE_KEYS"]
 
@@ -139,7 +139,7 @@ def _read_shard_file(path: Path, expected: int) -> Iterator[tuple[int, Document]
 
 def _from_shard_files(params: GenerateParams, folder: Path, manifest: dict[str, Any]) -> Iterator[tuple[int, Document | Skipped]]:
     count, n = manifest["shard_count"], params.shard_count
-    command = (f"python -m longctx.corpus_shards --params PARAMS --shards {n * max(1, count // n)}")
+    command = (f"python -m longctx.generate.corpus_shards --params PARAMS --shards {n * max(1, count // n)}")
     if manifest["source"] != _source(params):
         diff = {k: (manifest["source"].get(k), v) for k, v in _source(params).items() if manifest["source"].get(k) != v}
         raise RuntimeError(f"{folder} was prepared from another corpus ({diff}, as (prepared, params)); run {command}")
@@ -169,7 +169,7 @@ def assigned_documents(params: GenerateParams) -> Iterator[tuple[int, Document |
         yield from _from_shard_files(params, folder, manifest)
     elif folder is not None and params.shard_count > 1:
         raise FileNotFoundError(f"corpus_shards_dir {folder} holds no prepared corpus (no manifest.json); "
-                                f"run: python -m longctx.corpus_shards --params PARAMS --shards {params.shard_count}")
+                                f"run: python -m longctx.generate.corpus_shards --params PARAMS --shards {params.shard_count}")
     else:
         yield from _streamed(params)
 
@@ -177,7 +177,7 @@ def assigned_documents(params: GenerateParams) -> Iterator[tuple[int, Document |
 def main(argv: list[str] | None = None) -> int:
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m longctx.corpus_shards", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m longctx.generate.corpus_shards", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="YAML file of GenerateParams (stage 1)")
     parser.add_argument("--shards", type=int, required=True, help="number of shard files (the array size, or a multiple)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one parameter")

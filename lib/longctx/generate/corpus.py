@@ -2,7 +2,7 @@
 
 Corpus specs (the ``corpus`` parameter):
 
-* ``austen``                   Jane Austen's six novels, offline (see :mod:`longctx.austen`)
+* ``austen``                   Jane Austen's six novels, offline (see :mod:`longctx.generate.austen`)
 * ``path/to/folder``           every ``*.txt`` file in it (sorted), id = file stem
 * ``path/to/file.jsonl``       one JSON object per line (``.json``, ``.jsonl.gz``, ``.jsonl.zst`` too;
                                zstd needs the ``zstandard`` package, a dependency)
@@ -72,7 +72,7 @@ def iter_corpus(spec: str, *, text_field: str = "text", id_field: str = "id",
     if spec.startswith("hf:"):
         yield from _iter_hub(spec[3:], text_field, id_field, title_field, data_files, split, revision)
         return
-    from .core.config import resolve_path
+    from ..core.config import resolve_path
 
     path = resolve_path(spec, root)
     if path.is_dir():

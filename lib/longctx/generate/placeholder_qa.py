@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.tokenizer import Tokenizer, load_tokenizer
+from ..core.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["DIVERSE_TYPES", "placeholder_record", "write_placeholder_qa"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .core.config import bad, param
+from ..core.config import bad, param
 from .corpus import REMOVED_FROM_MAIN
 from .walk import DIVERSE_TYPES
 
@@ -30,7 +30,7 @@ class GenerateParams:
     corpus_revision: str = param("", "commit (full hash), tag or branch of an hf: corpus (empty = main); required for "
                                      "files deleted from main, such as Long-Data-Collections' pretrain/book.jsonl.zst")
     corpus_shards_dir: str = param("", "folder of corpus shard files written by one pass of "
-                                       "'python -m longctx.corpus_shards' (empty = none): a --shard i/n run then "
+                                       "'python -m longctx.generate.corpus_shards' (empty = none): a --shard i/n run then "
                                        "reads only its files instead of the whole corpus; n must divide their count")
     text_field: str = param("text", "field holding the document text in jsonl/parquet/hf rows (a.b = nested)")
     id_field: str = param("id", "field holding the document id (row number when absent; a.b = nested)")

@@ -1,6 +1,6 @@
 """Prompt templates: editable files, not strings buried in code.
 
-The built-in set lives in ``longctx/prompts/``: one ``string.Template`` file per request kind
+The built-in set lives in ``longctx/generate/prompts/``: one ``string.Template`` file per request kind
 (``$name`` placeholders) plus ``instructions.yaml`` with the small wording pieces (follow-up
 phrasing, the diverse question types). Point ``prompts_dir`` at a folder of your own to override
 any subset: a file there replaces the built-in file of the same name.
@@ -51,7 +51,7 @@ class Prompts:
 
 def load_prompts(prompts_dir: str | Path | None = None) -> Prompts:
     """Built-in prompts, with any file of ``prompts_dir`` taking precedence."""
-    builtin = resources.files("longctx") / "prompts"
+    builtin = resources.files("longctx.generate") / "prompts"
     override = Path(prompts_dir) if prompts_dir else None
     if override is not None and not override.is_dir():
         raise FileNotFoundError(f"prompts_dir {override} is not a folder")
@@ -59,7 +59,7 @@ def load_prompts(prompts_dir: str | Path | None = None) -> Prompts:
     def read(filename: str) -> tuple[str, str]:
         if override is not None and (override / filename).is_file():
             return (override / filename).read_text(encoding="utf-8"), str(override / filename)
-        return (builtin / filename).read_text(encoding="utf-8"), f"longctx/prompts/{filename}"
+        return (builtin / filename).read_text(encoding="utf-8"), f"longctx/generate/prompts/{filename}"
 
     templates, origin = {}, {}
     for name in TEMPLATE_NAMES:
