@@ -5,7 +5,7 @@
     ./dev bench concat_keep --lengths FILE     # real lengths: a qa.jsonl (n_tokens) or one integer a line
 
 Only the planner runs (no text, no tokenising of books, no model): books are text-free stage-1
-records (``longctx.synthetic_books``) with the project's own walk (25 hierarchical questions over
+records (``longctx.concat.synthetic_books``) with the project's own walk (25 hierarchical questions over
 4,096-token chunks and 12,288-token sections, 50 diverse) and lengths drawn lognormal around a
 100K-token median (the issue's simulation). Each stage plans its samples with the paper's
 parameters (``params/paper/02_concatenate.yaml``: 9 diverse, revisits p = 0.6 x 3, fill 95 %,
@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from longctx.concatenate import ConcatConfig, Concatenator
+from longctx.concat.stage import ConcatConfig, Concatenator
 from longctx.core.config import load_params, project_root
-from longctx.sample_plan import FITS, LEVELS
-from longctx.synthetic_books import lognormal_lengths, synthetic_store
+from longctx.concat.plan import FITS, LEVELS
+from longctx.concat.synthetic_books import lognormal_lengths, synthetic_store
 
 ROOT = project_root()
 RESULTS = ROOT / "bench" / "results"

@@ -3,7 +3,7 @@
     python bench/bench_concatenate.py             # 1M-token samples (about 2 minutes on 2 cores)
     python bench/bench_concatenate.py --quick     # 180K-token samples, seconds (results under runs/)
 
-*Ours* (``longctx.concatenate``): every document and QA is tokenised once (tiktoken) and a sample
+*Ours* (``longctx.concat.stage``): every document and QA is tokenised once (tiktoken) and a sample
 is assembled by copying id arrays. *Plain*: render the same chat as text and encode it with the
 Hugging Face fast tokenizer (built offline from Meta's tokenizer.model by transformers'
 TikTokenConverter, ids checked against ours). Measured per sample:
@@ -37,11 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
-from longctx.concatenate import ConcatConfig, Concatenator, StageSpec
+from longctx.concat.stage import ConcatConfig, Concatenator, StageSpec
 from longctx.core.config import project_root
 from longctx.generate.placeholder_qa import write_placeholder_qa
-from longctx.samples import SampleWriter
-from longctx.token_joins import diff_regions, regions_at_joins, token_byte_lengths
+from longctx.concat.samples import SampleWriter
+from longctx.concat.token_joins import diff_regions, regions_at_joins, token_byte_lengths
 
 ROOT = project_root()
 WORK = ROOT / "runs" / "bench" / "concatenate"

@@ -1,4 +1,4 @@
-"""Stage 2 (longctx.concatenate): lengths, labels, order, revisits, cuts, determinism, bad input.
+"""Stage 2 (longctx.concat.stage): lengths, labels, order, revisits, cuts, determinism, bad input.
 
 Input: the openings of Austen's six novels (real text, exact chunk spans, 512-token chunks) with
 placeholder QA (25 hierarchical + 50 diverse each); see tests/fixtures/austen_qa.py.
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from fixtures.austen_qa import write_austen_qa
 
-from longctx.concatenate import ConcatConfig, Concatenator, StageSpec, main, run
+from longctx.concat.stage import ConcatConfig, Concatenator, StageSpec, main, run
 from longctx.core.config import ParamsError, load_params, project_root
-from longctx.qa_store import QAFileError
-from longctx.sample_plan import StageBudgetError
-from longctx.samples import IGNORE_INDEX, open_samples
+from longctx.concat.qa_store import QAFileError
+from longctx.concat.plan import StageBudgetError
+from longctx.concat.samples import IGNORE_INDEX, open_samples
 
 STAGES = [StageSpec("6K", 6144, 24, 2), StageSpec("12K", 12288, 12, 3), StageSpec("auto", 10000, 8, None)]
 

@@ -11,8 +11,8 @@ difference per region.
 import pytest
 from fixtures.austen_qa import write_austen_qa
 
-from longctx.concatenate import ConcatConfig, Concatenator, StageSpec
-from longctx.token_joins import diff_regions, regions_at_joins, token_byte_lengths
+from longctx.concat.stage import ConcatConfig, Concatenator, StageSpec
+from longctx.concat.token_joins import diff_regions, regions_at_joins, token_byte_lengths
 
 MAX_REGION_TOKENS = 3
 

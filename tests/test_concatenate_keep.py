@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from fixtures.austen_qa import write_austen_qa
 
-from longctx.concatenate import ConcatConfig, Concatenator, StageSpec, run
-from longctx.sample_plan import LEVELS
-from longctx.samples import open_samples
-from longctx.synthetic_books import lognormal_lengths, synthetic_store
+from longctx.concat.stage import ConcatConfig, Concatenator, StageSpec, run
+from longctx.concat.plan import LEVELS
+from longctx.concat.samples import open_samples
+from longctx.concat.synthetic_books import lognormal_lengths, synthetic_store
 
 
 def _plans(store, stages, seed=0, reuse=False):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from fixtures.austen_qa import write_austen_qa
 
-from longctx.chat import Llama3Chat, Turn
-from longctx.concatenate import DEFAULT_SYSTEM_PROMPT, ConcatConfig, Concatenator, StageSpec
+from longctx.concat.chat import Llama3Chat, Turn
+from longctx.concat.stage import DEFAULT_SYSTEM_PROMPT, ConcatConfig, Concatenator, StageSpec
 from longctx.core.tokenizer import load_tokenizer
 
 TEMPLATE = (Path(__file__).parent / "fixtures" / "llama31_chat_template.jinja").read_text()

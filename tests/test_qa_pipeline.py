@@ -200,7 +200,7 @@ def test_resumed_run_prints_the_requests_it_sent(book, tmp_path, capsys):
 
 
 def test_stage_2_reads_the_new_type_and_fields(book, tmp_path):
-    from longctx.qa_store import read_qa_store
+    from longctx.concat.qa_store import read_qa_store
 
     with ScriptedServer(summary_or(grounded)) as server:
         result, _, _, _ = run_document(server, book, n_hierarchical=8, n_diverse=6, follow_up_probability=1.0,

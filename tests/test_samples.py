@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from longctx.samples import (IGNORE_INDEX, SampleWriter, labels_to_spans, open_samples,
+from longctx.concat.samples import (IGNORE_INDEX, SampleWriter, labels_to_spans, open_samples,
                              spans_to_labels)
 
 

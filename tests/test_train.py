@@ -41,7 +41,7 @@ def one_thread():
 
 
 def write_samples(folder: Path) -> Path:
-    from longctx.samples import SampleWriter
+    from longctx.concat.samples import SampleWriter
 
     rng = np.random.default_rng(0)
     for name, n, length in [("a", 8, 60), ("b", 4, 90)]:

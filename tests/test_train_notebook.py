@@ -17,7 +17,7 @@ TINY = {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidd
 
 def write_stage2_samples(folder: Path) -> None:
     """A small stage-2 output folder made with the stage-2 writer (one parquet file per stage)."""
-    from longctx.samples import SampleWriter
+    from longctx.concat.samples import SampleWriter
 
     rng = np.random.default_rng(1)
     for name, length in [("s1", 48), ("s2", 80)]:

@@ -1,7 +1,7 @@
 """Training data of one stage: stage-2 samples, a deterministic order, and model-ready batches.
 
 :class:`SampleSet` adapts any sequence of ``{"input_ids", "labels"}`` dicts (what
-``longctx.samples.open_samples`` returns, or an in-memory list) and validates each item.
+``longctx.concat.samples.open_samples`` returns, or an in-memory list) and validates each item.
 :class:`StepPlan` fixes which samples every (step, data-parallel rank) sees: a seeded
 permutation per epoch, so a resumed run replays exactly the order of an uninterrupted one.
 :func:`to_batch` shifts labels on the full sequence (before sequence sharding).
@@ -59,7 +59,7 @@ def open_stage_samples(stage: Stage, root: Path | None = None) -> SampleSet:
             + ("" if path.suffix == ".parquet" else f" (expected {name}.parquet there)")
             + "; run notebooks/02_concatenate.ipynb (or python -m longctx.concatenate --params "
               "params/demo/02_concatenate.yaml) first")
-    from .samples import open_samples
+    from .concat.samples import open_samples
 
     samples = open_samples(path) if path.is_file() else open_samples(path, stage=name)
     return SampleSet(samples, name=str(path), max_tokens=stage.seq_len)

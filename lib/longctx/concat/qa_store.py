@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.tokenizer import Tokenizer, load_tokenizer
+from ..core.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["QAFileError", "QA", "Document", "QAStore", "read_qa_store", "HIERARCHICAL_LEVELS"]
 

@@ -1,6 +1,6 @@
 """The fallback fit: cut several documents at chunk boundaries (Algorithm 2 as first written).
 
-:class:`longctx.sample_plan.SamplePlanner` first looks for a whole-document fill, then for a fill
+:class:`longctx.concat.plan.SamplePlanner` first looks for a whole-document fill, then for a fill
 that cuts one document. Only when neither turns up within ``max_attempts`` draws (a handful of
 documents, targets close to a document's length, chunks too coarse for the target: tiny corpora
 and the demo) does it fall back to the rule here, and the sample is marked ``fit: "cuts"``:
@@ -18,24 +18,21 @@ and the demo) does it fall back to the rule here, and the sample is marked ``fit
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .sample_plan import SamplePlan, _Curve
+from .plan_types import DocumentCurve, SampleFitError, SamplePlan
 
 __all__ = ["ChunkCuts"]
 
 
 class ChunkCuts:
-    """Mixin of :class:`longctx.sample_plan.SamplePlanner`: the several-cuts fallback."""
+    """Mixin of :class:`longctx.concat.plan.SamplePlanner`: the several-cuts fallback."""
 
     def _select(self, target: int, docs_per_sample: int | None, usage: np.ndarray,
                 rng: np.random.Generator) -> list[int]:
         """Least-used documents first (random among equals): ``docs_per_sample`` of them, or
         documents until their whole cost reaches the target."""
-        from .sample_plan import SampleFitError
 
         order = self._candidates(usage, rng, set())
         if docs_per_sample is not None:
@@ -53,7 +50,6 @@ class ChunkCuts:
 
     def _plan_with_cuts(self, target: int, docs_per_sample: int | None, usage: np.ndarray,
                         rng: np.random.Generator, coin_seed: int) -> SamplePlan:
-        from .sample_plan import SampleFitError
 
         chosen = self._select(target, docs_per_sample, usage, rng)
         failures = []
@@ -99,7 +95,7 @@ class ChunkCuts:
             f"finer chunks, or allow reuse_documents")
 
 
-    def _fit(self, curves: list[_Curve], target: int) -> tuple[list[int], int, str]:
+    def _fit(self, curves: list[DocumentCurve], target: int) -> tuple[list[int], int, str]:
         """Chunks kept per document and the total; reason is "" on success, else "short"/"over"."""
         kept = [c.doc.n_chunks for c in curves]
         total = self.layout.fixed_tokens + sum(int(c.cost[-1]) for c in curves)
@@ -128,7 +124,7 @@ class ChunkCuts:
         return kept, total, "" if total >= self.fill_fraction * target else "short"
 
     @staticmethod
-    def _fill_up(curves: list[_Curve], kept: list[int], total: int, target: int, skip: int = -1) -> int:
+    def _fill_up(curves: list[DocumentCurve], kept: list[int], total: int, target: int, skip: int = -1) -> int:
         """Add back, in place, whichever next chunk fits best until none fits; the new total."""
         while True:
             best, best_step = None, -1
@@ -142,7 +138,7 @@ class ChunkCuts:
             kept[best] += 1
             total += best_step
 
-    def _overshoot_and_trim(self, curves: list[_Curve], kept: list[int], coins: np.ndarray,
+    def _overshoot_and_trim(self, curves: list[DocumentCurve], kept: list[int], coins: np.ndarray,
                             target: int, attempt: int) -> SamplePlan | None:
         """Chunks come in steps too coarse for short targets: grow one document by a chunk, then
         drop question turns from the end of the sample (its last revisits, then the last

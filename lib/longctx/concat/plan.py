@@ -1,6 +1,6 @@
 """Algorithm 2: which documents, cut where, and which questions in what order, for one sample.
 
-A plan is made before any document is tokenised, from exact token costs (:mod:`sample_layout`):
+A plan is made before any document is tokenised, from exact token costs (:mod:`longctx.concat.layout`):
 
 1. **Random draws.** For every pair of places (earlier ``i``, later ``j``) a coin with
    probability ``revisit_probability``, drawn once per sample: heads puts ``n_revisit`` questions
@@ -9,7 +9,7 @@ A plan is made before any document is tokenised, from exact token costs (:mod:`s
    its revisits.
 2. **Documents, by length.** A global question is grounded on every chunk of its document, so
    a cut loses it. Documents are chosen so that *whole* documents fill the sample
-   (:mod:`sample_select`): ``fill_fraction * target <= length <= target``. A stage with
+   (:mod:`longctx.concat.select`): ``fill_fraction * target <= length <= target``. A stage with
    ``docs_per_sample`` takes that many; one without adds documents until the window is reached
    (our choice for the 180K stage). Least-used documents first, no document twice in a sample.
 3. **At most one cut.** If no whole-document set lands in the window, the sample cuts one
@@ -18,7 +18,7 @@ A plan is made before any document is tokenised, from exact token costs (:mod:`s
    ``chunk_ids`` are kept, so no question outlives its evidence.
 4. **Fallback.** Only when ``max_attempts`` draws find neither (a few short documents, targets
    near a document's length, chunks too coarse) does the older several-cuts rule of
-   :mod:`sample_cuts` apply; such samples say ``fit: "cuts"``.
+   :mod:`longctx.concat.cuts` apply; such samples say ``fit: "cuts"``.
 
 Every plan counts, by level (global, section, chunk, diverse, revisit), the questions Algorithm 2
 would ask of its documents uncut (``planned``) and those the sample keeps (``kept``).
@@ -27,100 +27,22 @@ would ask of its documents uncut (``planned``) and those the sample keeps (``kep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .qa_store import QA, Document
-from .sample_cuts import ChunkCuts
-from .sample_layout import SampleLayout
-from .sample_select import LengthIndex
+from .cuts import ChunkCuts
+from .layout import SampleLayout
+from .plan_types import (FITS, LEVELS, DocumentCurve, PlannedDocument, QuestionTurn, SampleFitError, SamplePlan,
+                         StageBudgetError)
+from .qa_store import Document
+from .select import LengthIndex
 
-__all__ = ["PlannedDocument", "QuestionTurn", "SamplePlan", "SamplePlanner", "StageBudgetError",
+# The plan's data types are defined in plan_types and offered here, where callers look for them.
+__all__ = ["FITS", "LEVELS", "PlannedDocument", "QuestionTurn", "SamplePlan", "SamplePlanner", "StageBudgetError",
            "SampleFitError"]
 
 
-class StageBudgetError(ValueError):
-    """The input cannot supply a stage: too few documents or tokens. Raised before any work."""
-
-
-LEVELS = ("global", "section", "chunk", "diverse", "revisit")
-FITS = ("whole", "one_cut", "cuts")
 _REPAIR_TRIES = 12  # exact costs tried when the estimated choice missed the window
-
-
-class SampleFitError(RuntimeError):
-    """No document choice met the fill rule within ``max_attempts``."""
-
-
-@dataclass
-class PlannedDocument:
-    position: int          # index in the QAStore
-    number: int            # 1-based place in the sample ("Document 3")
-    chunks_kept: int       # a prefix of the document's chunks
-    n_chunks: int
-    n_dropped: int         # the document's QA whose chunks were cut away
-    n_tokens_cut: int = 0  # text tokens of the chunks cut away
-
-
-@dataclass
-class QuestionTurn:
-    about: int             # number of the document asked about
-    after: int             # number of the document this turn follows
-    kind: str              # "hierarchical", "diverse" or "revisit"
-    qa: QA
-
-
-@dataclass
-class SamplePlan:
-    documents: list[PlannedDocument]
-    questions: list[QuestionTurn]
-    n_tokens: int          # exact length of the assembled sample
-    n_document_tokens: int
-    n_answer_tokens: int   # answers + their <|eot_id|>
-    target_tokens: int
-    revisit_pairs: int
-    revisit_drawn: int
-    revisit_shortfall: int = 0  # revisit questions missing: the earlier document ran out of unused ones
-    n_qa_trimmed: int = 0       # question turns dropped from the end to fit (short targets only)
-    attempts: int = 1
-    fit: str = "whole"          # "whole", "one_cut" or "cuts" (fallback): see the module docstring
-    counts: dict[str, int] = field(default_factory=dict)   # kept turns by kind
-    planned: dict[str, int] = field(default_factory=dict)  # by level, as if nothing were cut
-    kept: dict[str, int] = field(default_factory=dict)     # by level, in the sample
-
-    @property
-    def n_documents_cut(self) -> int:
-        return sum(d.chunks_kept < d.n_chunks for d in self.documents)
-
-    @property
-    def n_tokens_cut(self) -> int:
-        return sum(d.n_tokens_cut for d in self.documents)
-
-    def recount(self) -> None:
-        """Set ``counts`` and ``kept`` from ``questions``."""
-        self.counts = {k: 0 for k in ("hierarchical", "diverse", "revisit")}
-        self.kept = {k: 0 for k in LEVELS}
-        for q in self.questions:
-            self.counts[q.kind] += 1
-            self.kept[q.qa.label if q.kind == "hierarchical" else q.kind] += 1
-
-    @property
-    def revisit_distances(self) -> list[int]:
-        return [q.after - q.about for q in self.questions if q.kind == "revisit"]
-
-
-@dataclass
-class _Curve:
-    """Cost of one document in one sample as a function of chunks kept (index k - 1)."""
-
-    doc: Document
-    number: int
-    perm: np.ndarray        # diverse questions in draw order
-    n_take: int             # diverse questions wanted: own + revisits
-    cost: np.ndarray        # tokens at k chunks
-    own: np.ndarray         # own questions surviving at k chunks
-    k_min: int              # fewest chunks that keep one own question (0: none ever)
 
 
 class SamplePlanner(ChunkCuts):
@@ -144,7 +66,7 @@ class SamplePlanner(ChunkCuts):
 
     # ----------------------------------------------------------------- costs
 
-    def _curve(self, doc: Document, number: int, perm: np.ndarray, n_take: int) -> _Curve:
+    def _curve(self, doc: Document, number: int, perm: np.ndarray, n_take: int) -> DocumentCurve:
         layout = self.layout
         h_last, h_size, d_last, d_size = layout.qa_arrays(doc)
         turn = layout.qa_turn_cost(doc, number)
@@ -158,7 +80,7 @@ class SamplePlanner(ChunkCuts):
         own = hier_n + np.minimum(eligible.sum(axis=1), self.n_diverse)
         cost = layout.document_costs(doc, number) + hier_cost.astype(np.int64) + div_cost
         nonzero = np.flatnonzero(own > 0)
-        return _Curve(doc, number, perm, n_take, cost.astype(np.int64), own,
+        return DocumentCurve(doc, number, perm, n_take, cost.astype(np.int64), own,
                       int(nonzero[0]) + 1 if len(nonzero) else 0)
 
     def full_cost(self, position: int, n_others: int = 0) -> int:
@@ -261,12 +183,12 @@ class SamplePlanner(ChunkCuts):
                 return self._materialise(curves, kept, coins, total, target, attempt, "one_cut")
         return self._plan_with_cuts(target, docs_per_sample, usage, rng, coin_seed)
 
-    def _slot_curve(self, position: int, slot: int, coins: np.ndarray, rng: np.random.Generator) -> _Curve:
+    def _slot_curve(self, position: int, slot: int, coins: np.ndarray, rng: np.random.Generator) -> DocumentCurve:
         doc = self.store.documents[position]
         take = self.n_diverse + self.n_revisit * int(coins[slot].sum())
         return self._curve(doc, slot + 1, rng.permutation(len(doc.diverse)), take)
 
-    def _repair_last(self, curves: list[_Curve], chosen: list[int], pool: np.ndarray, usage: np.ndarray,
+    def _repair_last(self, curves: list[DocumentCurve], chosen: list[int], pool: np.ndarray, usage: np.ndarray,
                      coins: np.ndarray, lo: int, hi: int, rng: np.random.Generator) -> int:
         """Estimates missed the window: try, with exact costs, the unchosen documents whose
         estimate is nearest what the last slot needs; replace it (in place) by the first that
@@ -285,7 +207,7 @@ class SamplePlanner(ChunkCuts):
                     break
         return rest + int(curves[last].cost[-1])
 
-    def _one_cut(self, curves: list[_Curve], total: int, lo: int, hi: int) -> tuple[int, int] | None:
+    def _one_cut(self, curves: list[DocumentCurve], total: int, lo: int, hi: int) -> tuple[int, int] | None:
         """(document, chunks kept) of the single cut that lands in the window and loses the
         fewest global and section questions, then questions, then tokens; None if none does."""
         best, best_key = None, None
@@ -312,7 +234,7 @@ class SamplePlanner(ChunkCuts):
         coins[ii, jj] = heads
         return coins
 
-    def _materialise(self, curves: list[_Curve], kept: list[int], coins: np.ndarray, total: int,
+    def _materialise(self, curves: list[DocumentCurve], kept: list[int], coins: np.ndarray, total: int,
                      target: int, attempts: int, fit: str) -> SamplePlan:
         documents, own, pools = [], [], []
         planned = {k: 0 for k in LEVELS}

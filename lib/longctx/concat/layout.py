@@ -27,15 +27,11 @@ gives exact sample lengths for planning, and :meth:`SampleLayout.turns` assemble
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from .chat import Llama3Chat, Turn
+from .plan_types import SamplePlan
 from .qa_store import QA, Document, QAStore
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .sample_plan import SamplePlan
 
 __all__ = ["SampleLayout", "LAYOUTS"]
 
@@ -120,7 +116,7 @@ class SampleLayout:
             texts = [header, body] + ([sep] if sep else [])
         return pieces, texts
 
-    def turns(self, plan: "SamplePlan", with_text: bool = False) -> list[Turn]:
+    def turns(self, plan: SamplePlan, with_text: bool = False) -> list[Turn]:
         """The chat turns of ``plan``; with ``with_text`` each turn also carries its piece texts."""
         turns: list[Turn] = []
         turns.append(Turn("system", [self.ids(self.system_text)], [self.system_text] if with_text else None))

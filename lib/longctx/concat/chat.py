@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .samples import IGNORE_INDEX
-from .core.tokenizer import Tokenizer
+from ..core.tokenizer import Tokenizer
 
 __all__ = ["Turn", "EncodedChat", "Llama3Chat", "ROLES", "LLAMA31_SYSTEM_PREAMBLE"]
 

@@ -12,7 +12,7 @@ next to a ``manifest.json``. Each row is one sample:
 Labels are stored as spans because they are, by construction, either -100 or the input id
 (unshifted labels: the loss shifts them). :func:`open_samples` expands them back:
 
-    from longctx.samples import open_samples
+    from longctx.concat.samples import open_samples
     samples = open_samples("runs/demo/02_concatenate", stage="8K")
     sample = samples[0]            # dict: input_ids, labels (int64 arrays, same length) + metadata
     samples.metadata_frame()       # pandas table of the metadata columns only (no token arrays)

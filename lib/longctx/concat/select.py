@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from .qa_store import QAStore
-from .sample_layout import SampleLayout
+from .layout import SampleLayout
 
 __all__ = ["LengthIndex"]
 

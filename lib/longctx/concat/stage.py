@@ -1,0 +1,328 @@
+"""Stage 2: concatenate documents and their QA into 180K..1M-token chat samples (Algorithm 2).
+
+    python -m longctx.concatenate --params params/demo/02_concatenate.yaml
+    python -m longctx.concatenate --params params/paper/02_concatenate.yaml --set seed=1
+
+Reads stage 1's ``qa.jsonl`` (docs/CONTRACTS.md), writes one parquet file of samples per stage
+(``{output_dir}/{stage}.parquet``, read with :func:`longctx.concat.samples.open_samples`) and
+``{output_dir}/manifest.json``. Token ids are assembled from pieces tokenised once (documents,
+questions, answers, headers), so sample lengths are exact and answer spans are exact by
+construction; see :mod:`longctx.concat.layout` for the chat layout and :mod:`longctx.concat.plan`
+for how documents are chosen and cut. Same input, params and seed give the same samples.
+
+Lengths: "K" in stage names means 1,024 tokens (1M = 1,048,576 = 2^20), the usual meaning for
+context windows (Llama-3.1's "128K" is 131,072); ``target_tokens`` is always an explicit integer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import string
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..core.config import bad, load_params, param, resolve_path, to_dict
+from .qa_store import QAStore, read_qa_store
+from .layout import LAYOUTS, SampleLayout
+from .plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError
+from .samples import SampleWriter
+
+__all__ = ["StageSpec", "ConcatConfig", "Concatenator", "run", "stage_summary", "questions_kept", "main",
+           "StageBudgetError"]
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. The user shares documents, each labelled with its number and "
+    "title, and asks questions about them. Each question names the document it is about; answer "
+    "it from that document.")
+
+
+@dataclass
+class StageSpec:
+    """One curriculum stage: a length budget and how many samples to make at it."""
+
+    name: str = param("", "stage name; the samples go to {output_dir}/{name}.parquet")
+    target_tokens: int = param(8192, "most tokens per sample, template and special tokens included "
+                               "(K = 1,024: 180K = 184,320)", min=64)
+    n_samples: int = param(1, "samples to write for this stage", min=1)
+    docs_per_sample: int | None = param(None, "documents per sample; null = add documents until the "
+                                        "target is reached (our choice for the 180K stage)", min=1)
+
+    def check(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            raise bad("name", f"must be a file-name-safe word (letters, digits, _ . -), got {self.name!r}")
+
+
+def _demo_stages() -> list[StageSpec]:
+    return [StageSpec("4K", 4096, 8, 1), StageSpec("8K", 8192, 8, 2)]
+
+
+@dataclass
+class ConcatConfig:
+    """Parameters of stage 2 (``params/*/02_concatenate.yaml``, notebook 02)."""
+
+    qa_path: str = param("runs/demo/01_generate_qa/qa.jsonl", "stage-1 output to read (relative to the "
+                         "project root)")
+    output_dir: str = param("runs/demo/02_concatenate", "where the stage parquet files and "
+                            "manifest.json go")
+    stages: list[StageSpec] = param(_demo_stages(), "curriculum stages: name, target_tokens, "
+                                    "n_samples, docs_per_sample")
+    seed: int = param(0, "random seed; each stage draws from (seed, stage name)")
+    n_diverse_per_doc: int = param(9, "diverse questions right after their document (paper: 9)", min=0)
+    revisit_probability: float = param(0.6, "chance that a later document is followed by questions "
+                                       "about a given earlier one (paper: 0.6)", min=0.0, max=1.0)
+    n_revisit: int = param(3, "questions per revisit of an earlier document (paper: 3)", min=0)
+    fill_fraction: float = param(0.95, "a sample has at least this fraction of target_tokens",
+                                 min=0.0, max=1.0)
+    layout: str = param("interleaved", "interleaved: each document then its questions (paper); "
+                        "documents_first: all documents, then all questions (ablation)",
+                        choices=LAYOUTS)
+    reuse_documents: bool = param(True, "allow a document in several samples of a stage (never "
+                                  "twice in one sample); uses are reported in the manifest")
+    system_prompt: str = param(DEFAULT_SYSTEM_PROMPT, "system message, after Llama-3.1's stock date lines "
+                               "(as its chat template writes them); empty = the date lines only")
+    document_header: str = param("Document {number}: {title}", "line that opens each document "
+                                 "({number} = 1-based place in the sample)")
+    question_prefix: str = param("Question about Document {number} ({title}):", "text before every "
+                                 "question, naming its document")
+    max_attempts: int = param(50, "document choices tried per sample before giving up", min=1)
+
+    def check(self) -> None:
+        names = [s.name for s in self.stages]
+        if not names:
+            raise bad("stages", "needs at least one stage")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise bad("stages", f"stage names must be unique; repeated: {dup}")
+        for key in ("document_header", "question_prefix"):
+            fields = {f for _, f, _, _ in string.Formatter().parse(getattr(self, key)) if f is not None}
+            if fields - {"number", "title"}:
+                raise bad(key, f"may use only {{number}} and {{title}}, found {sorted(fields)}")
+            if "number" not in fields:
+                raise bad(key, "must contain {number} so questions name their document")
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+class Concatenator:
+    """Stage 2 over one qa.jsonl: plans and writes each stage's samples."""
+
+    def __init__(self, cfg: ConcatConfig, store: QAStore | None = None):
+        self.cfg = cfg
+        self.store = store or read_qa_store(resolve_path(cfg.qa_path))
+        self.layout = SampleLayout(self.store, system_prompt=cfg.system_prompt,
+                                   document_header=cfg.document_header,
+                                   question_prefix=cfg.question_prefix, layout=cfg.layout)
+        self.planner = SamplePlanner(self.layout, n_diverse=cfg.n_diverse_per_doc,
+                                     revisit_probability=cfg.revisit_probability,
+                                     n_revisit=cfg.n_revisit, fill_fraction=cfg.fill_fraction,
+                                     reuse_documents=cfg.reuse_documents,
+                                     max_attempts=cfg.max_attempts)
+
+    def check(self) -> None:
+        """Every stage's budget against the input, before any sample is made."""
+        for spec in self.cfg.stages:
+            self.planner.check_stage(spec.name, spec.target_tokens, spec.n_samples, spec.docs_per_sample)
+
+    def stage_rng(self, spec: StageSpec) -> np.random.Generator:
+        return np.random.default_rng([self.cfg.seed, zlib.crc32(spec.name.encode())])
+
+    def plans(self, spec: StageSpec):
+        """Yield the plans of a stage's samples, in order (deterministic for a seed)."""
+        rng = self.stage_rng(spec)
+        usage = np.zeros(len(self.store), dtype=np.int64)
+        for _ in range(spec.n_samples):
+            plan = self.planner.plan(spec.target_tokens, spec.docs_per_sample, usage, rng)
+            for d in plan.documents:
+                usage[d.position] += 1
+            yield plan
+
+    def build(self, plan: SamplePlan):
+        """Token ids and answer spans of a plan (an :class:`longctx.concat.chat.EncodedChat`)."""
+        self.store.prefetch([d.position for d in plan.documents], [d.chunks_kept for d in plan.documents])
+        encoded = self.layout.chat.encode(self.layout.turns(plan))
+        if len(encoded.input_ids) != plan.n_tokens:
+            raise AssertionError(f"planned {plan.n_tokens} tokens, assembled {len(encoded.input_ids)}")
+        return encoded
+
+    def metadata(self, plan: SamplePlan, spec: StageSpec, index: int) -> dict[str, Any]:
+        docs = self.store.documents
+        return {
+            "sample_id": f"{spec.name}-{index:06d}", "stage": spec.name,
+            "target_tokens": spec.target_tokens, "n_tokens": plan.n_tokens,
+            "fill_fraction": plan.n_tokens / spec.target_tokens,
+            "n_answer_tokens": plan.n_answer_tokens, "n_document_tokens": plan.n_document_tokens,
+            "doc_ids": [docs[d.position].id for d in plan.documents],
+            "doc_chunks_kept": [d.chunks_kept for d in plan.documents],
+            "doc_chunks_total": [d.n_chunks for d in plan.documents],
+            "n_hierarchical": plan.counts["hierarchical"], "n_diverse": plan.counts["diverse"],
+            "n_revisit": plan.counts["revisit"], "n_global": plan.kept["global"],
+            "n_section": plan.kept["section"], "n_chunk": plan.kept["chunk"],
+            **{f"planned_{k}": v for k, v in plan.planned.items()},
+            "fit": plan.fit, "n_documents_cut": plan.n_documents_cut, "n_tokens_cut": plan.n_tokens_cut,
+            "n_qa_dropped_truncation": sum(d.n_dropped for d in plan.documents),
+            "n_qa_trimmed": plan.n_qa_trimmed,
+            "revisit_pairs": plan.revisit_pairs, "revisit_drawn": plan.revisit_drawn,
+            "revisit_shortfall": plan.revisit_shortfall, "revisit_distances": plan.revisit_distances, "layout": self.cfg.layout,
+        }
+
+    def write_stage(self, spec: StageSpec, output_dir: Path,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+        """Write ``{output_dir}/{spec.name}.parquet``; return the stage's manifest entry."""
+        start = time.perf_counter()
+        path = output_dir / f"{spec.name}.parquet"
+        fills, answer_fracs, attempts, uses = [], [], [], {}
+        totals = {"tokens": 0, "answer_tokens": 0, "hierarchical": 0, "diverse": 0, "revisit": 0,
+                  "qa_dropped_truncation": 0, "qa_trimmed": 0, "documents_cut": 0, "tokens_cut": 0,
+                  "revisit_pairs": 0, "revisit_drawn": 0, "revisit_shortfall": 0}
+        levels = {k: {"planned": 0, "kept": 0} for k in LEVELS}
+        fits = dict.fromkeys(FITS, 0)
+        with SampleWriter(path) as writer:
+            for index, plan in enumerate(self.plans(spec)):
+                encoded = self.build(plan)
+                meta = self.metadata(plan, spec, index)
+                writer.write(encoded.input_ids, spans=(encoded.label_starts, encoded.label_ends), **meta)
+                fills.append(meta["fill_fraction"])
+                answer_fracs.append(plan.n_answer_tokens / plan.n_tokens)
+                attempts.append(plan.attempts)
+                for doc_id in meta["doc_ids"]:
+                    uses[doc_id] = uses.get(doc_id, 0) + 1
+                totals["tokens"] += plan.n_tokens
+                totals["answer_tokens"] += plan.n_answer_tokens
+                for kind in ("hierarchical", "diverse", "revisit"):
+                    totals[kind] += plan.counts[kind]
+                totals["qa_dropped_truncation"] += meta["n_qa_dropped_truncation"]
+                totals["qa_trimmed"] += plan.n_qa_trimmed
+                totals["documents_cut"] += plan.n_documents_cut
+                totals["tokens_cut"] += plan.n_tokens_cut
+                fits[plan.fit] += 1
+                for k in LEVELS:
+                    levels[k]["planned"] += plan.planned[k]
+                    levels[k]["kept"] += plan.kept[k]
+                totals["revisit_pairs"] += plan.revisit_pairs
+                totals["revisit_drawn"] += plan.revisit_drawn
+                totals["revisit_shortfall"] += plan.revisit_shortfall
+        seconds = time.perf_counter() - start
+        reused = {k: v for k, v in uses.items() if v > 1}
+        entry = {
+            "name": spec.name, "file": path.name, "target_tokens": spec.target_tokens,
+            "n_samples": spec.n_samples, "docs_per_sample": spec.docs_per_sample,
+            "fill_min": min(fills), "fill_mean": float(np.mean(fills)), "fill_max": max(fills),
+            "answer_token_fraction_mean": float(np.mean(answer_fracs)),
+            **totals,
+            "questions": {k: {**v, "kept_fraction": v["kept"] / v["planned"] if v["planned"] else None}
+                          for k, v in levels.items()},
+            "fits": fits,
+            "revisit_rate": totals["revisit_drawn"] / totals["revisit_pairs"] if totals["revisit_pairs"] else None,
+            "documents_used": len(uses), "document_slots": sum(uses.values()),
+            "documents_reused": len(reused), "max_uses_of_a_document": max(uses.values()),
+            "plan_attempts_max": max(attempts), "seconds": round(seconds, 3),
+        }
+        log(f"stage {spec.name}: {spec.n_samples} samples, {totals['tokens']:,} tokens, fill "
+            f"{entry['fill_min']:.3f}..{entry['fill_max']:.3f}, {len(uses)} documents "
+            f"({len(reused)} reused, at most {entry['max_uses_of_a_document']}x), {seconds:.1f}s -> {path}")
+        return entry
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run(cfg: ConcatConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Stage 2 end to end: read, check every stage's budget, write samples and manifest.json."""
+    start = time.perf_counter()
+    qa_path = resolve_path(cfg.qa_path)
+    output_dir = resolve_path(cfg.output_dir)
+    concat = Concatenator(cfg)
+    store = concat.store
+    for item in store.dropped_qa:
+        log(f"dropped QA: {qa_path}:{item['line']} document {item['doc_id']!r} {item['kind']}_qa"
+            f"[{item['index']}]: {item['reason']}")
+    concat.check()  # StageBudgetError before any sample is written
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stages = {spec.name: concat.write_stage(spec, output_dir, log) for spec in cfg.stages}
+    n_qa = sum(len(d.hierarchical) + len(d.diverse) for d in store.documents)
+    manifest = {
+        "stage": "concatenate",
+        "params": to_dict(cfg),
+        "input": {"qa_path": str(qa_path), "sha256": _sha256(qa_path), "documents": len(store),
+                  "usable_documents": len(concat.planner.usable),
+                  "tokens": sum(d.n_tokens for d in store.documents), "qa": n_qa},
+        "tokenizer": store.tokenizer.name,
+        "k_means": 1024,
+        "dropped_qa_bad_grounding": len(store.dropped_qa),
+        "dropped_qa": store.dropped_qa[:100],
+        "stages": stages,
+        "document_encodes": store.n_document_encodes,
+        "document_prefix_encodes": store.n_prefix_encodes,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    (output_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return manifest
+
+
+def stage_summary(manifest: dict[str, Any]):
+    """One row per stage of a manifest, as a pandas DataFrame (the notebook's table)."""
+    import pandas as pd
+
+    cols = ["target_tokens", "n_samples", "docs_per_sample", "fill_min", "fill_mean",
+            "answer_token_fraction_mean", "hierarchical", "diverse", "revisit", "revisit_rate", "revisit_shortfall",
+            "qa_dropped_truncation", "qa_trimmed", "documents_cut", "tokens_cut", "documents_used",
+            "documents_reused", "max_uses_of_a_document", "seconds"]
+    return pd.DataFrame([{c: s[c] for c in cols} for s in manifest["stages"].values()],
+                        index=list(manifest["stages"]))
+
+
+def questions_kept(manifest: dict[str, Any]):
+    """Planned vs kept questions by level, documents and tokens cut, per stage (a DataFrame)."""
+    import pandas as pd
+
+    rows = {}
+    for name, s in manifest["stages"].items():
+        row = {}
+        for level, v in s["questions"].items():
+            row[f"{level} kept/planned"] = f"{v['kept']}/{v['planned']}"
+        row.update({"documents cut": f"{s['documents_cut']}/{s['document_slots']}", "tokens cut": s["tokens_cut"],
+                    **{f"fit {k}": v for k, v in s["fits"].items()}})
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m longctx.concatenate", description=__doc__.split("\n")[0])
+    parser.add_argument("--params", required=True, help="YAML file of ConcatConfig parameters")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one parameter (VALUE parsed as YAML), e.g. --set seed=1")
+    args = parser.parse_args(argv)
+    import yaml
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    cfg = load_params(ConcatConfig, args.params, overrides or None)
+    try:
+        run(cfg)
+    except StageBudgetError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
