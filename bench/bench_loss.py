@@ -3,7 +3,7 @@
 Workload: 32K tokens of final hidden states, 10% of them answer tokens, an output projection to
 the vocabulary; forward + backward (gradients of hidden states and projection). The baseline
 builds the full ``tokens x vocab`` logits and calls transformers' ``ForCausalLMLoss``; ours is
-``longctx.loss.answer_loss_sum`` (answer rows only, ``chunk`` rows at a time, recomputed in
+``longctx.train.loss.answer_loss_sum`` (answer rows only, ``chunk`` rows at a time, recomputed in
 backward). Each measurement runs in a fresh process; peak memory is the growth of the peak
 resident set over the inputs (``ru_maxrss``). Medians over repetitions, alternating order.
 Goals: peak memory <= 1/10 of the baseline; time reported. Results:
@@ -35,7 +35,7 @@ def _child(kind: str, tokens: int, hidden: int, vocab: int, answer_fraction: flo
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
-    from longctx.loss import answer_loss_sum, shift_labels
+    from longctx.train.loss import answer_loss_sum, shift_labels
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     g = torch.Generator().manual_seed(0)

@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from longctx import dist, ulysses
+from longctx.train import dist, ulysses
 
 
 def _worker(seq: int, heads: int, kv_heads: int, head_dim: int, reps: int, warmup: int, kernel: str) -> dict:

@@ -8,10 +8,10 @@ across GPUs in real runs). Variants, side by side in one run:
 * ``hf``: plain transformers, ``attn_implementation="sdpa"``, non-reentrant gradient
   checkpointing, the model's own loss over full ``L x 128256`` logits;
 * ``ours``: float64 RoPE module, Ulysses attention (sp=1: flash-attn when installed, else SDPA),
-  checkpoint per decoder layer, chunked answer-only loss (``longctx.loss``);
-* ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.tiled_mlp``) and as
+  checkpoint per decoder layer, chunked answer-only loss (``longctx.train.loss``);
+* ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.train.tiled_mlp``) and as
   many layer checkpoints offloaded to pinned host memory as ``memory_estimate.plan`` says are
-  needed at each length (``longctx.offload``), within the host memory available;
+  needed at each length (``longctx.train.offload``), within the host memory available;
 * ``alst``: DeepSpeed's ALST single-GPU recipe on the same HF model, where deepspeed imports:
   its ``TiledMLP`` (tiles of ``hidden_size`` tokens), its checkpoint offload
   (``CheckpointHiddenStatesOffload``) and its ``TiledFusedLogitsLoss`` over all tokens (tiles of
@@ -77,8 +77,8 @@ class Variant:
 
     def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
                  gpu_gib: float, host_gib: float, tile_tokens: int):
-        from longctx import dist, rope, ulysses
-        from longctx.memory_estimate import ModelDims
+        from longctx.train import dist, rope, ulysses
+        from longctx.train.memory import ModelDims
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         self.name, self.dims, self.device, self.dtype = name, dims, device, dtype
@@ -101,8 +101,8 @@ class Variant:
             if name == "alst":
                 self._setup_alst()
             return
-        from longctx.loss import AnswerOnlyLM
-        from longctx.tiled_mlp import tile_mlps
+        from longctx.train.loss import AnswerOnlyLM
+        from longctx.train.tiled_mlp import tile_mlps
 
         dist.init(sp=1)
         rope.install_rope(self.lm)
@@ -135,8 +135,8 @@ class Variant:
         """Per-length setup (layers offloaded for this length); the estimate's GiB for ours."""
         if self.name in ("hf", "alst"):
             return {}
-        from longctx.memory_estimate import estimate, plan
-        from longctx.offload import checkpoint_layers
+        from longctx.train.memory import estimate, plan
+        from longctx.train.offload import checkpoint_layers
 
         self.offloaded = 0
         if self.name == "ours_tiled_offload":
@@ -151,7 +151,7 @@ class Variant:
                 "est_host_gib": float(f"{gib['host']:.3g}")}
 
     def step(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
-        from longctx.loss import shift_labels
+        from longctx.train.loss import shift_labels
 
         shifted = shift_labels(labels)
         answers = max(int((shifted != -100).sum()), 1)
@@ -347,7 +347,7 @@ def main(argv=None) -> None:
 
 def _write(rows, variants, out: Path, device, command: str, seconds: float, gpu_gib, host_gib, env) -> None:
     import transformers
-    from longctx.ulysses import HAS_FLASH_ATTN
+    from longctx.train.ulysses import HAS_FLASH_ATTN
 
     keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "peak_gib", "est_gib", "est_over_peak",
             "offloaded", "host_gib", "est_host_gib"]

@@ -17,7 +17,7 @@ from longctx.eval.backends import HFBackend
 from longctx.eval.params import EvalConfig
 from longctx.eval.results import COLUMNS, read_results
 from longctx.eval.runner import open_backend, run_suite
-from longctx.rope import RopeSettings
+from longctx.train.rope import RopeSettings
 
 
 @pytest.fixture(scope="module")

@@ -141,7 +141,7 @@ def test_sigkill_and_resume_resends_nothing_completed(server, reference, tmp_pat
     env = {**os.environ, "LONGCTX_TEST_KEY": SECRET}
     with Proxy(server.base_url, content_fault_every=CONTENT_FAULT_EVERY, freeze_after=kill_after) as first:
         params_file.write_text(yaml.safe_dump(tiny(out, first.base_url)))
-        child = subprocess.Popen([sys.executable, "-m", "longctx.generate.stage", "--params", str(params_file)],
+        child = subprocess.Popen([sys.executable, "-m", "longctx.generate", "--params", str(params_file)],
                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                  start_new_session=True)
         # The proxy answers kill_after requests, then holds the rest; once the run has recorded
@@ -159,7 +159,7 @@ def test_sigkill_and_resume_resends_nothing_completed(server, reference, tmp_pat
     with Proxy(server.base_url, content_fault_every=CONTENT_FAULT_EVERY) as second:
         params_file.write_text(yaml.safe_dump(tiny(out, second.base_url)))
         # no wall-clock limit: the work is bounded below by what the proxy counts
-        result = subprocess.run([sys.executable, "-m", "longctx.generate.stage", "--params", str(params_file)],
+        result = subprocess.run([sys.executable, "-m", "longctx.generate", "--params", str(params_file)],
                                 cwd=ROOT, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-3000:]
         resent = {e.body_hash for e in second.entries()} & completed

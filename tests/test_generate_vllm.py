@@ -65,7 +65,7 @@ def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
                             "--tensor-parallel-size", "4", "--served-model-name", "Qwen/Qwen2-72B-Instruct",
                             "--max-model-len", "32768", "--enable-prefix-caching",
                             "--gpu-memory-utilization", "0.92"]
-    assert got["generate"] == [sys.executable, "-m", "longctx.generate.stage", "--params", str(PAPER), "--shard", "5/64",
+    assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "5/64",
                                "--set", "progress=false", "--set", "llm_base_url=http://127.0.0.1:8123/v1",
                                "--set", "llm_api_key_env=''", "--set", "llm_model=Qwen/Qwen2-72B-Instruct",
                                "--set", "max_concurrency=64"]

@@ -54,7 +54,7 @@ def _params(tmp_path: Path, out: Path, base_url: str) -> Path:
 
 
 def _generate(params: Path, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "longctx.generate.stage", "--params", str(params)], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "longctx.generate", "--params", str(params)], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT / "lib")}, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from longctx import dist, loss, rope, ulysses
+from longctx.train import dist, loss, rope, ulysses
 
 LOSS_TOL = dict(atol=1e-5, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-5, rtol=1e-4)

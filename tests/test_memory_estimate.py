@@ -13,9 +13,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from longctx.memory_estimate import GIB, KNOWN, ModelDims, checkpoint_bytes, dims_from_config, estimate, plan
-from longctx.offload import checkpoint_layers
-from longctx.tiled_mlp import tile_mlps
+from longctx.train.memory import GIB, KNOWN, ModelDims, checkpoint_bytes, dims_from_config, estimate, plan
+from longctx.train.offload import checkpoint_layers
+from longctx.train.tiled_mlp import tile_mlps
 
 LLAMA_8B = KNOWN["meta-llama/Llama-3.1-8B-Instruct"]
 
@@ -105,7 +105,7 @@ def test_offload_needs_checkpointing():
     from pathlib import Path
 
     from longctx.core.config import ParamsError, load_params
-    from longctx.train_config import TrainConfig
+    from longctx.train.config import TrainConfig
 
     with pytest.raises(ValueError, match="needs activation_checkpointing"):
         estimate(ModelDims(64, 128, 2, 4, 2, 100, 16), 128, 1, 1, offload_layers=1, activation_checkpointing=False)

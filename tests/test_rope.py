@@ -10,7 +10,7 @@ Tolerances (stated, per element):
   lose ~1 ulp of ``position * inv_freq``, plus the float32 rounding of ``inv_freq`` itself): at
   position 4095 this allows 5e-4, at 1M 0.13; transformers measures up to 7e-8 * position
   (0.045 at 1M): the phase gap between a float64-trained model and its serving engine, which
-  :func:`longctx.rope.phase_gap` reports (checked against transformers' measured angles).
+  :func:`longctx.train.rope.phase_gap` reports (checked against transformers' measured angles).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from longctx import rope
+from longctx.train import rope
 from longctx.core.config import ParamsError, from_mapping
 
 HEAD_DIM = 128
@@ -36,7 +36,7 @@ SETTINGS = {
 
 
 def reference_inv_freq(s: rope.RopeSettings, mpe: int, seq_len: int) -> tuple[np.ndarray, float]:
-    """Textbook formulas in numpy float64, written independently of longctx.rope."""
+    """Textbook formulas in numpy float64, written independently of longctx.train.rope."""
     d = HEAD_DIM
     i = np.arange(0, d, 2, dtype=np.float64) / d
     if s.type == "default":

@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from longctx.offload import checkpoint_layers, offloaded_layers
-from longctx.tiled_mlp import tile_mlps
+from longctx.train.offload import checkpoint_layers, offloaded_layers
+from longctx.train.tiled_mlp import tile_mlps
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 TOKENS = 50                     # 7-token tiles: 7 full tiles and one of 1
@@ -72,7 +72,7 @@ def test_accounting_shows_what_stays_on_the_device():
 
 
 def test_offloaded_copy_is_a_separate_tensor():
-    from longctx.offload import CheckpointStore
+    from longctx.train.offload import CheckpointStore
 
     store = CheckpointStore()
     x = torch.randn(5, 3)
@@ -105,11 +105,11 @@ def test_offload_plan_and_bad_counts():
 
 def test_build_model_wires_the_plan(tmp_path):
     """``build_model`` tiles and offloads as the params say, with the plain model's gradients."""
-    from longctx import dist
+    from longctx.train import dist
     from longctx.core.config import load_params
-    from longctx.loss import shift_labels
-    from longctx.train_config import TrainConfig
-    from longctx.train_model import build_model
+    from longctx.train.loss import shift_labels
+    from longctx.train.config import TrainConfig
+    from longctx.train.model import build_model
     root = Path(__file__).resolve().parents[1]
     tiny = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
             "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -138,12 +138,12 @@ def test_build_model_wires_the_plan(tmp_path):
 def _fsdp_worker(root: str, out_dir: str) -> dict:
     """Rank body: sp=2 Ulysses + FSDP2 over gloo; full gradients of the plain and the tiled +
     offloaded build on the same sample."""
-    from longctx import dist
+    from longctx.train import dist
     from longctx.core.config import load_params
-    from longctx.loss import shift_labels
-    from longctx.train_config import TrainConfig
-    from longctx.train_model import build_model
-    from longctx.ulysses import shard_inputs
+    from longctx.train.loss import shift_labels
+    from longctx.train.config import TrainConfig
+    from longctx.train.model import build_model
+    from longctx.train.ulysses import shard_inputs
 
     tiny = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 4, "num_key_value_heads": 2}
@@ -169,7 +169,7 @@ def _fsdp_worker(root: str, out_dir: str) -> dict:
 
 def test_fsdp_and_ulysses_keep_the_gradients(tmp_path):
     """Two gloo ranks, sp=2, FSDP2: tiled MLP (3 tiles of a 32-token shard) and all layers offloaded."""
-    from longctx import dist
+    from longctx.train import dist
 
     root = Path(__file__).resolve().parents[1]
     per_rank = dist.spawn(_fsdp_worker, 2, str(root), str(tmp_path), timeout_s=240)

@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from longctx import dist, rope, train
+from longctx.train import dist, rope
+from longctx import train
 from longctx.core.config import load_params
-from longctx.train_config import Stage, TrainConfig, layout
-from longctx.train_data import SampleSet, StepPlan, open_stage_samples
-from longctx.train_launch import dry_run, launch_local, sbatch_commands
-from longctx.train_log import read_log
+from longctx.train.config import Stage, TrainConfig, layout
+from longctx.train.data import SampleSet, StepPlan, open_stage_samples
+from longctx.train.launch import dry_run, launch_local, sbatch_commands
+from longctx.train.log import read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"vocab_size": 256, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
@@ -228,7 +229,7 @@ def _accumulation_config(sp: int) -> TrainConfig:
 
 def _one_step_gradients(sp: int, check_sharded: bool):
     """Gradients (full tensors) and norm of one optimizer step of the 4 samples on this grid."""
-    from longctx.train_model import build_model
+    from longctx.train.model import build_model
     from torch.distributed.tensor import DTensor
 
     par = dist.init(sp=sp)

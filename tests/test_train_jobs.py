@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from longctx import dist, rope, train
+from longctx.train import dist, rope
+from longctx import train
 from longctx.core.config import load_params
-from longctx.train_config import TrainConfig
-from longctx.train_log import read_log
+from longctx.train.config import TrainConfig
+from longctx.train.log import read_log
 from test_train import ROOT, TINY, one_thread, tiny_config, write_samples  # noqa: F401 (one_thread: fixture)
 
 
@@ -34,7 +35,7 @@ def test_launch_timeout_kills_the_process_tree(tmp_path, monkeypatch):
     import sys
     import time
 
-    from longctx import train_launch
+    from longctx.train import launch as train_launch
 
     monkeypatch.setattr(train_launch, "KILL_GRACE_S", 1.0)
     pid_file = tmp_path / "child.pid"
@@ -64,7 +65,7 @@ def test_stop_file_saves_a_checkpoint_and_exits_cleanly(tmp_path, monkeypatch, o
     """SLURM's time-limit warning (the job script creates $LONGCTX_STOP_FILE): the stage saves a
     checkpoint after the current step and main() returns 0; the next run resumes there and ends
     with the uninterrupted run's loss curve."""
-    from longctx.train_launch import write_params
+    from longctx.train.launch import write_params
 
     samples = write_samples(tmp_path / "samples")
     stop = tmp_path / "stop"
@@ -106,8 +107,8 @@ def test_sbatch_time_limit_warning_checkpoints_and_requeues(tmp_path, one_thread
     import subprocess
     import sys
 
-    from longctx.dist import _free_port
-    from longctx.train_launch import write_params
+    from longctx.train.dist import _free_port
+    from longctx.train.launch import write_params
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -150,8 +151,8 @@ EXPORT_ROPES = {"llama3": {"type": "llama3", "theta": 5e5, "factor": 8.0, "origi
 
 def _export(tmp_path: Path, kind: str):
     """A tiny stage-3 model of RoPE ``kind`` exported with ``checkpoint.export_hf``."""
-    from longctx import checkpoint
-    from longctx.train_model import build_model
+    from longctx.train import checkpoint
+    from longctx.train.model import build_model
 
     cfg = load_params(TrainConfig, ROOT / "params/demo/03_train.yaml",
                       {"tiny": TINY, "stages": [{"name": kind, "seq_len": 64, "rope": EXPORT_ROPES[kind]}]})

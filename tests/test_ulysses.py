@@ -12,7 +12,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from longctx import dist, ulysses
+from longctx.train import dist, ulysses
 
 ATOL = RTOL = 1e-5
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None

@@ -257,7 +257,7 @@ def read_qa_store(path: str | Path, cache_tokens: int = 1 << 26) -> QAStore:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: qa.jsonl not found (run stage 1, longctx.generate.stage, first)")
+        raise FileNotFoundError(f"{path}: qa.jsonl not found (run stage 1, python -m longctx.generate, first)")
     documents: list[Document] = []
     dropped: list[dict[str, Any]] = []
     pending: list[tuple[Document, list[tuple], list[tuple]]] = []

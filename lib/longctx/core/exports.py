@@ -2,7 +2,7 @@
 
 A stage package (``longctx.generate``, ``longctx.train``, ...) offers the names notebooks and
 scripts use (``from longctx.generate import run``) without importing its modules when the package
-is imported. Eager imports would load torch for ``import longctx.train.rope``, and would make
+is imported. Eager imports would load torch for ``import longctx.train.stage.rope``, and would make
 ``python -m longctx.generate.corpus_shards`` warn that the module ran after the package had
 already imported it (runpy's RuntimeWarning). PEP 562's module ``__getattr__`` does it lazily.
 """

@@ -13,7 +13,7 @@ __all__ = ["STAGES", "params_class"]
 STAGES: dict[str, str] = {
     "01_generate_qa": "longctx.generate.params:GenerateParams",
     "02_concatenate": "longctx.concat.stage:ConcatConfig",
-    "03_train": "longctx.train_config:TrainConfig",
+    "03_train": "longctx.train.config:TrainConfig",
     "04_evaluate": "longctx.eval.params:EvalConfig",
     "05_figures": "longctx.figures:FiguresConfig",
 }

@@ -8,7 +8,7 @@ available (MMLU's original scoring; the HF backend only).
 
 * :class:`HFBackend` loads a checkpoint with ``transformers``. Its RoPE settings are the ones in
   the checkpoint's ``config.json`` (stage 3 writes them there), computed in float64 by
-  :func:`longctx.rope.install_rope`; ``rope`` overrides them (the zero-shot baseline: Llama-3.1-
+  :func:`longctx.train.rope.install_rope`; ``rope`` overrides them (the zero-shot baseline: Llama-3.1-
   8B-Instruct with the 1M stage's RoPE and no training). Chat template from the tokenizer.
 * :class:`OpenAIBackend` asks ``/chat/completions`` (``/completions`` for samples sent
   without a chat template) through the project's :class:`~longctx.llm.LLMClient`: retries,
@@ -295,7 +295,7 @@ class HFBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from ..rope import install_rope
+        from ..train.rope import install_rope
         from ..core.tokenizer import HFTokenizer
 
         self.name = name or model_path

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.config import bad, param
-from ..rope import RopeSettings
+from ..train.rope import RopeSettings
 from .backends import SERVERS
 from .fit import POLICIES
 from .infinitebench import IB_TASKS

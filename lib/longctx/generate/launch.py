@@ -12,7 +12,7 @@ prints shell lines, run from the project root, that queue three jobs chained wit
 3. one CPU job: ``python -m longctx.generate --merge`` joins the shards.
 
 Cluster settings (partition, account, Python) come from the ignored ``slurm/cluster.env``, as for
-stage 3 (:func:`longctx.train_launch.sbatch_commands`).
+stage 3 (:func:`longctx.train.launch.sbatch_commands`).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000, help="port of each node's server on 127.0.0.1")
     parser.add_argument("--servers", type=int, default=0, help="nodes at once (default: projection_servers)")
     parser.add_argument("--time", default="48:00:00", help="time limit of one array task")
-    parser.add_argument("--generate-args", default="", help="more longctx.generate.stage flags for every task")
+    parser.add_argument("--generate-args", default="", help="more longctx.generate flags for every task")
     args = parser.parse_args(argv)
     try:
         params = load_params(GenerateParams, args.params)

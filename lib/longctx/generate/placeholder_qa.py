@@ -3,7 +3,7 @@
 :func:`placeholder_record` turns a real text into a ``qa.jsonl`` record (docs/CONTRACTS.md) with
 exact chunk and section spans from the real tokenizer, and deterministic, obviously fabricated
 questions and answers (answers quote the grounding chunks' words). Stage 2 only needs the layout
-of QA, not their quality, so tests, the benchmark and smoke runs of ``longctx.concat.stage`` use
+of QA, not their quality, so tests, the benchmark and smoke runs of stage 2 (``longctx.concat``) use
 this instead of running stage 1. Nothing here is training data.
 """
 

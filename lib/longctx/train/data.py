@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .core.config import resolve_path
+from ..core.config import resolve_path
 from .loss import shift_labels
-from .train_config import Stage
+from .config import Stage
 
 __all__ = ["SampleSet", "open_stage_samples", "StepPlan", "to_batch"]
 
@@ -59,7 +59,7 @@ def open_stage_samples(stage: Stage, root: Path | None = None) -> SampleSet:
             + ("" if path.suffix == ".parquet" else f" (expected {name}.parquet there)")
             + "; run notebooks/02_concatenate.ipynb (or python -m longctx.concatenate --params "
               "params/demo/02_concatenate.yaml) first")
-    from .concat.samples import open_samples
+    from ..concat.samples import open_samples
 
     samples = open_samples(path) if path.is_file() else open_samples(path, stage=name)
     return SampleSet(samples, name=str(path), max_tokens=stage.seq_len)

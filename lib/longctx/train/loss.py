@@ -3,7 +3,7 @@
 Stage-2 samples carry labels only on answers (about 10% of a million-token sample). The loss:
 
 1. :func:`shift_labels` turns unshifted labels into next-token targets on the *full* sequence,
-   before :func:`longctx.ulysses.shard_inputs` cuts it (a shard's last token predicts the next
+   before :func:`longctx.train.ulysses.shard_inputs` cuts it (a shard's last token predicts the next
    shard's first token), with -100 at the last token of every packed document.
 2. :func:`answer_loss_sum` picks the hidden states whose target is not -100 and projects them
    to the vocabulary ``chunk_tokens`` at a time. Each chunk runs under activation checkpointing,
@@ -90,7 +90,7 @@ class AnswerOnlyLM(nn.Module):
     ``forward(input_ids, labels, position_ids, loss_scale)`` returns ``(loss, loss_sum, n_tokens)``:
     ``loss = loss_sum * loss_scale`` for backward, the detached local sum and the local count for
     logging. ``loss_scale`` is ``1 / (global answer tokens of the step)``, times the factor the
-    gradient reduction later divides by (FSDP averages over its ranks; see ``longctx.train``).
+    gradient reduction later divides by (FSDP averages over its ranks; see ``longctx.train.stage``).
     """
 
     def __init__(self, lm: nn.Module, chunk_tokens: int = 1024):

@@ -21,7 +21,7 @@ it a :class:`CheckpointStore` installs its own pack/unpack pair, which
 Why not ``torch.autograd.graph.save_on_cpu``: it moves every saved tensor of its region, copies
 synchronously, and has no prefetch; we offload one tensor per chosen layer, asynchronously. The
 layers offloaded are the first ``n`` (their inputs come back last in backward, so the prefetch
-has the most time); the number comes from the memory estimate (``longctx.memory_estimate``),
+has the most time); the number comes from the memory estimate (``longctx.train.memory``),
 which keeps as many layers on the device as fit.
 """
 

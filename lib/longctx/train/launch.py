@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 
 from . import rope, ulysses
-from .core.config import project_root, resolve_path, to_dict
-from .memory_estimate import dims_of, plan_stage
-from .train_config import TrainConfig, layout
+from ..core.config import project_root, resolve_path, to_dict
+from .memory import dims_of, plan_stage
+from .config import TrainConfig, layout
 
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
 
@@ -48,7 +48,7 @@ def write_params(cfg: TrainConfig, path: Path | None = None) -> Path:
 
 def launch_local(cfg: TrainConfig, nproc: int | None = None, stage: str | None = None, check: bool = True,
                  echo: bool = True, timeout_s: float | None = None) -> subprocess.CompletedProcess:
-    """Run ``longctx.train`` under torchrun with ``nproc`` local processes (default ``cfg.gpus_per_node``).
+    """Run ``python -m longctx.train`` under torchrun with ``nproc`` local processes (default ``cfg.gpus_per_node``).
 
     ``timeout_s``: kill torchrun and every worker after this many seconds (a hung collective
     would otherwise hang the notebook) and raise ``TimeoutError``; None waits forever.

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .core.config import bad, param
+from ..core.config import bad, param
 from .rope import RopeSettings
 
 __all__ = ["TinyModel", "Stage", "TrainConfig", "Layout", "layout"]

@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .core.config import bad, param
+from ..core.config import bad, param
 
 __all__ = ["RopeSettings", "rope_parameters", "legacy_rope_keys", "apply_rope", "scaling_law_theta", "inv_freq",
            "inv_freq_float64", "cos_sin", "phase_gap", "RotaryEmbedding", "install_rope"]

@@ -40,12 +40,12 @@ from typing import Any
 import torch
 
 from . import checkpoint, dist, ulysses
-from .core.config import load_params, resolve_path
+from ..core.config import load_params, resolve_path
 from .loss import global_answer_tokens
-from .train_config import Stage, TrainConfig, layout
-from .train_data import SampleSet, StepPlan, open_stage_samples, to_batch
-from .train_log import MetricsLog, peak_memory_gb, read_log
-from .train_model import build_model
+from .config import Stage, TrainConfig, layout
+from .data import SampleSet, StepPlan, open_stage_samples, to_batch
+from .log import MetricsLog, peak_memory_gb, read_log
+from .model import build_model
 
 __all__ = ["Preempted", "Stopped", "STOP_FILE_ENV", "stop_requested", "lr_factor", "stage_dir", "train",
            "train_stage", "step_batches", "accumulate_gradients", "main"]
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides[key] = yaml.safe_load(value)
     cfg = load_params(TrainConfig, args.params, overrides or None)
     if args.dry_run:
-        from .train_launch import dry_run, format_table
+        from .launch import dry_run, format_table
 
         rows = dry_run(cfg)
         print(format_table(rows))

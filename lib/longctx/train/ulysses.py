@@ -6,7 +6,7 @@ attention one all-to-all turns q/k/v from *sequence-sharded, all heads* into *fu
 to sequence shards. Everything outside attention (embeddings, MLPs, norms, the loss) works on the
 local shard unchanged, so a stock Hugging Face Llama runs under SP by switching its attention:
 
-    from longctx import ulysses
+    from longctx.train import ulysses
     ulysses.enable(model)                        # registers "ulysses", sets attn_implementation
     batch = ulysses.shard_inputs(full_batch)     # the one function that shards inputs
     model(**batch)
@@ -244,10 +244,10 @@ def ulysses_attention_forward(module, query: torch.Tensor, key: torch.Tensor, va
                               dropout: float = 0.0, position_ids: torch.Tensor | None = None,
                               **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention interface: q ``[B, Hq, S/sp, D]``, k/v ``[B, Hk, S/sp, D]`` (local
-    tokens) -> ``([B, S/sp, Hq, D], None)``. The sequence-parallel group comes from :mod:`longctx.dist`."""
+    tokens) -> ``([B, S/sp, Hq, D], None)``. The sequence-parallel group comes from :mod:`longctx.train.dist`."""
     if attention_mask is not None:
         raise ValueError("ulysses attention takes document boundaries from position_ids; pass attention_mask=None "
-                         "(pad with longctx.ulysses.shard_inputs instead of a padding mask)")
+                         "(pad with longctx.train.ulysses.shard_inputs instead of a padding mask)")
     if dropout:
         raise ValueError(f"ulysses attention has no dropout (got {dropout}); Llama uses attention_dropout=0")
     group, sp = dist.sp_group(), dist.current().sp
@@ -291,7 +291,7 @@ def shard_inputs(batch: dict[str, torch.Tensor], sp: int | None = None, sp_rank:
     """The one function that shards model inputs along the sequence.
 
     ``batch`` holds full-length ``[B, S]`` tensors: ``input_ids``, optional ``labels`` (already
-    shifted, see :func:`longctx.loss.shift_labels`) and optional ``position_ids`` (default
+    shifted, see :func:`longctx.train.loss.shift_labels`) and optional ``position_ids`` (default
     ``arange``; restarts mark packed documents). The sequence is padded at the end to a multiple
     of ``sp`` (``pad=False`` raises instead), then this rank's ``S/sp`` consecutive tokens are cut.
     Padding gets ``pad_id``, label -100 and positions continuing the last document.

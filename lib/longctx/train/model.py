@@ -20,9 +20,9 @@ from torch import nn
 
 from . import dist, offload, rope, ulysses
 from .loss import AnswerOnlyLM
-from .memory_estimate import dims_from_config, plan_stage
+from .memory import dims_from_config, plan_stage
 from .tiled_mlp import tile_mlps
-from .train_config import Stage, TrainConfig
+from .config import Stage, TrainConfig
 
 __all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
 
