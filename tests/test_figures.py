@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from longctx.eval.results import append_rows, read_reported
-from longctx.figures import FiguresConfig, load_tables, make_figures, ruler_table, task_table
+from longctx.eval.figures import FiguresConfig, load_tables, make_figures, ruler_table, task_table
 from longctx.core.notebook import execute
 
 

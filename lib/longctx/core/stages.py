@@ -15,7 +15,7 @@ STAGES: dict[str, str] = {
     "02_concatenate": "longctx.concat.stage:ConcatConfig",
     "03_train": "longctx.train.config:TrainConfig",
     "04_evaluate": "longctx.eval.params:EvalConfig",
-    "05_figures": "longctx.figures:FiguresConfig",
+    "05_figures": "longctx.eval.figures:FiguresConfig",
 }
 
 

@@ -1,8 +1,10 @@
-"""Stage 4: evaluation from 4K to 1M tokens (RULER, InfiniteBench, LongBench, MMLU).
+"""Stage 4: evaluation from 4K to 1M tokens (RULER, InfiniteBench, LongBench, MMLU), and the
+paper's figures. ``python -m longctx.evaluate`` and ``python -m longctx.figures``.
 
 =====================  ===========================================================================
 ``haystack``           token-exact sizing: units tokenised once, prefix sums, needles by position
-``ruler``              RULER's 13 tasks: registry, templates, cached preparation
+``ruler``              RULER's 13 tasks: cached preparation at any length
+``ruler_spec``         RULER's task table, templates and the context the generators share
 ``ruler_tasks``        niah (8 variants), variable tracking, common / frequent words
 ``ruler_qa``           qa_1 (SQuAD) and qa_2 (HotpotQA) with distractor paragraphs
 ``infinitebench``      12 tasks: 6 generated offline, 6 from the hub; official scoring
@@ -17,5 +19,18 @@
 ``results``            the tidy results table and the paper's reported numbers
 ``runner``             prepare -> fit -> generate -> score -> append rows
 ``params``             :class:`EvalConfig`
+``stage``              the stage's command: parameters -> backend -> results table
+``figures``            the paper's figures and tables from results tables
 =====================  ===========================================================================
+
+Imports ``core``, ``llm``, ``generate`` (the haystack corpus) and ``train`` (RoPE settings of a
+checkpoint).
 """
+
+from ..core.exports import lazy_exports
+
+_EXPORTS = {"EvalConfig": ".params", "evaluate": ".stage", "main": ".stage", "QUICK_ROWS": ".stage",
+            "FiguresConfig": ".figures", "make_figures": ".figures", "open_backend": ".runner",
+            "run_suite": ".runner"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..core.tokenizer import Tokenizer
 from .haystack import PromptFrame, TokenizedUnits, count_tokens, fit_units, seam_delta, tokenize_units
-from .ruler import NOISE
+from .ruler_spec import NOISE
 
 __all__ = ["SYNTHETIC", "make_synthetic", "MATH_FIND_TARGETS", "math_find_answer", "CODE_RUN_LAYERS"]
 

@@ -25,7 +25,7 @@
 | ``source`` | ``measured`` here; ``reported`` in the paper's table |
 | ``note`` | free text (haystack corpus, truncation policy, ...) |
 
-``lib/longctx/data/paper_reported.csv`` has the same columns with ``source = reported``. Tables
+``lib/longctx/eval/data/paper_reported.csv`` has the same columns with ``source = reported``. Tables
 written before a column existed are read with that column empty, and appending to one rewrites
 its header first.
 """
@@ -111,7 +111,7 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
 
 def reported_path() -> Path:
     """The packaged table of numbers the paper reports."""
-    return Path(__file__).resolve().parent.parent / "data" / "paper_reported.csv"
+    return Path(__file__).resolve().parent / "data" / "paper_reported.csv"
 
 
 def read_reported(path: str | Path | None = None) -> pd.DataFrame:

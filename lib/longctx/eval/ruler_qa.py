@@ -29,7 +29,7 @@ import numpy as np
 from . import haystack
 from .haystack import TokenizedUnits, count_tokens, largest_fitting, tokenize_units
 from .hub import load_rows
-from .ruler import ANSWER_PREFIXES, TEMPLATES, RulerContext, RulerTask
+from .ruler_spec import ANSWER_PREFIXES, TEMPLATES, RulerContext, RulerTask
 
 __all__ = ["make_qa", "qa_from_squad", "qa_from_hotpotqa", "SOURCES"]
 

@@ -18,7 +18,7 @@ import numpy as np
 from . import haystack
 from .haystack import (PromptFrame, TokenizedUnits, count_tokens, fit_units, largest_fitting, seam_delta,
                        tokenize_units)
-from .ruler import ANSWER_PREFIXES, NEEDLE, NOISE, TEMPLATES, RulerContext, RulerTask
+from .ruler_spec import ANSWER_PREFIXES, NEEDLE, NOISE, TEMPLATES, RulerContext, RulerTask
 
 __all__ = ["make_niah", "make_vt", "make_cwe", "make_fwe", "DEPTHS", "insert_at_fractions", "zeta"]
 

@@ -39,7 +39,7 @@ from .sample import Sample
 
 __all__ = ["open_backend", "run_suite", "score_sample"]
 
-log = logging.getLogger("longctx.evaluate")
+log = logging.getLogger("longctx.eval.stage")
 
 
 @contextlib.contextmanager
