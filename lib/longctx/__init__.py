@@ -1,11 +1,15 @@
 """longctx: million-token instruction tuning from hierarchical synthetic data.
 
-Stages (each a module with ``python -m longctx.<stage> --params FILE``):
+One folder per layer, each importing only from the ones listed before it:
 
-1. ``longctx.generate.stage``     books -> hierarchical + diverse QA (``qa.jsonl``)
-2. ``longctx.concat.stage``  QA records -> 180K..1M-token training samples
-3. ``longctx.train.stage``        stepwise RoPE scaling, Ulysses sequence parallelism, FSDP
-4. ``longctx.eval.stage``     RULER, InfiniteBench, LongBench, MMLU -> results table
+``core``      parameters, tokenizer, notebooks, progress (imports nothing of ours)
+``llm``       the generator client, cache, limits and embedded llama.cpp server
+``generate``  stage 1: books -> hierarchical + diverse QA (``qa.jsonl``)
+``concat``    stage 2: QA records -> 180K..1M-token training samples
+``train``     stage 3: stepwise RoPE scaling, Ulysses sequence parallelism, FSDP
+``eval``      stage 4: RULER, InfiniteBench, LongBench, MMLU -> results table, and the figures
+
+Commands: ``python -m longctx.generate | concatenate | train | evaluate | figures | demo``.
 """
 
 __version__ = "0.1.0"

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .samples import IGNORE_INDEX
 from ..core.tokenizer import Tokenizer
+from .samples import IGNORE_INDEX
 
 __all__ = ["Turn", "EncodedChat", "Llama3Chat", "ROLES", "LLAMA31_SYSTEM_PREAMBLE"]
 

@@ -24,8 +24,8 @@ import math
 
 import numpy as np
 
-from .qa_store import QAStore
 from .layout import SampleLayout
+from .qa_store import QAStore
 
 __all__ = ["LengthIndex"]
 

@@ -31,9 +31,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.config import bad, load_params, param, resolve_path, to_dict
-from .qa_store import QAStore, read_qa_store
 from .layout import LAYOUTS, SampleLayout
 from .plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError
+from .qa_store import QAStore, read_qa_store
 from .samples import SampleWriter
 
 __all__ = ["StageSpec", "ConcatConfig", "Concatenator", "run", "stage_summary", "questions_kept", "main",

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .qa_store import QA, Document, QAStore
 from ..core.tokenizer import load_tokenizer
 from ..generate.walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
+from .qa_store import QA, Document, QAStore
 
 __all__ = ["lognormal_lengths", "synthetic_store"]
 

@@ -47,9 +47,9 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from ..core.tokenizer import Tokenizer, load_tokenizer
 from ..llm import Accounting, LLMCallFailed, LLMClient, LLMConfig, LLMSetupError, ResponseCache
 from ..llm.sync import run_sync
-from ..core.tokenizer import Tokenizer, load_tokenizer
 from .sample import Sample
 
 __all__ = ["Backend", "Generation", "HFBackend", "OpenAIBackend", "ServerTokenizer", "SERVERS", "detect_server"]

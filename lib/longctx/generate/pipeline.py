@@ -33,10 +33,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..llm.client import LLMCallFailed, LLMClient
 from .chunking import Chunking
 from .corpus import Document
 from .params import GenerateParams
-from ..llm.client import LLMCallFailed, LLMClient
 from .prompts import Prompts
 from .quality import QuestionIndex, qa_problem, summary_problem
 from .walk import SUMMARY_TYPES, DiverseItem, HierStep, plan_diverse, plan_hierarchical

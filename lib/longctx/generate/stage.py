@@ -38,22 +38,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import __version__
-from .chunking import Chunking, chunk_document
 from ..core.config import ParamsError, load_params, resolve_path, to_dict
-from .corpus import Document, Skipped
-from .corpus_shards import assigned_documents
-from .params import GenerateParams
+from ..core.progress import Progress
+from ..core.tokenizer import Tokenizer, load_tokenizer
 from ..llm.accounting import Accounting
 from ..llm.cache import ResponseCache
 from ..llm.client import LLMClient, LLMConfig
 from ..llm.dry_run import DryRunServer
-from ..llm.sync import run_sync
 from ..llm.server import EmbeddedServer
-from ..core.progress import Progress
+from ..llm.sync import run_sync
+from .chunking import Chunking, chunk_document
+from .corpus import Document, Skipped
+from .corpus_shards import assigned_documents
+from .params import GenerateParams
+from .pipeline import DocumentFailed, expected_requests, generate_document
 from .projection import format_projection, project
 from .prompts import load_prompts
-from .pipeline import DocumentFailed, expected_requests, generate_document
-from ..core.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["run", "merge", "main", "shard_dir"]
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..core.config import resolve_path
-from .loss import shift_labels
 from .config import Stage
+from .loss import shift_labels
 
 __all__ = ["SampleSet", "open_stage_samples", "StepPlan", "to_batch"]
 

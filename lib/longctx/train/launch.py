@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from . import rope, ulysses
 from ..core.config import project_root, resolve_path, to_dict
-from .memory import dims_of, plan_stage
+from . import rope, ulysses
 from .config import TrainConfig, layout
+from .memory import dims_of, plan_stage
 
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
 

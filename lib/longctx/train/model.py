@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from . import dist, offload, rope, ulysses
+from .config import Stage, TrainConfig
 from .loss import AnswerOnlyLM
 from .memory import dims_from_config, plan_stage
 from .tiled_mlp import tile_mlps
-from .config import Stage, TrainConfig
 
 __all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
 

@@ -39,12 +39,12 @@ from typing import Any
 
 import torch
 
-from . import checkpoint, dist, ulysses
 from ..core.config import load_params, resolve_path
-from .loss import global_answer_tokens
+from . import checkpoint, dist, ulysses
 from .config import Stage, TrainConfig, layout
 from .data import SampleSet, StepPlan, open_stage_samples, to_batch
 from .log import MetricsLog, peak_memory_gb, read_log
+from .loss import global_answer_tokens
 from .model import build_model
 
 __all__ = ["Preempted", "Stopped", "STOP_FILE_ENV", "stop_requested", "lr_factor", "stage_dir", "train",
