@@ -10,7 +10,7 @@ across GPUs in real runs). Variants, side by side in one run:
 * ``ours``: float64 RoPE module, Ulysses attention (sp=1: flash-attn when installed, else SDPA),
   checkpoint per decoder layer, chunked answer-only loss (``longctx.train.loss``);
 * ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.train.tiled_mlp``) and as
-  many layer checkpoints offloaded to pinned host memory as ``memory_estimate.plan`` says are
+  many layer checkpoints offloaded to pinned host memory as ``longctx.train.memory.plan`` says are
   needed at each length (``longctx.train.offload``), within the host memory available;
 * ``alst``: DeepSpeed's ALST single-GPU recipe on the same HF model, where deepspeed imports:
   its ``TiledMLP`` (tiles of ``hidden_size`` tokens), its checkpoint offload

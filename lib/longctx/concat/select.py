@@ -7,7 +7,7 @@ of *whole* documents whose total cost lands in the fill window
 
 Costs here are estimates, one vector operation over the candidate pool: a document's header,
 text, separator and hierarchical turns are exact; its diverse turns (which depend on the random
-draw order of its diverse questions) are estimated at their mean size. :mod:`sample_plan`
+draw order of its diverse questions) are estimated at their mean size. :mod:`longctx.concat.plan`
 computes the exact cost of the chosen set and repairs the last choice if the estimate missed.
 
 Slots are filled in order. Before the last slot, a document is taken at random (least-used

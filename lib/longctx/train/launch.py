@@ -155,7 +155,7 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
     cannot run (with the numbers), reports memory that does not fit as ``fits: False`` and names
     a layout that does. Tiled MLP and checkpoint offload are those training will choose
-    (``memory_estimate.plan_stage``); memory is in GiB, host memory per GPU."""
+    (``longctx.train.memory.plan_stage``); memory is in GiB, host memory per GPU."""
     dims = dims_of(cfg)
     bytes_per = 4 if cfg.dtype == "float32" else 2
     rows = []
