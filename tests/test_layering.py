@@ -11,6 +11,7 @@ also those inside functions and under ``TYPE_CHECKING``.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def _is_module(name: str) -> bool:
     return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
+@functools.cache
 def import_graph() -> dict[str, set[str]]:
     """Module -> the modules of ours it imports (anywhere in its body)."""
     graph = {}
@@ -143,9 +145,12 @@ def test_the_checks_catch_a_planted_violation(monkeypatch):
 
 @pytest.mark.parametrize("package", ["longctx.generate", "longctx.concat", "longctx.train", "longctx.eval"])
 def test_stage_packages_offer_their_public_names(package):
+    """Every name the stage's driver (``stage.py``) makes public is offered by the package."""
     module = importlib.import_module(package)
     for name in module.__all__:
         assert getattr(module, name) is not None, f"{package}.{name}"
+    missing = set(importlib.import_module(f"{package}.stage").__all__) - set(module.__all__)
+    assert not missing, f"{package} does not offer {sorted(missing)}"
     with pytest.raises(AttributeError):
         getattr(module, "no_such_name")
 

@@ -11,6 +11,6 @@ from ..core.exports import lazy_exports
 
 _EXPORTS = {name: ".stage" for name in ("StageSpec", "ConcatConfig", "Concatenator", "run", "stage_summary",
                                         "questions_kept", "main")}
-_EXPORTS |= {"FITS": ".plan_types", "LEVELS": ".plan_types"}
+_EXPORTS |= {"FITS": ".plan_types", "LEVELS": ".plan_types", "StageBudgetError": ".plan_types"}
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

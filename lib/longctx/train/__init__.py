@@ -9,7 +9,8 @@ SLURM) drive the run; ``dist``, ``rope``, ``ulysses``, ``loss``, ``checkpoint``,
 from ..core.exports import lazy_exports
 
 _EXPORTS = {name: ".stage" for name in ("Preempted", "Stopped", "STOP_FILE_ENV", "stop_requested", "lr_factor",
-                                        "stage_dir", "train", "train_stage", "main")}
+                                        "stage_dir", "train", "train_stage", "step_batches",
+                                        "accumulate_gradients", "main")}
 _EXPORTS["TrainConfig"] = ".config"
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
