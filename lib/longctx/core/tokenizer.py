@@ -126,6 +126,8 @@ class TiktokenLlama3:
         else:
             def one(text: str) -> np.ndarray:
                 return np.asarray(self._enc.encode_ordinary(text), dtype=np.int32)
+        if len(texts) == 1:  # a single document (the on-demand path): no pool to start
+            return [one(texts[0])]
         with ThreadPoolExecutor(_threads(len(texts))) as pool:
             return list(pool.map(one, texts))
 

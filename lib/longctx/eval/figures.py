@@ -35,7 +35,7 @@ KEYS = ["model", "benchmark", "task", "context_length"]
 
 @dataclass
 class FiguresConfig:
-    results: list[str] = param(["runs/demo/04_evaluate/results.csv"], "results tables written by longctx.eval.stage")
+    results: list[str] = param(["runs/demo/04_evaluate/results.csv"], "results tables written by stage 4 (longctx.evaluate)")
     reported: str = param("", "table of the paper's reported numbers ('' = the packaged one)")
     include_reported: bool = param(True, "draw the paper's reported numbers next to ours")
     models: list[str] = param([], "models to show, in this order ([] = every model in the tables)")

@@ -39,7 +39,7 @@ from .sample import Sample
 
 __all__ = ["open_backend", "run_suite", "score_sample"]
 
-log = logging.getLogger("longctx.eval.stage")
+log = logging.getLogger("longctx.evaluate")  # the command's name in its log lines
 
 
 @contextlib.contextmanager
