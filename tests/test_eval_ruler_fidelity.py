@@ -1,0 +1,109 @@
+"""RULER inputs against RULER's own procedures (NVIDIA/RULER ``scripts/data/synthetic``),
+re-implemented here from a reading of the official code, on the same document pool."""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import pytest
+from test_eval_fixtures import corpus_dir, hotpot_rows, squad_rows, write_jsonl
+
+from longctx.core.tokenizer import load_tokenizer
+from longctx.eval.ruler import RULER_TASKS, RulerContext, prepare_ruler
+from longctx.eval.ruler_qa import qa_from_hotpotqa, qa_from_squad
+
+RULER_SEED = 42  # scripts/data/prepare.py: --random_seed default
+
+
+def ruler_qa_documents(gold: list[int], more: list[int], num_docs: int, pool: int, seed: int = RULER_SEED,
+                       draw: random.Random | None = None) -> list[int]:
+    """The oracle: RULER ``qa.py`` ``generate_input_output``'s document list for one sample.
+    Below the pool size: gold, then the same article's paragraphs, then random others; from it on,
+    the sorted pool repeated and cut to ``num_docs``. Then ``random.Random(seed).shuffle``."""
+    draw = draw or random.Random(0)
+    if num_docs < pool:
+        if num_docs - len(gold) > len(more):
+            addition = [i for i in range(pool) if i not in gold + more]
+            docs = gold + more + draw.sample(addition, max(0, num_docs - len(gold) - len(more)))
+        else:
+            docs = gold + draw.sample(more, num_docs - len(gold))
+    else:
+        repeats = (num_docs + pool - 1) // pool
+        docs = (list(range(pool)) * repeats)[:num_docs]
+    random.Random(seed).shuffle(docs)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("llama3")
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fidelity")
+    return dict(haystack_corpus=str(corpus_dir(tmp)), squad_path=str(write_jsonl(tmp / "squad.jsonl", squad_rows())),
+                hotpotqa_path=str(write_jsonl(tmp / "hotpot.jsonl", hotpot_rows())))
+
+
+def _documents(prompt: str) -> list[str]:
+    context = prompt.split("Documents:\n\n", 1)[1].rsplit("\n\nAnswer the question", 1)[0]
+    parts = re.split(r"(?:^|\n\n)Document (\d+):\n", context)
+    assert [int(x) for x in parts[1::2]] == list(range(1, len(parts[1::2]) + 1))
+    return parts[2::2]
+
+
+def _pool(task):
+    qas, docs = (qa_from_squad(squad_rows()) if task == "qa_1" else qa_from_hotpotqa(hotpot_rows()))
+    return qas, docs
+
+
+@pytest.mark.parametrize("task", ["qa_1", "qa_2"])
+@pytest.mark.parametrize("length", [700, 1024, 4096])
+def test_qa_gold_depth_is_rulers_seeded_shuffle(task, length, tok, paths):
+    """Every sample's gold paragraphs sit where RULER's fixed-seed shuffle of a list of that many
+    documents puts them (read from the prompt text, not from meta); past the pool the whole
+    document sequence is RULER's. Below the pool, samples with the same document count share one
+    gold depth,
+    and no sample has more documents than sample 0 (RULER sizes on sample 0 and only shrinks)."""
+    ctx = RulerContext(tok, **paths)
+    qas, pool = _pool(task)
+    budget = length - RULER_TASKS[task].tokens_to_generate - 40
+    samples = prepare_ruler(task, length, budget, 5, 0, ctx)
+    depths: dict[int, set] = {}
+    for s in samples:
+        docs = _documents(s.prompt)
+        n = len(docs)
+        assert n == s.meta["n_documents"] and s.meta["doc_order"] == "fixed (seed 42)"
+        qa = qas[s.index % len(qas)]
+        oracle = ruler_qa_documents(qa["context"], qa["more"], n, len(pool))
+        gold = set(qa["context"])
+        want = [i + 1 for i, d in enumerate(oracle) if d in gold]
+        got = [i + 1 for i, text in enumerate(docs) if pool.index(text) in gold]
+        assert got == want == s.meta["gold_positions"], (s.index, n)
+        if n >= len(pool):
+            assert docs == [pool[d] for d in oracle]
+        else:
+            assert Counter(pool.index(t) for t in docs)[qa["context"][0]] == 1
+        if n < len(pool):  # past the pool the gold copies sit where the sorted list puts them (RULER too)
+            depths.setdefault(n, set()).add(tuple(want))
+        assert n <= samples[0].meta["n_documents"]
+    assert all(len(v) == 1 for v in depths.values()), depths
+
+
+def test_qa_per_sample_order_is_an_option(tok, paths):
+    ctx = RulerContext(tok, qa_doc_order="per_sample", **paths)
+    qas, pool = _pool("qa_1")
+    samples = prepare_ruler("qa_1", 1024, 950, 6, 0, ctx)
+    positions = set()
+    for s in samples:
+        docs = _documents(s.prompt)
+        gold = qas[s.index % len(qas)]["context"][0]
+        assert s.meta["doc_order"] == "per_sample"
+        assert [i + 1 for i, t in enumerate(docs) if t == pool[gold]] == s.meta["gold_positions"]
+        positions.add(s.meta["gold_depths"][0])
+    assert len(positions) > 1  # the gold paragraph moves from sample to sample
+    with pytest.raises(ValueError, match="unknown qa document order"):
+        prepare_ruler("qa_1", 1024, 950, 1, 0, RulerContext(tok, qa_doc_order="sorted", **paths))
