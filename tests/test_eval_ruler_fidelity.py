@@ -107,3 +107,28 @@ def test_qa_per_sample_order_is_an_option(tok, paths):
     assert len(positions) > 1  # the gold paragraph moves from sample to sample
     with pytest.raises(ValueError, match="unknown qa document order"):
         prepare_ruler("qa_1", 1024, 950, 1, 0, RulerContext(tok, qa_doc_order="sorted", **paths))
+
+
+def test_cwe_padding_pairs_never_hold_an_answer_word(tok):
+    """Past the Austen vocabulary (~12.3K words; cwe at >= 256K) the list pads with hyphenated
+    pairs. An answer word must occur exactly in its 30 standalone entries, nowhere inside a pair,
+    and no padding word may come near 30 occurrences (RULER's padding is single words)."""
+    ctx = RulerContext(tok)  # the packaged Austen corpus
+    length = 262144
+    s = prepare_ruler("cwe", length, length - RULER_TASKS["cwe"].tokens_to_generate - 64, 1, 0, ctx)[0]
+    entries = re.findall(r"\d+\. (\S+)", s.prompt.split("\n")[-2])  # the real question's list
+    pairs = [e for e in entries if "-" in e]
+    assert s.meta["pair_words"] > 1000 and len(pairs) == 3 * s.meta["pair_words"]
+    inside = Counter(half for e in pairs for half in e.split("-"))
+    standalone = Counter(e for e in entries if "-" not in e)
+    assert {w: inside[w] for w in s.references} == {w: 0 for w in s.references}
+    assert all(standalone[w] == 30 for w in s.references)
+    assert max(inside[w] + standalone[w] for w in inside) < 30
+
+
+def test_fwe_vocabulary_is_rulers_size(tok, paths):
+    """freq_words_extraction.py: vocab_size = (max_seq_length - tokens_to_generate) // 50."""
+    ctx = RulerContext(tok, **paths)
+    for length in (4096, 8192):
+        s = prepare_ruler("fwe", length, length - 50 - 40, 1, 0, ctx)[0]
+        assert s.meta["vocab_size"] == (length - RULER_TASKS["fwe"].tokens_to_generate) // 50
