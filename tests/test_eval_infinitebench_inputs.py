@@ -74,6 +74,7 @@ def test_input_limit_cuts_in_the_middle_like_the_official_scripts(tok, limit):
     assert fit.sample.prompt == official_middle_cut(tok, sample.prompt, limit - template - n_prefix)
     assert fit.sample.n_tokens <= limit - template
     assert fit.sample.meta["input_limit"] == limit and fit.sample.meta["truncation"] == "middle"
+    assert fit.sample.meta["cut_by"] == "input_limit"
     # no limit: a 1M window takes the whole prompt
     whole = fit_sample(sample, tok, 1_048_576, template, "skip")
     assert whole.sample is sample and whole.truncated_tokens == 0
@@ -84,3 +85,13 @@ def test_input_limit_cuts_in_the_middle_like_the_official_scripts(tok, limit):
 
 def test_official_128k_is_the_default_and_zero_means_the_window():
     assert EvalConfig().infinitebench_input_limit == 128 * 1024  # eval_yarn_mistral.py: TRUNCATE_LEN
+
+
+def test_generated_lengths_beyond_the_input_limit_are_refused():
+    from longctx.core.config import ParamsError, from_mapping
+
+    with pytest.raises(ParamsError, match="exceed infinitebench_input_limit 131072"):
+        from_mapping(EvalConfig, {"benchmarks": ["infinitebench"], "infinitebench_lengths": [262144]})
+    ok = from_mapping(EvalConfig, {"benchmarks": ["infinitebench"], "infinitebench_lengths": [262144],
+                                   "infinitebench_input_limit": 0})
+    assert ok.infinitebench_input_limit == 0

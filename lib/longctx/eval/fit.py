@@ -79,7 +79,8 @@ def fit_sample(sample: Sample, tokenizer: Tokenizer, context_window: int, templa
     prefix_tokens = count_tokens(tokenizer, sample.answer_prefix)
     n = sample.n_tokens or count_tokens(tokenizer, sample.prompt) + prefix_tokens
     budget = prompt_budget(context_window, sample.max_new_tokens, template_tokens)
-    if input_limit and input_limit - template_tokens < budget:
+    limited = bool(input_limit) and input_limit - template_tokens < budget
+    if limited:
         budget, policy = input_limit - template_tokens, "middle"
     if budget <= prefix_tokens:
         return Fit(None, n, budget, skipped_reason=(
@@ -94,5 +95,5 @@ def fit_sample(sample: Sample, tokenizer: Tokenizer, context_window: int, templa
     text, removed = truncate_tokens(tokenizer, sample.prompt, budget - prefix_tokens, policy)
     kept = count_tokens(tokenizer, text) + prefix_tokens
     meta = {**sample.meta, "truncation": policy, "truncated_tokens": removed, "original_tokens": n,
-            **({"input_limit": input_limit} if input_limit else {})}
+            "cut_by": "input_limit" if limited else "window", **({"input_limit": input_limit} if limited else {})}
     return Fit(replace(sample, prompt=text, n_tokens=kept, meta=meta), n, budget, truncated_tokens=removed)

@@ -110,6 +110,12 @@ class EvalConfig:
         if 0 < self.infinitebench_input_limit < 256:
             raise bad("infinitebench_input_limit", f"a limit of {self.infinitebench_input_limit} tokens leaves no "
                                                    "room for a prompt; 131072 = the official 128K, 0 = none")
+        too_long = [n for n in self.infinitebench_lengths if self.infinitebench_input_limit and
+                    "infinitebench" in self.benchmarks and n > self.infinitebench_input_limit]
+        if too_long:
+            raise bad("infinitebench_lengths", f"generated lengths {too_long} exceed infinitebench_input_limit "
+                                               f"{self.infinitebench_input_limit}: the cut would remove their middle "
+                                               "(keys, needles); set the limit to 0 or the lengths below it")
         for key in ("ruler_lengths", "infinitebench_lengths"):
             small = [n for n in getattr(self, key) if n < 256]
             if small:

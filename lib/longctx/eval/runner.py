@@ -158,9 +158,12 @@ class _Suite:
         metric = score_sample(samples[0], "")[1] if samples else ""
         n_trunc = sum(1 for f in fits if f.sample is not None and f.truncated_tokens)
         extra = [note] if note else []
-        if n_trunc:
-            how = f"middle, input cut to {limit} tokens" if limit else self.cfg.truncation
-            extra.append(f"{n_trunc} truncated ({how})")
+        by_limit = sum(1 for f in fits if f.sample is not None and f.truncated_tokens
+                       and f.sample.meta.get("cut_by") == "input_limit")
+        if by_limit:
+            extra.append(f"{by_limit} truncated (middle, input cut to {limit} tokens)")
+        if n_trunc - by_limit:
+            extra.append(f"{n_trunc - by_limit} truncated ({self.cfg.truncation})")
         if failed:
             extra.append(f"{failed} requests failed")
         if self.cfg.max_new_tokens_cap:
