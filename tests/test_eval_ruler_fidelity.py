@@ -8,7 +8,7 @@ import re
 from collections import Counter
 
 import pytest
-from test_eval_fixtures import corpus_dir, hotpot_rows, squad_rows, write_jsonl
+from test_eval_fixtures import corpus_dir, hotpot_rows, prose, squad_rows, write_jsonl
 
 from longctx.core.tokenizer import load_tokenizer
 from longctx.eval.ruler import RULER_TASKS, RulerContext, prepare_ruler
@@ -132,3 +132,30 @@ def test_fwe_vocabulary_is_rulers_size(tok, paths):
     for length in (4096, 8192):
         s = prepare_ruler("fwe", length, length - 50 - 40, 1, 0, ctx)[0]
         assert s.meta["vocab_size"] == (length - RULER_TASKS["fwe"].tokens_to_generate) // 50
+
+
+def test_qa_document_count_is_sized_on_sample_0_like_ruler(tok, tmp_path):
+    """Paragraphs of very different lengths: filling each sample on its own would give samples
+    more documents than sample 0 (and other gold depths); RULER's protocol sizes on sample 0 and
+    only ever removes documents from a sample that overflows."""
+    rows = []
+    for a in range(12):
+        for p in range(3):
+            context = prose(2 + 5 * ((a + p) % 4), 300 + 10 * a + p) + f" The {a}-{p} keeper was Mr Knight{a}{p}."
+            rows.append({"id": f"q{a}{p}", "title": f"Article{a}", "context": context,
+                         "question": f"Who kept the {a}-{p} gate?",
+                         "answers": {"text": [f"Mr Knight{a}{p}"], "answer_start": [len(context) - 14]}})
+    ctx = RulerContext(tok, squad_path=str(write_jsonl(tmp_path / "squad.jsonl", rows)))
+    samples = prepare_ruler("qa_1", 3072, 2974, 8, 0, ctx)
+    counts = [s.meta["n_documents"] for s in samples]
+    assert counts[0] < len({r["context"] for r in rows})  # below the pool size
+    assert max(counts) == counts[0] and len(set(counts)) > 1, counts  # some samples had to drop documents
+    first = random.Random(RULER_SEED)
+    order = list(range(counts[0]))
+    first.shuffle(order)
+    for s in samples:
+        if s.meta["n_documents"] == counts[0]:
+            assert s.meta["gold_positions"] == [order.index(0) + 1]
+    free = prepare_ruler("qa_1", 3072, 2974, 8, 0, RulerContext(tok, qa_doc_order="per_sample",
+                                                                 squad_path=ctx.squad_path))
+    assert max(s.meta["n_documents"] for s in free) > counts[0]  # what filling each sample would do
