@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pytest
@@ -113,3 +114,40 @@ def test_describe_lists_every_field_with_its_doc():
     table = describe(GenerateParams)
     assert "| `small_chunk_tokens` | int | `4096` |" in table
     assert table.count("\n") >= 40
+
+
+def test_base_file_is_read_first_and_errors_name_the_right_file(tmp_path):
+    (tmp_path / "common.yaml").write_text("count: 5\nmode: b\ntags: [x, y]\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: common.yaml\ncount: 7\n")
+    obj = load_params(Example, child)
+    assert (obj.count, obj.mode, obj.tags) == (7, "b", ["x", "y"])  # own key wins, the rest inherited
+    grandchild = tmp_path / "g.yaml"
+    grandchild.write_text("tags: [z]\nbase: child.yaml\n")
+    assert load_params(Example, grandchild).tags == ["z"] and load_params(Example, grandchild).count == 7
+    # an error in an inherited key names the base file and its line
+    (tmp_path / "bad_base.yaml").write_text("ratio: 0.1\ncuont: 1\n")
+    (tmp_path / "uses_bad.yaml").write_text("base: bad_base.yaml\n")
+    with pytest.raises(ParamsError, match=rf"^{tmp_path}/bad_base.yaml:2: key 'cuont': unknown key"):
+        load_params(Example, tmp_path / "uses_bad.yaml")
+    # and an error in the file's own key names that file
+    (tmp_path / "own.yaml").write_text("base: common.yaml\n\nmode: c\n")
+    with pytest.raises(ParamsError, match=rf"^{tmp_path}/own.yaml:3: key 'mode'"):
+        load_params(Example, tmp_path / "own.yaml")
+
+
+@pytest.mark.parametrize("files, fragment", [
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "a cycle of base files"),
+    ({"a.yaml": "base: a.yaml\n"}, "a cycle of base files"),
+    ({"a.yaml": "count: 1\nbase: nowhere.yaml\n"}, "nowhere.yaml not found"),
+    ({"a.yaml": "base: [1]\n"}, "expected the name of another params file"),
+])
+def test_base_cycles_and_missing_bases_are_errors_naming_the_file(tmp_path, files, fragment):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ParamsError) as err:
+        load_params(Example, tmp_path / "a.yaml")
+    message = str(err.value)
+    # the file whose base: line closes the cycle or names the missing file, then the key
+    assert re.match(rf"^{tmp_path}/[ab].yaml:\d+: key 'base': ", message), message
+    assert fragment in message

@@ -30,12 +30,16 @@ def test_hf_backend_full_suite(model_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub is unreachable: hub-only sets are skipped
     hub.hub_reachable.cache_clear()
     long_row = longbench_rows("narrativeqa")[0] | {"context": prose(150, 12)}  # > the 1024-token window
+    ib_dir = tmp_path / "InfiniteBench"  # the hub repo's layout; longbook_qa_chn is not in it
+    write_jsonl(ib_dir / "longbook_qa_eng.jsonl", [{"id": 0, "context": prose(150, 13), "input": "Who walked?",
+                                                   "answer": ["the sister"], "options": []}])
     cfg = from_mapping(EvalConfig, {
         "model_name": "tiny-llama", "backend": "hf", "hf_model_path": str(model_dir), "hf_dtype": "float32",
         "hf_device": "cpu", "attn_implementation": "eager",
         "benchmarks": ["ruler", "infinitebench", "longbench", "mmlu"],
         "ruler_tasks": ["niah_single_2", "vt", "qa_2"], "ruler_lengths": [512, 2048],
-        "infinitebench_tasks": ["passkey", "longbook_qa_chn"], "infinitebench_lengths": [512],
+        "infinitebench_tasks": ["passkey", "longbook_qa_chn", "longbook_qa_eng"], "infinitebench_lengths": [512],
+        "infinitebench_dir": str(ib_dir), "infinitebench_input_limit": 600,  # the official 128K, scaled down
         "longbench_tasks": ["narrativeqa"],
         "longbench_files": {"narrativeqa": str(write_jsonl(tmp_path / "nqa.jsonl", [long_row]))},
         "mmlu_dev_path": str(write_jsonl(tmp_path / "dev.jsonl", mmlu_rows("dev"))),
@@ -55,7 +59,11 @@ def test_hf_backend_full_suite(model_dir, tmp_path, monkeypatch):
     assert "exceeds the model's 1024-token window" in got[("ruler", "vt", 2048)].skipped
     assert got[("ruler", "qa_2", 512)].skipped.startswith("skipped: not reachable (hotpotqa/hotpot_qa")
     assert got[("infinitebench", "passkey", 512)].n_scored == 2
-    assert got[("infinitebench", "longbook_qa_chn", 0)].skipped.startswith("skipped: not reachable")
+    assert "has no longbook_qa_chn.jsonl" in got[("infinitebench", "longbook_qa_chn", 0)].skipped
+    book = got[("infinitebench", "longbook_qa_eng", 0)]  # cut to the input limit, not to the 1024 window
+    assert (book.n_scored, book.n_truncated, book.input_limit) == (1, 1, 600)
+    assert book.mean_prompt_tokens <= 600 - backend.template_tokens() and "input cut to 600" in book.note
+    assert got[("infinitebench", "passkey", 512)].input_limit == 600 and got[("mmlu", "mmlu", 0)].input_limit == ""
     lb = got[("longbench", "narrativeqa", 0)]
     assert (lb.n_scored, lb.n_truncated) == (1, 1) and "1 truncated (middle)" in lb.note
     assert (lb.n_available, lb.subsample, lb.truncation, lb.segmenter) == (1, "", "middle", "whitespace")

@@ -21,7 +21,8 @@ def _results(path):
                          n_samples=0, skipped="skipped: not reachable (rajpurkar/squad_v2: offline)"))
         for task, score in (("passkey", base + 10), ("kv_retrieval", base - 20)):
             rows.append(dict(run_id="r1", model=model, benchmark="infinitebench", task=task,
-                             context_length=4096, n_samples=2, n_scored=2, score=score, metric="official"))
+                             context_length=4096, n_samples=2, n_scored=2, score=score, metric="official",
+                             input_limit=131072 if model == "baseline-tiny" else ""))
         rows.append(dict(run_id="r1", model=model, benchmark="mmlu", task="mmlu", context_length=0,
                          n_samples=4, n_scored=4, score=base - 10, metric="accuracy"))
     # a later run of the same group replaces the earlier score
@@ -35,10 +36,15 @@ def test_reported_table_is_labelled_and_holds_the_papers_numbers():
     reported = read_reported()
     assert set(reported["source"]) == {"reported"}
     ours = reported.set_index(["model", "benchmark", "context_length"])["score"]
-    assert ours[("Ours-1M (paper)", "ruler", 1000000)] == 62.95
-    assert ours[("Ours-350K (paper)", "ruler", 350000)] == 71.15
-    assert ours[("Llama-3.1-8B-Instruct (paper)", "mmlu", 0)] == 68.21
-    assert len(reported[reported["benchmark"] == "infinitebench"]) == 5
+    # the numbers of /work/shared/PAPER.md (the paper's summary), at the training stages' lengths
+    assert ours[("ours-1m", "ruler", 1048576)] == 62.95
+    assert ours[("ours-350k", "ruler", 358400)] == 71.15
+    assert ours[("Llama-3.1-8B-Instruct", "mmlu", 0)] == 68.21
+    assert ours[("ours-1m", "mmlu", 0)] == 65.08
+    ib = reported[reported["benchmark"] == "infinitebench"].set_index("model")["score"].to_dict()
+    assert ib == {"ours-1m": 54.8, "ours-180k": 59.45, "ours-350k": 59.26, "Llama-3.1-8B-Instruct": 51.31,
+                  "Llama-3-8B-Instruct-Gradient-1048k": 41.04}
+    assert (reported["reference"] != "").all()  # every number says where it comes from
 
 
 def test_tables_average_tasks_and_keep_the_latest_run(tmp_path):
@@ -47,11 +53,19 @@ def test_tables_average_tasks_and_keep_the_latest_run(tmp_path):
     ruler = ruler_table(df).set_index(["model", "context_length"])
     assert ruler.loc[("ours-tiny", 4096), "score"] == 80.0  # the skipped qa_1 row does not count
     assert ruler.loc[("ours-tiny", 65536), "score"] == pytest.approx((50.0 + 60.0) / 2)  # r2 replaced r1's vt
-    assert ruler.loc[("Ours-1M (paper)", 1000000), "source"] == "reported"
+    assert ruler.loc[("ours-1m", 1048576), "source"] == "reported"
     ib = task_table(df, "infinitebench")
     assert list(ib.columns) == ["Retrieve.KV", "Retrieve.PassKey", "average"]
-    assert ib.loc["ours-tiny", "average"] == pytest.approx((90.0 + 60.0) / 2)
-    assert ib.loc["Ours-1M (paper) (reported)", "average"] == 54.8
+    assert ib.loc["ours-tiny [own window]", "average"] == pytest.approx((90.0 + 60.0) / 2)
+    assert ib.loc["baseline-tiny [cut to 128K]", "average"] == pytest.approx((60.0 + 30.0) / 2)
+    assert ib.loc["ours-1m (reported)", "average"] == 54.8
+
+
+def test_length_labels_keep_the_trainings_1m_apart_from_ten_to_the_six():
+    from longctx.eval.figures import _k
+
+    assert [_k(n) for n in (4096, 131072, 184320, 358400, 665600, 1048576, 1000000)] == [
+        "4K", "128K", "180K", "350K", "650K", "1M", "10^6"]
 
 
 def test_make_figures_writes_png_and_pdf_to_the_given_dir(tmp_path):

@@ -9,6 +9,11 @@ turns a mapping into that dataclass and refuses anything it does not understand:
 * an impossible value     -> ``...: key 'n_diverse': must be >= 0, got -3``
 * a cross-field violation -> raised by the dataclass's ``check()`` through :func:`bad`.
 
+A params file may start from another with ``base: other.yaml`` (a path relative to the file):
+the base's keys are read first, the file's own keys replace them (whole values, no deep merge).
+Bases chain; a missing base or a cycle is an error naming the file and line, and an error in an
+inherited key names the base file's line (:func:`read_params_file`).
+
 The same check runs for values papermill injects into a notebook (:func:`from_notebook`),
 because papermill itself only warns about unknown parameters.
 """
@@ -31,6 +36,7 @@ __all__ = [
     "bad",
     "from_mapping",
     "load_params",
+    "read_params_file",
     "from_notebook",
     "to_dict",
     "describe",
@@ -190,7 +196,7 @@ def _build(cls: type[T], mapping: dict[str, Any], prefix: str = "") -> T:
 
 
 def from_mapping(cls: type[T], mapping: dict[str, Any], source: str = "<params>",
-                 lines: dict[str, int] | None = None) -> T:
+                 lines: dict[str, int | str] | None = None) -> T:
     """Build and validate ``cls`` from ``mapping``; errors name ``source`` (and line when known)."""
     if not isinstance(mapping, dict):
         raise ParamsError(f"{source}: expected a mapping of parameter names to values, "
@@ -199,7 +205,8 @@ def from_mapping(cls: type[T], mapping: dict[str, Any], source: str = "<params>"
         return _build(cls, mapping)
     except _FieldError as err:
         top = err.key.split(".")[0].split("[")[0]
-        where = f"{source}:{lines[top]}" if lines and top in lines else source
+        loc = lines.get(top) if lines else None  # a line number, or "file:line" (inherited keys)
+        where = loc if isinstance(loc, str) else f"{source}:{loc}" if loc else source
         raise ParamsError(f"{where}: key '{err.key}': {err.message}") from None
 
 
@@ -222,17 +229,48 @@ def _yaml_with_lines(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, lines
 
 
+BASE_KEY = "base"
+
+
+def read_params_file(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """The mapping a params file stands for, its ``base:`` chain resolved, and where each key was
+    set (``"file:line"``). Launchers that read params files themselves should use this, not a
+    bare ``yaml.safe_load``, so inherited keys are not lost."""
+    return _read_chain(Path(path), [])
+
+
+def _read_chain(path: Path, chain: list[Path]) -> tuple[dict[str, Any], dict[str, str]]:
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found")
+    data, lines = _yaml_with_lines(path)
+    where = {k: f"{path}:{lines[k]}" for k in data if k in lines}
+    if BASE_KEY not in data:
+        return data, where
+    base = data.pop(BASE_KEY)
+    at = where.pop(BASE_KEY, str(path))
+    if not isinstance(base, str) or not base.strip():
+        raise ParamsError(f"{at}: key '{BASE_KEY}': expected the name of another params file, got {_short(base)}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ParamsError(f"{at}: key '{BASE_KEY}': {base_path} not found")
+    seen = chain + [path.resolve()]
+    if base_path.resolve() in seen:
+        cycle = " -> ".join(str(p) for p in seen + [base_path.resolve()])
+        raise ParamsError(f"{at}: key '{BASE_KEY}': a cycle of base files: {cycle}")
+    base_data, base_where = _read_chain(base_path, seen)
+    return {**base_data, **data}, {**base_where, **where}
+
+
 def load_params(cls: type[T], path: str | Path | None = None,
                 overrides: dict[str, Any] | None = None) -> T:
-    """Read the YAML at ``path`` (if any), apply ``overrides`` and validate into ``cls``."""
+    """Read the YAML at ``path`` (if any, with its ``base:`` chain), apply ``overrides`` and
+    validate into ``cls``."""
     data: dict[str, Any] = {}
-    lines: dict[str, int] = {}
+    lines: dict[str, str] = {}
     source = "<defaults>"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ParamsError(f"{path}: parameter file not found")
-        data, lines = _yaml_with_lines(path)
+        data, lines = read_params_file(path)
         source = str(path)
     if overrides:
         data = {**data, **overrides}

@@ -5,7 +5,12 @@
 Inputs: one or more ``results.csv`` written by ``python -m longctx.evaluate`` (``source =
 measured``) and ``lib/longctx/eval/data/paper_reported.csv`` (``source = reported``: numbers printed in
 He et al., 2025, never recomputed). Reported values are always drawn hollow and dashed and
-labelled "(reported)". Outputs, PNG and PDF in one style:
+labelled "(reported)", in the colour of the measured model of the same name (the reported table
+uses the params files' ``model_name``: ours-180k ... ours-1m, Llama-3.1-8B-Instruct, ...).
+InfiniteBench bars say how the input was cut (column ``input_limit``): "cut to 128K" is the
+official protocol, "own window" the model's whole window. Lengths are labelled with K = 1,024
+tokens, so "1M" is 1,048,576 (the training's 1M); 1,000,000 is labelled "10^6". Outputs, PNG and
+PDF in one style:
 
 * ``ruler_by_length``      RULER score (mean over the tasks scored) against context length, per model
 * ``infinitebench_tasks``  InfiniteBench score per task and model, plus the average
@@ -73,6 +78,9 @@ def task_table(df: pd.DataFrame, benchmark: str) -> pd.DataFrame:
     if rows.empty:
         return pd.DataFrame()
     rows["label"] = rows["model"] + rows["source"].map(lambda s: " (reported)" if s == "reported" else "")
+    if benchmark == "infinitebench":  # how the input was cut: measured rows say it in input_limit
+        rows["label"] += [_cut_label(limit) if source != "reported" else ""
+                          for limit, source in zip(rows["input_limit"], rows["source"])]
     measured = rows[rows["task"] != "average"]
     if benchmark == "infinitebench":
         from .infinitebench import IB_NAMES
@@ -95,6 +103,27 @@ def mmlu_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- drawing
+
+
+def _cut_label(limit: float) -> str:
+    """InfiniteBench label suffix from ``input_limit``: how long the longest input could be."""
+    if pd.isna(limit) or not limit:
+        return " [own window]"
+    return f" [cut to {_k(limit)}]"
+
+
+def _model_colors(models) -> dict[str, str]:
+    """One colour per model name, shared by its measured and reported entries."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    names = list(dict.fromkeys(models))
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(names)}
+
+
+def _base_model(label: str) -> str:
+    """The model name inside a bar label ("ours-1m [cut to 128K]", "ours-1m (reported)")."""
+    return label.split(" [")[0].removesuffix(" (reported)")
 
 
 def _style():
@@ -122,10 +151,10 @@ def _save(fig, out: Path, name: str, formats: list[str]) -> list[str]:
 def plot_ruler(table: pd.DataFrame, out: Path, formats: list[str]) -> list[str]:
     plt = _style()
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, ((model, source), rows) in enumerate(table.groupby(["model", "source"], sort=False)):
+    colors = _model_colors(table["model"])
+    for (model, source), rows in table.groupby(["model", "source"], sort=False):
         rows = rows.sort_values("context_length")
-        color = colors[i % len(colors)]
+        color = colors[model]
         if source == "reported":
             ax.plot(rows["context_length"], rows["score"], ls="none", marker="D", mfc="none", mec=color,
                     ms=8, label=f"{model} (reported)")
@@ -134,7 +163,8 @@ def plot_ruler(table: pd.DataFrame, out: Path, formats: list[str]) -> list[str]:
     ax.set_xscale("log", base=2)
     ticks = sorted(table["context_length"].unique())
     ax.set_xticks(ticks, [_k(t) for t in ticks])
-    ax.set(xlabel="context length (tokens)", ylabel="RULER score (mean over tasks)", ylim=(0, 100),
+    ax.set(xlabel="context length (tokens; K = 1,024, 1M = 1,048,576)", ylabel="RULER score (mean over tasks)",
+           ylim=(0, 100),
            title="RULER: score against context length")
     ax.legend(fontsize=8)
     paths = _save(fig, out, "ruler_by_length", formats)
@@ -149,10 +179,10 @@ def plot_tasks(table: pd.DataFrame, title: str, name: str, out: Path, formats: l
     fig, ax = plt.subplots(figsize=(max(6.4, 0.7 * len(table.columns) * max(len(table), 1) / 2 + 3), 4))
     width = 0.8 / max(len(table), 1)
     x = np.arange(len(table.columns))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = _model_colors(_base_model(label) for label in table.index)
     for i, (label, scores) in enumerate(table.iterrows()):
         reported = label.endswith("(reported)")  # hollow, hatched, in the model's colour
-        color = colors[i % len(colors)]
+        color = colors[_base_model(label)]
         ax.bar(x + i * width, scores.fillna(0).values, width, label=label, hatch="//" if reported else None,
                fill=not reported, color=color, edgecolor=color)
     ax.set_xticks(x + width * (len(table) - 1) / 2, table.columns, rotation=30, ha="right")
@@ -178,9 +208,12 @@ def plot_mmlu(table: pd.DataFrame, out: Path, formats: list[str]) -> list[str]:
 
 
 def _k(n: float) -> str:
-    """Tick label of a length: 4096 -> 4K, 1048576 -> 1M, 350000 -> 350K."""
+    """Tick label of a length, K = 1,024: 4096 -> 4K, 1048576 -> 1M, 358400 -> 350K; powers of ten
+    say so (1000000 -> 10^6, 350000 -> 350x10^3), so the training's 1M and 10^6 never share a label."""
     n = int(n)
-    for unit, suffix in ((1048576, "M"), (1_000_000, "M"), (1024, "K"), (1000, "K")):
+    if n == 1_000_000:
+        return "10^6"
+    for unit, suffix in ((1048576, "M"), (1024, "K"), (1000, "x10^3")):
         if n >= unit and n % unit == 0:
             return f"{n // unit}{suffix}"
     return str(n)

@@ -11,6 +11,9 @@ the run's ``truncation`` policy, never silently:
 * ``left`` / ``right`` -- drop tokens from the start / the end;
 * ``skip`` -- do not evaluate the sample; the reason is recorded.
 
+An ``input_limit`` (InfiniteBench: 128K by default, as its official scripts) cuts every longer
+input in the middle first, whatever the window.
+
 The outcome is a :class:`Fit` per sample; the runner writes it to the predictions file and
 counts truncated and skipped samples in the results table.
 """
@@ -50,9 +53,9 @@ def truncate_tokens(tokenizer: Tokenizer, text: str, keep: int, policy: str) -> 
         return text, 0
     k = keep
     while k > 0:
-        if policy == "middle":
-            head, tail = k // 2, k - k // 2
-            cut = tokenizer.decode(ids[:head]) + tokenizer.decode(ids[len(ids) - tail:]) if tail else tokenizer.decode(ids[:head])
+        if policy == "middle":  # k // 2 tokens from each end, as LongBench's pred.py and InfiniteBench's
+            half = max(k // 2, 1)  # truncate_input do (an odd k leaves one token unused)
+            cut = tokenizer.decode(ids[:half]) + tokenizer.decode(ids[len(ids) - half:]) if k > 1 else tokenizer.decode(ids[:k])
         elif policy == "left":
             cut = tokenizer.decode(ids[len(ids) - k:])
         elif policy == "right":
@@ -66,11 +69,19 @@ def truncate_tokens(tokenizer: Tokenizer, text: str, keep: int, policy: str) -> 
 
 
 def fit_sample(sample: Sample, tokenizer: Tokenizer, context_window: int, template_tokens: int,
-               policy: str) -> Fit:
-    """Check ``sample`` against the window; truncate or skip it by ``policy`` when it does not fit."""
+               policy: str, input_limit: int = 0) -> Fit:
+    """Check ``sample`` against the window; truncate or skip it by ``policy`` when it does not fit.
+
+    ``input_limit`` > 0: the whole input (chat template + prompt + prefix) is first held to that
+    many tokens, cut in the middle whatever ``policy`` says, as InfiniteBench's scripts cut every
+    prompt to 128K (``src/eval_yarn_mistral.py``: ``truncate_by_tokens(..., 128 * 1024)``, the
+    generated tokens on top). The window's own budget still applies when it is smaller."""
     prefix_tokens = count_tokens(tokenizer, sample.answer_prefix)
     n = sample.n_tokens or count_tokens(tokenizer, sample.prompt) + prefix_tokens
     budget = prompt_budget(context_window, sample.max_new_tokens, template_tokens)
+    limited = bool(input_limit) and input_limit - template_tokens < budget
+    if limited:
+        budget, policy = input_limit - template_tokens, "middle"
     if budget <= prefix_tokens:
         return Fit(None, n, budget, skipped_reason=(
             f"skipped: generation {sample.max_new_tokens} + template {template_tokens} + prefix "
@@ -83,5 +94,6 @@ def fit_sample(sample: Sample, tokenizer: Tokenizer, context_window: int, templa
             f"tokens exceed the {context_window}-token window"))
     text, removed = truncate_tokens(tokenizer, sample.prompt, budget - prefix_tokens, policy)
     kept = count_tokens(tokenizer, text) + prefix_tokens
-    meta = {**sample.meta, "truncation": policy, "truncated_tokens": removed, "original_tokens": n}
+    meta = {**sample.meta, "truncation": policy, "truncated_tokens": removed, "original_tokens": n,
+            "cut_by": "input_limit" if limited else "window", **({"input_limit": input_limit} if limited else {})}
     return Fit(replace(sample, prompt=text, n_tokens=kept, meta=meta), n, budget, truncated_tokens=removed)

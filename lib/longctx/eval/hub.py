@@ -43,20 +43,25 @@ def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
         return False, f"{host}: {err.strerror or err}"
 
 
-def _open(dataset: str, config: str | None, split: str, local_path: str | Path | None):
+def _open(dataset: str, config: str | None, split: str, local_path: str | Path | None, features: Any = None):
     import datasets
 
     if local_path:
         path = Path(local_path)
         if not path.exists():
             raise Unavailable(f"skipped: local file {path} not found")
+        if path.is_dir():  # a copy of a hub repo whose files are its splits ({split}.jsonl), read as the hub reads it
+            files = {f.stem: str(f) for f in sorted(path.glob("*.jsonl"))}
+            if split not in files:
+                raise Unavailable(f"skipped: {path} has no {split}.jsonl")
+            return datasets.load_dataset("json", data_files=files, split=split, features=features)
         kind = "parquet" if path.suffix == ".parquet" else "json"
-        return datasets.load_dataset(kind, data_files=str(path), split="train")
+        return datasets.load_dataset(kind, data_files=str(path), split="train", features=features)
     ok, detail = hub_reachable()
     if not ok:
         raise Unavailable(f"skipped: not reachable ({dataset}: {detail})")
     try:
-        return datasets.load_dataset(dataset, config, split=split)
+        return datasets.load_dataset(dataset, config, split=split, features=features)
     except Exception as err:  # datasets raises many types; all mean "cannot load this"
         raise Unavailable(f"skipped: not reachable ({dataset}/{config or ''}/{split}: "
                           f"{type(err).__name__}: {str(err)[:160]})") from err
@@ -79,12 +84,15 @@ class Subset:
 
 
 def load_subset(dataset: str, config: str | None = None, split: str = "test",
-                local_path: str | Path | None = None, max_rows: int = 0, seed: int = 0) -> Subset:
+                local_path: str | Path | None = None, max_rows: int = 0, seed: int = 0,
+                features: Any = None) -> Subset:
     """The whole split (``max_rows`` = 0 or at least its size), or ``max_rows`` rows drawn at
     random with ``seed`` (the same rows every run), kept in the split's order. A random draw,
     not the first rows: benchmark files are often sorted (by length, by source), so a prefix
-    would be a biased estimate of the full-set score."""
-    ds = _open(dataset, config, split, local_path)
+    would be a biased estimate of the full-set score. ``features``: the column types, for sets
+    whose files differ in columns (InfiniteBench); a local folder holds one ``{split}.jsonl`` per
+    split, read the way the hub reads the repo's files."""
+    ds = _open(dataset, config, split, local_path, features)
     total = len(ds)
     if not max_rows or max_rows >= total:
         return Subset([dict(row) for row in ds], total, "")

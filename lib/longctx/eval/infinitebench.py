@@ -16,10 +16,13 @@
 | Zh.QA | longbook_qa_chn | hub | character F1 |
 
 Hub tasks come from ``xinrongzhang2022/InfiniteBench`` (split = task id) through ``datasets``
-and are reported "skipped: not reachable" when it cannot be loaded. Their books are ~100K-2M
-tokens: InfiniteBench's own scripts cut every prompt to 128K tokens from the middle; here the
-cut is the evaluation's explicit truncation policy, applied against the model's own window
-(no silent 128K cut for a 1M model) and reported per sample. Prompt wording is ours.
+with the column types the maintainers prescribe (:func:`hub_features`), and are reported
+"skipped: not reachable" when it cannot be loaded. Their books are ~100K-2M tokens:
+InfiniteBench's own scripts cut every prompt to 128K tokens in the middle, and so does the
+evaluation by default (``infinitebench_input_limit: 131072``, all InfiniteBench tasks); 0 lets a
+long-window model read its whole window instead (1.3-1.5x the official input for the books,
+up to ~8x for Zh.QA at 1M). The limit is a column of the results table; every cut is reported
+per sample. Prompt wording is ours.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from .infinitebench_synth import MATH_FIND_TARGETS, SYNTHETIC, make_synthetic
 from .sample import Sample, read_samples, write_samples
 
 __all__ = ["IB_TASKS", "IB_SYNTHETIC", "IB_HUB", "IB_NAMES", "prepare_infinitebench_synthetic",
-           "load_infinitebench_hub", "score_infinitebench", "HUB_ID"]
+           "load_infinitebench_hub", "score_infinitebench", "HUB_ID", "hub_features"]
 
 HUB_ID = "xinrongzhang2022/InfiniteBench"
 IB_SYNTHETIC = list(SYNTHETIC)
@@ -136,11 +139,24 @@ def prepare_infinitebench_synthetic(task: str, length: int, budget_for: Any, n_s
     return samples
 
 
+def hub_features():
+    """The column types InfiniteBench's maintainers prescribe for ``load_dataset`` (OpenBMB/
+    InfiniteBench issue #19): the task files differ in columns (``options`` is missing from some),
+    so without them ``datasets`` stops with a cast error."""
+    import datasets
+
+    string = datasets.Value("string")
+    return datasets.Features({"id": datasets.Value("int64"), "context": string, "input": string,
+                              "answer": datasets.Sequence(string), "options": datasets.Sequence(string)})
+
+
 def load_infinitebench_hub(task: str, max_rows: int = 0, local_path: str = "", seed: int = 0) -> list[Sample]:
     """Samples of a hub task: every row (``max_rows`` = 0, comparable with published scores) or a
     seeded random ``max_rows`` of them, recorded in each sample's meta (raises
-    :class:`longctx.eval.hub.Unavailable` when unreachable)."""
-    subset = load_subset(HUB_ID, None, task, local_path=local_path or None, max_rows=max_rows, seed=seed)
+    :class:`longctx.eval.hub.Unavailable` when unreachable). ``local_path``: one task's file, or
+    a folder in the hub repo's layout (``{task}.jsonl`` per task)."""
+    subset = load_subset(HUB_ID, None, task, local_path=local_path or None, max_rows=max_rows, seed=seed,
+                         features=hub_features())
     rows = subset.rows
     template, prefix = TEMPLATES[task]
     samples = []

@@ -59,12 +59,22 @@ class EvalConfig:
     infinitebench_lengths: list[int] = param([4096], "lengths of the generated InfiniteBench tasks")
     longbench_tasks: list[str] = param(list(LONGBENCH_TASKS), "LongBench v1 data sets")
     n_samples: int = param(2, "samples per task and length of the generated tasks (RULER, generated "
-                              "InfiniteBench)", min=1)
+                              "InfiniteBench); RULER's own runs use 500 (scripts/config_tasks.sh)", min=1)
+    ruler_qa_doc_order: str = param("fixed", "qa_1/qa_2 document order: 'fixed' = RULER's one seeded shuffle "
+                                             "(qa.py; the gold paragraph at one depth per length), "
+                                             "'per_sample' = a new order per sample (a mean over depths)",
+                                    choices=("fixed", "per_sample"))
+    ruler_qa_order_seed: int = param(42, "seed of the fixed qa shuffle (RULER's --random_seed default)")
     hub_max_rows: int = param(0, "rows per LongBench / InfiniteBench hub data set: 0 = every row (comparable "
                                  "with published scores); N = a seeded random N rows, marked as a subsample "
                                  "in the results (evaluate --quick sets 50)", min=0)
     mmlu_shots: int = param(5, "solved examples before each MMLU question", min=0, max=5)
     mmlu_max_questions: int = param(0, "MMLU questions scored, spread over subjects (0 = all 14042)", min=0)
+    infinitebench_input_limit: int = param(131072, "tokens every InfiniteBench prompt (with its chat template) "
+                                                    "is cut to in the middle before the model's window applies: "
+                                                    "131072 = the official scripts' 128K (eval_yarn_mistral.py), "
+                                                    "0 = the model's own window (a 1M model reads whole books); "
+                                                    "the results' input_limit column says which", min=0)
     truncation: str = param("middle", "what happens to a prompt that does not fit the window: middle / "
                                       "left / right cut (reported per sample) or skip", choices=POLICIES)
     max_new_tokens_cap: int = param(0, "cap every task's generation budget (0 = the official budgets)", min=0)
@@ -76,6 +86,8 @@ class EvalConfig:
     squad_path: str = param("", "local file with rajpurkar/squad_v2 rows ('' = the hub)")
     hotpotqa_path: str = param("", "local file with hotpotqa/hotpot_qa distractor rows ('' = the hub)")
     infinitebench_files: dict[str, str] = param({}, "task -> local file with xinrongzhang2022/InfiniteBench rows")
+    infinitebench_dir: str = param("", "local copy of the xinrongzhang2022/InfiniteBench repo ({task}.jsonl per "
+                                       "task), read as the hub is; infinitebench_files take precedence")
     longbench_files: dict[str, str] = param({}, "data set -> local file with THUDM/LongBench rows")
     longbench_hub_id: str = param("THUDM/LongBench", "hub id of LongBench v1")
     mmlu_dev_path: str = param("", "local file with cais/mmlu dev rows ('' = the hub)")
@@ -95,6 +107,15 @@ class EvalConfig:
             unknown = [v for v in values if v not in valid]
             if unknown:
                 raise bad(key, f"unknown task(s) {unknown}; valid: {list(valid)}")
+        if 0 < self.infinitebench_input_limit < 256:
+            raise bad("infinitebench_input_limit", f"a limit of {self.infinitebench_input_limit} tokens leaves no "
+                                                   "room for a prompt; 131072 = the official 128K, 0 = none")
+        too_long = [n for n in self.infinitebench_lengths if self.infinitebench_input_limit and
+                    "infinitebench" in self.benchmarks and n > self.infinitebench_input_limit]
+        if too_long:
+            raise bad("infinitebench_lengths", f"generated lengths {too_long} exceed infinitebench_input_limit "
+                                               f"{self.infinitebench_input_limit}: the cut would remove their middle "
+                                               "(keys, needles); set the limit to 0 or the lengths below it")
         for key in ("ruler_lengths", "infinitebench_lengths"):
             small = [n for n in getattr(self, key) if n < 256]
             if small:

@@ -24,6 +24,8 @@
 | ``skipped`` | empty, or why the whole row has no score ("skipped: not reachable (...)") |
 | ``source`` | ``measured`` here; ``reported`` in the paper's table |
 | ``note`` | free text (haystack corpus, truncation policy, ...) |
+| ``input_limit`` | tokens every prompt was cut to before the model's window applied: 131072 = InfiniteBench's official 128K middle cut; empty = only the model's own window |
+| ``reference`` | reported rows: where the number comes from (the paper's table / figure, or the secondary source it was read from) |
 
 ``lib/longctx/eval/data/paper_reported.csv`` has the same columns with ``source = reported``. Tables
 written before a column existed are read with that column empty, and appending to one rewrites
@@ -42,9 +44,9 @@ __all__ = ["COLUMNS", "append_rows", "read_results", "reported_path", "read_repo
 
 COLUMNS = ["run_id", "model", "benchmark", "task", "context_length", "n_samples", "n_available", "subsample",
            "n_scored", "n_truncated", "truncation", "n_skipped", "score", "metric", "segmenter", "scorer",
-           "mean_prompt_tokens", "skipped", "source", "note"]
+           "mean_prompt_tokens", "skipped", "source", "note", "input_limit", "reference"]
 _NUMERIC = ("context_length", "n_samples", "n_available", "n_scored", "n_truncated", "n_skipped", "score",
-            "mean_prompt_tokens")
+            "mean_prompt_tokens", "input_limit")
 
 
 def row(**values: Any) -> dict[str, Any]:
@@ -97,14 +99,16 @@ def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 def read_results(*paths: str | Path) -> pd.DataFrame:
     """Results tables concatenated under :data:`COLUMNS` (columns an older table lacks are
     empty); numeric columns typed, missing files ignored."""
-    text = {c: str for c in ("skipped", "note", "task", "subsample", "truncation", "segmenter", "scorer")}
+    text = {c: str for c in ("skipped", "note", "task", "subsample", "truncation", "segmenter", "scorer",
+                             "reference")}
     frames = [pd.read_csv(p, dtype=text) for p in paths if Path(p).is_file()]
     if not frames:
         return pd.DataFrame(columns=COLUMNS)
     df = pd.concat(frames, ignore_index=True).reindex(columns=COLUMNS)
     for col in _NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
-    for col in ("skipped", "note", "metric", "run_id", "subsample", "truncation", "segmenter", "scorer"):
+    for col in ("skipped", "note", "metric", "run_id", "subsample", "truncation", "segmenter", "scorer",
+                "reference"):
         df[col] = df[col].astype(object).fillna("").astype(str)
     return df
 

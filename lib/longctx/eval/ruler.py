@@ -22,11 +22,16 @@ Differences from RULER, on purpose: the essay haystack is the embedded corpus (J
 novels by default) instead of Paul Graham's essays; the prompt wording is ours (same structure:
 instruction, context, question, answer prefix); every sample is sized with the evaluated
 model's tokenizer to the budget ``context_length - max_new_tokens - chat template tokens``
-(RULER's fwe ignores the generation budget); words for keys and cwe come from the corpus
-vocabulary instead of the ``wonderwords`` lists.
+(RULER sizes to the same budget, fwe included: ``freq_words_extraction.py`` subtracts
+``tokens_to_generate`` before sizing and before its ``//50`` vocabulary, as here); words for keys
+and cwe come from the corpus vocabulary instead of the ``wonderwords`` lists, and past its 12K
+words cwe pads with hyphenated pairs of non-answer words where RULER draws single words from its
+``english_words.json``. qa_1 / qa_2 order their documents with RULER's fixed-seed shuffle
+(``qa_doc_order: fixed``). RULER runs 500 samples per task and length
+(``scripts/config_tasks.sh``); ``n_samples`` sets ours (the paper profile: 50, see its params).
 
 Prepared samples are cached as JSONL under ``cache_dir`` keyed by task, length, budget,
-tokenizer, seed and sample count (:func:`prepare_ruler`).
+tokenizer, seed, sample count and (qa) document order (:func:`prepare_ruler`).
 """
 
 from __future__ import annotations
@@ -46,10 +51,10 @@ __all__ = ["RULER_TASKS", "RulerTask", "TEMPLATES", "ANSWER_PREFIXES", "prepare_
 
 
 def _cache_name(task: str, length: int, budget: int, tokenizer: Tokenizer, seed: int, n: int,
-                corpus: str) -> str:
+                corpus: str, order: str = "") -> str:
     tok = re.sub(r"[^A-Za-z0-9_.-]+", "_", tokenizer.name)[-60:]
     src = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus)[-40:]
-    return f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n}-{src}.jsonl"
+    return f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n}{order}-{src}.jsonl"
 
 
 def prepare_ruler(task: str, length: int, budget: int, n_samples: int, seed: int,
@@ -61,8 +66,10 @@ def prepare_ruler(task: str, length: int, budget: int, n_samples: int, seed: int
     spec = RULER_TASKS[task]
     path = None
     if ctx.cache_dir:
+        order = "" if spec.kind != "qa" else (  # the key names the qa document order
+            f"-order{ctx.qa_order_seed}" if ctx.qa_doc_order == "fixed" else "-orderpersample")
         path = Path(ctx.cache_dir) / "ruler" / _cache_name(task, length, budget, ctx.tokenizer, seed,
-                                                           n_samples, ctx.haystack_corpus)
+                                                           n_samples, ctx.haystack_corpus, order)
         if path.is_file():
             return read_samples(path)
     make = {"niah": ruler_tasks.make_niah, "vt": ruler_tasks.make_vt, "cwe": ruler_tasks.make_cwe,

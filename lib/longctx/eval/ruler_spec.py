@@ -97,9 +97,12 @@ class RulerContext:
     verify: bool = True                     # tokenise each final prompt once to confirm its length
     squad_path: str = ""                    # local file shaped like the hub rows ("" = the hub)
     hotpotqa_path: str = ""
+    qa_doc_order: str = "fixed"             # "fixed": RULER's one seeded shuffle per length; "per_sample"
+    qa_order_seed: int = 42                 # the fixed shuffle's seed (RULER's --random_seed default)
     _essay: Any = None
     _words: list[str] | None = None
     _source: str = ""
+    _qa_sizes: dict = field(default_factory=dict)  # (dataset, length, budget) -> documents of the first sample
 
     def essay(self):
         from .haystack import corpus_text, essay_units

@@ -201,18 +201,33 @@ def make_vt(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: r
 # --------------------------------------------------------------------------- common words
 
 
-def _cwe_words(ctx: RulerContext, rng: random.Random, needed: int) -> list[str]:
-    """A random order of the corpus vocabulary; past its end, hyphenated pairs of its words
-    (RULER caps the list at its word list, so it cannot reach long lengths)."""
+def _cwe_words(ctx: RulerContext, rng: random.Random, needed: int, n_common: int = 0) -> list[str]:
+    """A random order of the corpus vocabulary (its first ``n_common`` words are the answer);
+    past its end, hyphenated pairs of the other words. RULER switches from the ``wonderwords``
+    lists to its ``english_words.json`` (single words) when it needs more words than those hold;
+    the Austen vocabulary has ~12K words, so a list past that (cwe at >= 256K) pads with pairs.
+    A pair never contains an answer word, and every non-answer word is a half equally often
+    (rounds over the shuffled vocabulary), so at 1M (~35K pairs over ~12.3K words) a padding word
+    is inside at most 6 distinct pairs, i.e. 18 entries with ``freq_ucw`` = 3, below the 30
+    standalone entries of an answer word."""
     words = list(ctx.words())
     rng.shuffle(words)
-    base = words[:2000]
+    base = words[n_common:]
+    if needed > len(words) + len(base) ** 2 // 2:  # (a pair space that small would loop for ever)
+        raise ValueError(f"the cwe word list needs {needed} words; the corpus vocabulary of {len(words)} "
+                         f"words and its pairs cannot give that many")
     seen = set(words)
-    while len(words) < needed:
-        pair = f"{rng.choice(base)}-{rng.choice(base)}"
-        if pair not in seen:
-            seen.add(pair)
-            words.append(pair)
+    while len(words) < needed:  # rounds in which every non-answer word is a first and a second half once
+        first, second = base[:], base[:]
+        rng.shuffle(first)
+        rng.shuffle(second)
+        for a, b in zip(first, second):
+            pair = f"{a}-{b}"
+            if a != b and pair not in seen:
+                seen.add(pair)
+                words.append(pair)
+                if len(words) >= needed:
+                    break
     return words[:max(needed, 0)]
 
 
@@ -273,7 +288,7 @@ def make_cwe(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: 
     digits = len(str(max((budget - fixed) // 4, 1)))
     mean_entry = mean_word + count_tokens(tok, " " + "7" * digits + ".")
     n_max = max(num_cw + 1, int((budget - fixed) / (mean_entry * freq_ucw) * 1.1) + num_cw + 16)
-    words = _cwe_words(ctx, rng, n_max)
+    words = _cwe_words(ctx, rng, n_max, num_cw)
     n_entries = lambda n: num_cw * freq_cw + max(n - num_cw, 0) * freq_ucw  # noqa: E731
     order = np.random.default_rng(rng.getrandbits(32))
     order_seed = int(order.integers(2 ** 31))
@@ -306,7 +321,8 @@ def make_cwe(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: 
     n = largest_fitting(cost, num_cw, n_max, budget)
     n, n_tokens = _verified(tok, n, lambda k: text_for(k)[0], cost, prefix_tokens, budget, ctx.verify, num_cw, n_max)
     prompt, answer = text_for(n)
-    meta = {"num_words": n, "freq_cw": freq_cw, "freq_ucw": freq_ucw, "verified": ctx.verify}
+    meta = {"num_words": n, "pair_words": sum("-" in w for w in words[:n]), "freq_cw": freq_cw,
+            "freq_ucw": freq_ucw, "verified": ctx.verify}
     return prompt, prefix, answer, n_tokens, meta
 
 
@@ -325,7 +341,9 @@ def make_fwe(spec: RulerTask, ctx: RulerContext, length: int, budget: int, rng: 
               index: int = 0) -> Result:
     alpha, wordlen = spec.args["alpha"], spec.args["coded_wordlen"]
     tok = ctx.tokenizer
-    vocab_size = max(length // 50, 10)  # RULER's default vocabulary size
+    # RULER's default vocabulary: (max_seq_length - tokens_to_generate) // 50
+    # (freq_words_extraction.py subtracts the generation budget first)
+    vocab_size = max((length - spec.tokens_to_generate) // 50, 10)
     vocab: set[str] = set()
     while len(vocab) < vocab_size:
         vocab.add("".join(rng.choices(string.ascii_lowercase, k=wordlen)))

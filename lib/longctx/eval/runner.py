@@ -98,8 +98,10 @@ class _Suite:
         return min(official, self.cfg.max_new_tokens_cap) if self.cfg.max_new_tokens_cap else official
 
     def group(self, benchmark: str, task: str, length: int, load: Callable[[], list[Sample]], note: str = "") -> None:
+        limit = self.cfg.infinitebench_input_limit if benchmark == "infinitebench" else 0
         base = dict(run_id=self.run_id, model=self.cfg.model_name, benchmark=benchmark, task=task,
-                    context_length=length, truncation=self.cfg.truncation, **scoring_provenance(benchmark, task))
+                    context_length=length, truncation=self.cfg.truncation, input_limit=limit or "",
+                    **scoring_provenance(benchmark, task))
         started = time.monotonic()
         window = self.backend.context_window
         if length > window:
@@ -114,7 +116,8 @@ class _Suite:
             return
         for s in samples:
             s.max_new_tokens = self.max_new(s.max_new_tokens)
-        fits = [fit_sample(s, self.backend.tokenizer, window, self.template, self.cfg.truncation) for s in samples]
+        fits = [fit_sample(s, self.backend.tokenizer, window, self.template, self.cfg.truncation, limit)
+                for s in samples]
         send = [f.sample for f in fits if f.sample is not None]
         logprob_mode = bool(send) and benchmark == "mmlu" and self.backend.choice_logprobs(send[0]) is not None
         if logprob_mode:
@@ -155,8 +158,12 @@ class _Suite:
         metric = score_sample(samples[0], "")[1] if samples else ""
         n_trunc = sum(1 for f in fits if f.sample is not None and f.truncated_tokens)
         extra = [note] if note else []
-        if n_trunc:
-            extra.append(f"{n_trunc} truncated ({self.cfg.truncation})")
+        by_limit = sum(1 for f in fits if f.sample is not None and f.truncated_tokens
+                       and f.sample.meta.get("cut_by") == "input_limit")
+        if by_limit:
+            extra.append(f"{by_limit} truncated (middle, input cut to {limit} tokens)")
+        if n_trunc - by_limit:
+            extra.append(f"{n_trunc - by_limit} truncated ({self.cfg.truncation})")
         if failed:
             extra.append(f"{failed} requests failed")
         if self.cfg.max_new_tokens_cap:
@@ -202,7 +209,8 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
     if "ruler" in cfg.benchmarks:
         ctx = RulerContext(tok, cfg.haystack_corpus, suite.cache, cfg.verify_lengths,
                            str(resolve_path(cfg.squad_path)) if cfg.squad_path else "",
-                           str(resolve_path(cfg.hotpotqa_path)) if cfg.hotpotqa_path else "")
+                           str(resolve_path(cfg.hotpotqa_path)) if cfg.hotpotqa_path else "",
+                           qa_doc_order=cfg.ruler_qa_doc_order, qa_order_seed=cfg.ruler_qa_order_seed)
         for task in cfg.ruler_tasks:
             spec = RULER_TASKS[task]
             note = f"haystack: {cfg.haystack_corpus}" if spec.args.get("haystack") == "essay" else ""
@@ -217,7 +225,7 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
                         t, L, lambda m, L=L: budget(L, m), cfg.n_samples, cfg.seed, tok, suite.cache,
                         cfg.verify_lengths))
             else:
-                local = cfg.infinitebench_files.get(task, "")
+                local = cfg.infinitebench_files.get(task, "") or cfg.infinitebench_dir
                 suite.group("infinitebench", task, 0, lambda t=task, p=local: load_infinitebench_hub(
                     t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.seed))
     if "longbench" in cfg.benchmarks:
