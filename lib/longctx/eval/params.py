@@ -14,7 +14,7 @@ from ..train.rope import RopeSettings
 from .backends import SERVERS
 from .fit import POLICIES
 from .infinitebench import IB_TASKS
-from .longbench import LONGBENCH_TASKS
+from .longbench import HUB_ID as LONGBENCH_HUB_ID, LONGBENCH_TASKS
 from .ruler import RULER_TASKS
 
 __all__ = ["EvalConfig", "BENCHMARKS"]
@@ -76,8 +76,10 @@ class EvalConfig:
     squad_path: str = param("", "local file with rajpurkar/squad_v2 rows ('' = the hub)")
     hotpotqa_path: str = param("", "local file with hotpotqa/hotpot_qa distractor rows ('' = the hub)")
     infinitebench_files: dict[str, str] = param({}, "task -> local file with xinrongzhang2022/InfiniteBench rows")
-    longbench_files: dict[str, str] = param({}, "data set -> local file with THUDM/LongBench rows")
-    longbench_hub_id: str = param("THUDM/LongBench", "hub id of LongBench v1")
+    longbench_files: dict[str, str] = param({}, "data set -> local file with LongBench rows (the mirror's "
+                                                "columns, or the release's data/*.jsonl)")
+    longbench_hub_id: str = param(LONGBENCH_HUB_ID, "parquet mirror of LongBench v1 that datasets 5 loads (the "
+                                                    "one lm-eval reads), or a local folder in its layout")
     mmlu_dev_path: str = param("", "local file with cais/mmlu dev rows ('' = the hub)")
     mmlu_test_path: str = param("", "local file with cais/mmlu test rows ('' = the hub)")
     # --- outputs
