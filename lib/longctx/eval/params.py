@@ -65,6 +65,12 @@ class EvalConfig:
                                  "in the results (evaluate --quick sets 50)", min=0)
     mmlu_shots: int = param(5, "solved examples before each MMLU question", min=0, max=5)
     mmlu_max_questions: int = param(0, "MMLU questions scored, spread over subjects (0 = all 14042)", min=0)
+    mmlu_scoring: str = param("loglikelihood", "'loglikelihood': the arg-max over the log-probabilities of ' A'..' D' "
+                                               "after the prompt, as lm-eval's multiple_choice (server: top-k "
+                                               "logprobs of /completions); 'generate': the first letter of a greedy "
+                                               "2-token reply", choices=("loglikelihood", "generate"))
+    mmlu_top_logprobs: int = param(20, "k of the top-k log-probabilities asked from a server in loglikelihood mode "
+                                       "(vLLM's default limit is 20)", min=1)
     truncation: str = param("middle", "what happens to a prompt that does not fit the window: middle / "
                                       "left / right cut (reported per sample) or skip", choices=POLICIES)
     max_new_tokens_cap: int = param(0, "cap every task's generation budget (0 = the official budgets)", min=0)

@@ -53,7 +53,7 @@ def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
     kwargs = dict(tokenizer=cfg.tokenizer or "server", api_key_env=cfg.llm_api_key_env,
                   context_window=cfg.context_window, template_tokens=cfg.template_tokens,
                   max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name,
-                  cache_dir=resolve_path(cfg.output_dir) / "cache")
+                  cache_dir=resolve_path(cfg.output_dir) / "cache", top_logprobs=cfg.mmlu_top_logprobs)
     if cfg.llm_base_url:
         yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, server=cfg.llm_server, **kwargs)
         return
@@ -116,9 +116,9 @@ class _Suite:
             s.max_new_tokens = self.max_new(s.max_new_tokens)
         fits = [fit_sample(s, self.backend.tokenizer, window, self.template, self.cfg.truncation) for s in samples]
         send = [f.sample for f in fits if f.sample is not None]
-        logprob_mode = bool(send) and benchmark == "mmlu" and self.backend.choice_logprobs(send[0]) is not None
-        if logprob_mode:
-            gens = [None] * len(send)
+        logprob_mode = benchmark == "mmlu" and self.cfg.mmlu_scoring == "loglikelihood"
+        if logprob_mode:  # lm-eval's multiple_choice: the arg-max over the choices' log-probabilities
+            gens = self.backend.choice_logprobs(send)
         else:
             gens = self.backend.generate(send)
         scores, prompt_tokens, failed = [], [], 0
@@ -132,10 +132,15 @@ class _Suite:
                 s, gen = f.sample, gens[k]
                 k += 1
                 rec.update(index=s.index, references=s.references, meta=s.meta)
+                if logprob_mode and isinstance(gen, str):
+                    failed += 1
+                    rec.update(skipped=f"request failed: {gen}")
+                    records.append(rec)
+                    continue
                 if logprob_mode:
-                    lp = self.backend.choice_logprobs(s)
-                    prediction = s.choices[max(range(len(lp)), key=lp.__getitem__)]
+                    prediction = s.choices[max(range(len(gen)), key=gen.__getitem__)]
                     score = float(prediction == s.references[0])
+                    rec.update(choice_logprobs=gen)
                 elif gen.error:
                     failed += 1
                     rec.update(skipped=f"request failed: {gen.error}")
@@ -145,7 +150,7 @@ class _Suite:
                     prediction = gen.text
                     score, _ = score_sample(s, prediction)
                 rec.update(prediction=prediction, score=score,
-                           server_prompt_tokens=getattr(gen, "prompt_tokens", 0) if gen else 0)
+                           server_prompt_tokens=getattr(gen, "prompt_tokens", 0))
                 scores.append(score)
                 prompt_tokens.append(s.n_tokens or f.prompt_tokens)
             records.append(rec)
@@ -153,6 +158,8 @@ class _Suite:
             for rec in records:
                 handle.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
         metric = score_sample(samples[0], "")[1] if samples else ""
+        if benchmark == "mmlu":  # how the answer was read: the row says so
+            metric = f"accuracy ({self.cfg.mmlu_scoring})"
         n_trunc = sum(1 for f in fits if f.sample is not None and f.truncated_tokens)
         extra = [note] if note else []
         if n_trunc:
@@ -234,7 +241,8 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
     if accounting is not None:
         # since the backend opened: one backend per run in evaluate.py and notebook 04
         llm = accounting.to_dict()
-        manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"])
+        manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"],
+                        choice_logprob_requests=getattr(backend, "logprob_requests", 0))
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     suite.progress.close()
     return pd.DataFrame(suite.rows)
