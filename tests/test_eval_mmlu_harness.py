@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import urllib.request
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -95,11 +96,14 @@ def test_hf_loglikelihood_equals_lm_eval_hflm(tiny_model, mmlu_files):
     from lm_eval.models.huggingface import HFLM
 
     samples = load_mmlu(2, 0, mmlu_files["dev"], mmlu_files["test"])[:6]  # 2 shots: inside the 1024 window
+    # choices of several tokens: lm-eval sums their log-probabilities (the other code path)
+    samples.append(replace(samples[0], choices=["Elizabeth", "zebra crossing", "42", "Darcy's"]))
     ours = HFBackend(str(tiny_model), dtype="float32", device="cpu", attn_implementation="eager")
     lm = HFLM(pretrained=str(tiny_model), dtype="float32", device="cpu", batch_size=1)
     got = ours.choice_logprobs(samples)
     requests = [Instance("loglikelihood", {}, (s.prompt, " " + c), i) for s in samples for i, c in enumerate(s.choices)]
     theirs = [ll for ll, _ in lm.loglikelihood(requests)]
+    assert len(ours.tokenizer.encode(" zebra crossing")) > 1
     for k, lps in enumerate(got):
         ref = theirs[4 * k:4 * k + 4]
         assert lps == pytest.approx(ref, abs=2e-4)

@@ -45,7 +45,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -414,12 +414,21 @@ class HFBackend:
 
         out: list[list[float] | str] = []
         for sample in samples:
-            ids = self._render(sample)
-            with torch.inference_mode():
-                logits = self.model(torch.tensor([ids], device=self.device)).logits[0, -1].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            choice_ids = [self.tokenizer.encode(" " + c) for c in sample.choices]
-            if any(len(i) != 1 for i in choice_ids):  # lm-eval would sum over several tokens
-                raise ValueError(f"{self.model_path}: choices {sample.choices} are not one token each after a space")
-            out.append([float(logprobs[i[0]]) for i in choice_ids])
+            context = self._render(sample)
+            # as lm-eval's HFLM: encode context + continuation whole, the continuation is what follows
+            wholes = [self._render(replace(sample, prompt=sample.prompt + " " + c)) for c in sample.choices]
+            conts = [w[len(context):] for w in wholes]
+            if all(len(c) == 1 and w[:len(context)] == context for c, w in zip(conts, wholes)):
+                with torch.inference_mode():  # one token each: one forward pass gives all four
+                    logits = self.model(torch.tensor([context], device=self.device)).logits[0, -1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                out.append([float(logprobs[c[0]]) for c in conts])
+                continue
+            scores = []
+            for whole, cont in zip(wholes, conts):  # several tokens: the sum of their log-probabilities
+                with torch.inference_mode():
+                    logits = self.model(torch.tensor([whole[:-1]], device=self.device)).logits[0].float()
+                logprobs = torch.log_softmax(logits[len(whole) - 1 - len(cont):], dim=-1)
+                scores.append(float(sum(logprobs[i, t] for i, t in enumerate(cont))))
+            out.append(scores)
         return out

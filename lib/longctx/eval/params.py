@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from ..core.config import bad, param
 from ..train.rope import RopeSettings
+from .babilong import BABILONG_LENGTHS, BABILONG_TASKS, HUB_ID as BABILONG_HUB_ID
 from .backends import SERVERS
 from .fit import POLICIES
 from .infinitebench import IB_TASKS
@@ -19,7 +20,7 @@ from .ruler import RULER_TASKS
 
 __all__ = ["EvalConfig", "BENCHMARKS"]
 
-BENCHMARKS = ("ruler", "infinitebench", "longbench", "mmlu")
+BENCHMARKS = ("ruler", "infinitebench", "longbench", "mmlu", "babilong")
 
 
 @dataclass
@@ -58,6 +59,8 @@ class EvalConfig:
     infinitebench_tasks: list[str] = param(list(IB_TASKS), "InfiniteBench tasks (generated and hub)")
     infinitebench_lengths: list[int] = param([4096], "lengths of the generated InfiniteBench tasks")
     longbench_tasks: list[str] = param(list(LONGBENCH_TASKS), "LongBench v1 data sets")
+    babilong_tasks: list[str] = param(list(BABILONG_TASKS), "BABILong tasks (qa1-qa5: the ones with long splits)")
+    babilong_lengths: list[str] = param(["0k", "4k"], f"BABILong lengths, of {list(BABILONG_LENGTHS)}")
     n_samples: int = param(2, "samples per task and length of the generated tasks (RULER, generated "
                               "InfiniteBench)", min=1)
     hub_max_rows: int = param(0, "rows per LongBench / InfiniteBench hub data set: 0 = every row (comparable "
@@ -86,6 +89,10 @@ class EvalConfig:
                                                 "columns, or the release's data/*.jsonl)")
     longbench_hub_id: str = param(LONGBENCH_HUB_ID, "parquet mirror of LongBench v1 that datasets 5 loads (the "
                                                     "one lm-eval reads), or a local folder in its layout")
+    babilong_hub_id: str = param(BABILONG_HUB_ID, "BABILong on the hub (100 rows per task and length), or a local "
+                                                  "folder in its layout")
+    babilong_prompts_file: str = param("", "booydar/babilong's babilong/prompts.py (official prompt texts, read as a "
+                                           "literal); '' = the texts of lm-eval's babilong task files")
     mmlu_dev_path: str = param("", "local file with cais/mmlu dev rows ('' = the hub)")
     mmlu_test_path: str = param("", "local file with cais/mmlu test rows ('' = the hub)")
     # --- outputs
@@ -99,7 +106,9 @@ class EvalConfig:
                 raise bad("benchmarks", f"unknown benchmark {name!r}; valid: {list(BENCHMARKS)}")
         for key, values, valid in (("ruler_tasks", self.ruler_tasks, RULER_TASKS),
                                    ("infinitebench_tasks", self.infinitebench_tasks, IB_TASKS),
-                                   ("longbench_tasks", self.longbench_tasks, LONGBENCH_TASKS)):
+                                   ("longbench_tasks", self.longbench_tasks, LONGBENCH_TASKS),
+                                   ("babilong_tasks", self.babilong_tasks, BABILONG_TASKS),
+                                   ("babilong_lengths", self.babilong_lengths, BABILONG_LENGTHS)):
             unknown = [v for v in values if v not in valid]
             if unknown:
                 raise bad(key, f"unknown task(s) {unknown}; valid: {list(valid)}")

@@ -25,6 +25,7 @@ import pandas as pd
 from ..core.config import resolve_path
 from ..core.progress import Progress
 from . import metrics as M
+from .babilong import length_tokens, load_babilong, score_babilong
 from .backends import Backend, HFBackend, OpenAIBackend
 from .fit import fit_sample
 from .hub import Unavailable
@@ -80,6 +81,8 @@ def score_sample(sample: Sample, prediction: str) -> tuple[float, str]:
                 metric_of(sample.task))
     if sample.benchmark == "mmlu":
         return score_mmlu_text(prediction, sample.references), "accuracy"
+    if sample.benchmark == "babilong":
+        return score_babilong(sample.task, prediction, sample.references[0], sample.meta["question"]), "accuracy"
     raise ValueError(f"unknown benchmark {sample.benchmark!r}")
 
 
@@ -201,7 +204,8 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
         ("ruler" in cfg.benchmarks) * len(cfg.ruler_tasks) * len(cfg.ruler_lengths)
         + ("infinitebench" in cfg.benchmarks) * (len(synthetic) * len(cfg.infinitebench_lengths)
                                                  + len(cfg.infinitebench_tasks) - len(synthetic))
-        + ("longbench" in cfg.benchmarks) * len(cfg.longbench_tasks) + ("mmlu" in cfg.benchmarks))
+        + ("longbench" in cfg.benchmarks) * len(cfg.longbench_tasks) + ("mmlu" in cfg.benchmarks)
+        + ("babilong" in cfg.benchmarks) * len(cfg.babilong_tasks) * len(cfg.babilong_lengths))
 
     def budget(length: int, max_new: int) -> int:
         return length - suite.max_new(max_new) - suite.template
@@ -237,6 +241,14 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
             cfg.mmlu_shots, cfg.mmlu_max_questions,
             str(resolve_path(cfg.mmlu_dev_path)) if cfg.mmlu_dev_path else "",
             str(resolve_path(cfg.mmlu_test_path)) if cfg.mmlu_test_path else ""))
+    if "babilong" in cfg.benchmarks:
+        hub_id = str(resolve_path(cfg.babilong_hub_id)) if Path(resolve_path(cfg.babilong_hub_id)).is_dir() \
+            else cfg.babilong_hub_id
+        prompts = str(resolve_path(cfg.babilong_prompts_file)) if cfg.babilong_prompts_file else ""
+        for task in cfg.babilong_tasks:
+            for length in cfg.babilong_lengths:
+                suite.group("babilong", task, length_tokens(length), lambda t=task, L=length: load_babilong(
+                    t, L, hub_id, prompts, cfg.hub_max_rows, cfg.seed), f"prompts: {'official file' if prompts else 'lm-eval task files'}")
     accounting = getattr(backend, "accounting", None)  # server backends count their requests
     if accounting is not None:
         # since the backend opened: one backend per run in evaluate.py and notebook 04
