@@ -94,7 +94,8 @@ def test_against_the_official_code(babilong_dir):
             assert sample.prompt == get_formatted_input(row["input"], row["question"], p["examples"],
                                                         p["instruction"], p["post_prompt"])
         for reply in ("The most recent location of Mary is kitchen.", "office", "Bill. kitchen", "Fred and Bill",
-                      "milk", "Kitchen <context> office", "hallway, garden", "the Garden.", "", "Question: kitchen"):
+                      "milk", "Kitchen <context> office", "hallway, garden", "the Garden.", "", "Question: kitchen",
+                      "Bill received the milk.", "Mary is in the kitchen or the office"):
             for row in rows:
                 assert score_babilong(task, reply, row["target"], row["question"]) == \
                     float(compare_answers(row["target"], reply, row["question"], TASK_LABELS[task])), (task, reply)

@@ -155,6 +155,11 @@ def test_llama_cpp_server_loglikelihood_and_its_cache(mmlu_files, tmp_path, monk
             with open_backend(cfg) as b:
                 rows = run_suite(cfg, b, run_id)
                 runs[run_id] = b.logprob_requests, rows.iloc[0]
+        cfg.mmlu_top_logprobs = 1  # at most one letter can be in the top 1: the row says how many were not
+        with open_backend(cfg) as b:
+            top1 = run_suite(cfg, b, "top1").iloc[0]
+    assert "3 with a choice outside the server's top-k log-probabilities" in top1.note
+    assert "outside" not in str(runs["first"][1].note)
     (sent, first), (resent, again) = runs["first"], runs["again"]
     assert (sent, resent) == (3, 0)
     assert first.metric == "accuracy (loglikelihood)" and first.n_scored == 3 and again.score == first.score

@@ -124,7 +124,7 @@ class _Suite:
             gens = self.backend.choice_logprobs(send)
         else:
             gens = self.backend.generate(send)
-        scores, prompt_tokens, failed = [], [], 0
+        scores, prompt_tokens, failed, outside_top_k = [], [], 0, 0
         records, k = [], 0
         for f in fits:
             target = length - self.max_new(samples[0].max_new_tokens) - self.template if length else None
@@ -144,6 +144,7 @@ class _Suite:
                     prediction = s.choices[max(range(len(gen)), key=gen.__getitem__)]
                     score = float(prediction == s.references[0])
                     rec.update(choice_logprobs=gen)
+                    outside_top_k += any(lp == float("-inf") for lp in gen)
                 elif gen.error:
                     failed += 1
                     rec.update(skipped=f"request failed: {gen.error}")
@@ -169,6 +170,8 @@ class _Suite:
             extra.append(f"{n_trunc} truncated ({self.cfg.truncation})")
         if failed:
             extra.append(f"{failed} requests failed")
+        if outside_top_k:  # the arg-max is still exact unless all four were outside
+            extra.append(f"{outside_top_k} with a choice outside the server's top-k log-probabilities")
         if self.cfg.max_new_tokens_cap:
             extra.append(f"generation capped at {self.cfg.max_new_tokens_cap} tokens")
         self._add(base, n_samples=len(samples), **data_provenance(samples),
