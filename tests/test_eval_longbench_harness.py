@@ -170,3 +170,17 @@ def test_official_release_rows_with_input_column_read_the_same(tmp_path, mirror)
     assert [s.prompt for s in load_longbench("hotpotqa", local_path=str(path))] == \
         [s.prompt for s in load_longbench("hotpotqa", hub_id=str(mirror))]
     del datasets
+
+
+def test_without_lm_eval_the_row_says_how_to_get_the_prompts(monkeypatch, mirror):
+    import sys
+
+    from longctx.eval import longbench
+
+    longbench.prompt_template.cache_clear()
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if the harness extra were not installed
+    try:
+        with pytest.raises(hub.Unavailable, match=r"pip install 'longctx\[harness\]'"):
+            load_longbench("narrativeqa", hub_id=str(mirror))
+    finally:
+        longbench.prompt_template.cache_clear()
