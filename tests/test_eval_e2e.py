@@ -68,7 +68,7 @@ def test_hf_backend_full_suite(model_dir, tmp_path, monkeypatch):
     assert (lb.n_scored, lb.n_truncated) == (1, 1) and "1 truncated (middle)" in lb.note
     assert (lb.n_available, lb.subsample, lb.truncation, lb.segmenter) == (1, "", "middle", "whitespace")
     mmlu = got[("mmlu", "mmlu", 0)]
-    assert mmlu.n_scored == 4 and mmlu.metric == "accuracy" and 0 <= float(mmlu.score) <= 100
+    assert mmlu.n_scored == 4 and mmlu.metric == "accuracy (loglikelihood)" and 0 <= float(mmlu.score) <= 100
 
     table = read_results(tmp_path / "out" / "results.csv")
     assert list(table.columns) == COLUMNS and len(table) == len(rows)

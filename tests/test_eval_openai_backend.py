@@ -199,7 +199,7 @@ def test_second_run_over_the_same_output_dir_is_answered_from_the_cache(tmp_path
             "ruler_tasks": ["niah_single_1"], "ruler_lengths": [512], "n_samples": 1,
             "mmlu_dev_path": str(write_jsonl(tmp_path / "dev.jsonl", mmlu_rows("dev"))),
             "mmlu_test_path": str(write_jsonl(tmp_path / "test.jsonl", mmlu_rows("test"))),
-            "mmlu_max_questions": 2, "max_new_tokens_cap": 4,
+            "mmlu_max_questions": 2, "mmlu_scoring": "generate", "max_new_tokens_cap": 4,
             "haystack_corpus": str(corpus_dir(tmp_path)), "output_dir": str(tmp_path / "out"),
             "cache_dir": str(tmp_path / "samples")})
         runs = {}

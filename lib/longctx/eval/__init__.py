@@ -1,4 +1,4 @@
-"""Stage 4: evaluation from 4K to 1M tokens (RULER, InfiniteBench, LongBench, MMLU), and the
+"""Stage 4: evaluation from 4K to 1M tokens (RULER, InfiniteBench, LongBench, MMLU, BABILong), and the
 paper's figures. ``python -m longctx.evaluate`` and ``python -m longctx.figures``.
 
 =====================  ===========================================================================
@@ -9,8 +9,9 @@ paper's figures. ``python -m longctx.evaluate`` and ``python -m longctx.figures`
 ``ruler_qa``           qa_1 (SQuAD) and qa_2 (HotpotQA) with distractor paragraphs
 ``infinitebench``      12 tasks: 6 generated offline, 6 from the hub; official scoring
 ``infinitebench_synth`` passkey, number string, kv retrieval, math find / calc, code run
-``longbench``          LongBench v1's 21 data sets, official metrics and post-processing
-``mmlu``               5-shot MMLU, micro-averaged accuracy
+``longbench``          LongBench v1's 21 data sets, official prompts (from lm-eval), metrics, post-processing
+``mmlu``               5-shot MMLU, micro-averaged accuracy (log-likelihood or generated letter)
+``babilong``           BABILong qa1-qa5 from 0 to 1M tokens, official layout and scoring
 ``metrics``            every scoring function, official semantics and libraries
 ``provenance``         segmenter, scoring library and data subset behind a results row
 ``fit``                the window budget and the explicit truncation / skip policy

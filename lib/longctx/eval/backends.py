@@ -3,8 +3,12 @@ OpenAI-compatible server (vLLM, llama.cpp, SGLang, hosted APIs).
 
 Both answer :class:`Backend`: a name, the context window, the tokenizer used to size prompts,
 the number of tokens the chat template adds around one user turn (so the budget can reserve
-them), ``generate`` for a list of samples, and ``choice_logprobs`` where log-probabilities are
-available (MMLU's original scoring; the HF backend only).
+them), ``generate`` for a list of samples, and ``choice_logprobs`` for multiple-choice samples
+(MMLU's log-likelihood scoring, as lm-evaluation-harness does it): the log-probability of each
+choice (`` A`` .. `` D``) as the next token after the prompt. The HF backend reads it from the
+model's logits; a server backend asks ``/completions`` for the top-``k`` log-probabilities of one
+generated token (vLLM and OpenAI answer ``logprobs.top_logprobs``, llama.cpp ``logprobs.content``).
+A choice outside the top ``k`` gets ``-inf``; the arg-max is exact whenever any choice is inside.
 
 * :class:`HFBackend` loads a checkpoint with ``transformers``. Its RoPE settings are the ones in
   the checkpoint's ``config.json`` (stage 3 writes them there), computed in float64 by
@@ -41,7 +45,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -82,8 +86,9 @@ class Backend(Protocol):
     def generate(self, samples: Sequence[Sample]) -> list[Generation]:
         """Greedy answers, one per sample, each at most ``sample.max_new_tokens`` tokens."""
 
-    def choice_logprobs(self, sample: Sample) -> list[float] | None:
-        """Next-token log-probabilities of ``sample.choices`` (None when unavailable)."""
+    def choice_logprobs(self, samples: Sequence[Sample]) -> list[list[float] | str]:
+        """Per sample, the next-token log-probabilities of `` `` + each of ``sample.choices``, or
+        the reason they could not be had (a failed request)."""
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the model (path, RoPE, window)."""
@@ -175,6 +180,15 @@ def detect_server(base_url: str, timeout: float = 30.0) -> str:
     return "openai"
 
 
+def _top_logprobs(logprobs: dict[str, Any]) -> dict[str, float]:
+    """token text -> log-probability of the first generated token's top-k, from either answer
+    shape: OpenAI / vLLM ``top_logprobs: [{token: logprob}]``, llama.cpp ``content: [{top_logprobs:
+    [{token, logprob}]}]``."""
+    if logprobs.get("content"):
+        return {t["token"]: float(t["logprob"]) for t in logprobs["content"][0]["top_logprobs"]}
+    return {token: float(lp) for token, lp in logprobs["top_logprobs"][0].items()}
+
+
 # --------------------------------------------------------------------------- OpenAI-compatible
 
 
@@ -193,7 +207,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str, *, tokenizer: str = "server", api_key_env: str = "",
                  context_window: int = 0, template_tokens: int = -1, max_concurrency: int = 4,
                  timeout_s: float = 600.0, name: str = "", cache_dir: str | Path | None = None,
-                 server: str = "auto"):
+                 server: str = "auto", top_logprobs: int = 20):
         if server not in SERVERS:
             raise ValueError(f"server {server!r} is not one of {list(SERVERS)}")
         self.base_url = base_url.rstrip("/")
@@ -206,6 +220,8 @@ class OpenAIBackend:
         if api_key_env and not os.environ.get(api_key_env):  # fail here, not at the first generate()
             raise LLMSetupError(f"environment variable {api_key_env} is empty or unset")
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.top_logprobs = top_logprobs  # k of the top-k log-probabilities (vLLM allows 20 by default)
+        self.logprob_requests = 0  # choice_logprobs requests sent (cache hits excluded)
         self.embedded_threads = 0  # set by runner.open_backend when it started the embedded server
         self.accounting = Accounting()  # every call of this backend; the runner's manifest records it
         self.tokenizer = (ServerTokenizer(self.base_url, timeout_s, model) if tokenizer == "server"
@@ -247,8 +263,54 @@ class OpenAIBackend:
                 "response_cache": str(self.cache_dir) if self.cache_dir else "",
                 **({"embedded_threads": self.embedded_threads} if self.embedded_threads else {})}
 
-    def choice_logprobs(self, sample: Sample) -> list[float] | None:
-        return None
+    def choice_logprobs(self, samples: Sequence[Sample]) -> list[list[float] | str]:
+        """Answers already in ``{cache_dir}/choice_logprobs.jsonl`` (keyed like the response cache:
+        model name + request) are not asked again; each new answer is appended as it arrives, so
+        a killed run resumes where it stopped."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        path = self.cache_dir / "choice_logprobs.jsonl" if self.cache_dir else None
+        known: dict[str, list[float]] = {}
+        if path is not None and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(ValueError, KeyError):  # a line cut by a kill is skipped
+                    record = json.loads(line)
+                    known[record["key"]] = record["logprobs"]
+        keys = [self._logprob_key(s) for s in samples]
+        todo = [(k, s) for k, s in zip(keys, samples) if k not in known]
+        if todo:
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            with ThreadPoolExecutor(self.llm_config.max_concurrency) as pool, \
+                    (path.open("a", encoding="utf-8") if path is not None else contextlib.nullcontext()) as handle:
+                for (key, _), answer in zip(todo, pool.map(lambda ks: self._choice_logprobs_one(ks[1]), todo)):
+                    self.logprob_requests += 1
+                    if isinstance(answer, list):
+                        known[key] = answer
+                        if handle is not None:
+                            handle.write(json.dumps({"key": key, "logprobs": answer}) + "\n")
+                            handle.flush()
+                    else:
+                        known[key] = answer  # a failure is reported, not cached
+        return [known[k] for k in keys]
+
+    def _logprob_key(self, sample: Sample) -> str:
+        import hashlib
+
+        request = json.dumps([self.model, sample.prompt, sample.choices, self.top_logprobs], ensure_ascii=False)
+        return hashlib.sha256(request.encode("utf-8")).hexdigest()
+
+    def _choice_logprobs_one(self, sample: Sample) -> list[float] | str:
+        body = {"model": self.model, "prompt": sample.prompt, "max_tokens": 1, "temperature": 0.0,
+                "logprobs": self.top_logprobs}
+        headers = ({"Authorization": f"Bearer {os.environ[self.llm_config.api_key_env]}"}
+                   if self.llm_config.api_key_env else None)
+        try:
+            out = _post(self.base_url + "/completions", body, self.llm_config.timeout_s, headers)
+            top = _top_logprobs(out["choices"][0]["logprobs"])
+        except (urllib.error.URLError, OSError, KeyError, IndexError, TypeError, ValueError) as err:
+            return f"{type(err).__name__}: {str(err)[:200]}"
+        return [top.get(" " + choice, float("-inf")) for choice in sample.choices]
 
     def generate(self, samples: Sequence[Sample]) -> list[Generation]:
         return run_sync(self._generate_all(list(samples)))  # also from a Jupyter kernel's loop
@@ -347,11 +409,26 @@ class HFBackend:
             out.append(Generation(text, len(ids)))
         return out
 
-    def choice_logprobs(self, sample: Sample) -> list[float] | None:
+    def choice_logprobs(self, samples: Sequence[Sample]) -> list[list[float] | str]:
         import torch
 
-        ids = self._render(sample)
-        with torch.inference_mode():
-            logits = self.model(torch.tensor([ids], device=self.device)).logits[0, -1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        return [float(logprobs[self.tokenizer.encode(" " + c)[0]]) for c in sample.choices]
+        out: list[list[float] | str] = []
+        for sample in samples:
+            context = self._render(sample)
+            # as lm-eval's HFLM: encode context + continuation whole, the continuation is what follows
+            wholes = [self._render(replace(sample, prompt=sample.prompt + " " + c)) for c in sample.choices]
+            conts = [w[len(context):] for w in wholes]
+            if all(len(c) == 1 and w[:len(context)] == context for c, w in zip(conts, wholes)):
+                with torch.inference_mode():  # one token each: one forward pass gives all four
+                    logits = self.model(torch.tensor([context], device=self.device)).logits[0, -1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                out.append([float(logprobs[c[0]]) for c in conts])
+                continue
+            scores = []
+            for whole, cont in zip(wholes, conts):  # several tokens: the sum of their log-probabilities
+                with torch.inference_mode():
+                    logits = self.model(torch.tensor([whole[:-1]], device=self.device)).logits[0].float()
+                logprobs = torch.log_softmax(logits[len(whole) - 1 - len(cont):], dim=-1)
+                scores.append(float(sum(logprobs[i, t] for i, t in enumerate(cont))))
+            out.append(scores)
+        return out

@@ -3,7 +3,8 @@
 Real benchmark data (SQuAD, HotpotQA, InfiniteBench, LongBench, MMLU) lives on the Hugging Face
 hub. :func:`load_rows` loads a split through ``datasets`` -- from the hub, from the local
 ``datasets`` cache, or from a local file with the same columns (``.json``/``.jsonl``/
-``.parquet``, read with ``datasets`` as well, so the same code path is exercised offline).
+``.parquet``, read with ``datasets`` as well, so the same code path is exercised offline), or
+a local folder laid out like a hub repository (passed as the data set id).
 When none of those work it raises :class:`Unavailable` whose message is the reason that goes
 into the results table and the log. :func:`load_subset` reads a benchmark's whole split by
 default (published LongBench / InfiniteBench numbers are over every row); asked for fewer rows it
@@ -57,6 +58,14 @@ def _open(dataset: str, config: str | None, split: str, local_path: str | Path |
             return datasets.load_dataset("json", data_files=files, split=split, features=features)
         kind = "parquet" if path.suffix == ".parquet" else "json"
         return datasets.load_dataset(kind, data_files=str(path), split="train", features=features)
+    if Path(dataset).is_dir():  # a local copy of a hub repository (parquet files + README configs)
+        try:
+            # rebuilt every time: datasets keys its cache of a local folder by the folder's *name*
+            # and config, not its content, so an updated copy would silently read the old rows
+            return datasets.load_dataset(dataset, config, split=split, download_mode="force_redownload")
+        except Exception as err:  # datasets raises many types; all mean "cannot load this"
+            raise Unavailable(f"skipped: cannot load {dataset} (config {config or ''}, split {split}): "
+                              f"{type(err).__name__}: {str(err)[:160]}") from err
     ok, detail = hub_reachable()
     if not ok:
         raise Unavailable(f"skipped: not reachable ({dataset}: {detail})")

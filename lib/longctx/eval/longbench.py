@@ -1,66 +1,149 @@
-"""LongBench v1: the 21 data sets through ``datasets``, official metrics, official post-processing.
+"""LongBench v1: the 21 data sets with the official prompts, budgets, metrics and post-processing.
 
-Rows come from ``THUDM/LongBench`` (config = data set, split ``test``; columns ``input``,
-``context``, ``answers``, ``all_classes``, ``length``) or a local file with those columns.
-Scoring follows LongBench's ``eval.py``: per sample the best score over the gold answers;
-for trec, triviaqa, samsum and lsht only the first line of the prediction counts; a data set's
+Rows come from a parquet mirror of ``THUDM/LongBench`` that ``datasets`` 5 loads (the official
+repository is a loading script, which ``datasets`` >= 4 refuses): by default
+``Xnhyacinth/LongBench``, the one lm-evaluation-harness reads (config = data set, split ``test``;
+columns ``context``, ``question``, ``answers``, ``all_classes``, ``length``), or a local folder in
+that layout, or a local file per data set. Rows with the official column ``input`` instead of
+``question`` (the release's ``data/*.jsonl``) are read as well.
+
+Prompts are LongBench's ``config/dataset2prompt.json``, byte for byte. Their text is not copied
+here: it is read at run time from lm-evaluation-harness's task files
+(``lm_eval/tasks/longbench/{task}.yaml``, ``doc_to_text``) and rendered with the harness's own
+template engine (:func:`lm_eval.utils.apply_template`), so lm-eval is needed for LongBench (the
+``harness`` extra). In 6 of the 21 files the harness departs from the official text in whitespace
+only, and :func:`prompt_template` puts it back (see ``_OFFICIAL_WHITESPACE``); a test renders the
+same rows with lm-eval and checks the rest byte for byte.
+
+Scoring follows LongBench's ``eval.py``: per sample the best score over the gold answers; for
+trec, triviaqa, samsum and lsht only the first line of the prediction counts; a data set's
 score is the mean times 100. The few-shot and code data sets are sent without the chat template,
 as LongBench's ``pred.py`` does. Prompts that do not fit are cut in the middle (the official
-behaviour) by the evaluation's truncation policy (see :mod:`longctx.eval.fit`). Prompt wording
-is ours; generation budgets are LongBench's.
+behaviour) by the evaluation's truncation policy (see :mod:`longctx.eval.fit`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from importlib import resources
+from typing import Any, Callable
+
+import yaml
 
 from . import metrics as M
-from .hub import load_subset
+from .hub import Unavailable, load_subset
 from .sample import Sample
 
-__all__ = ["LONGBENCH_TASKS", "load_longbench", "score_longbench", "HUB_ID"]
+__all__ = ["LONGBENCH_TASKS", "load_longbench", "score_longbench", "prompt_template", "longbench_prompt",
+           "HUB_ID", "LM_EVAL_MISSING"]
 
-HUB_ID = "THUDM/LongBench"
+HUB_ID = "Xnhyacinth/LongBench"  # lm-eval's dataset_path (a test checks they agree)
+LM_EVAL_MISSING = ("LongBench's official prompts are read from lm-evaluation-harness's task files; "
+                   "install it: pip install 'longctx[harness]' (lm-eval 0.4.x)")
 
-_QA = "Answer the question from the text below. Be as brief as possible.\n\n{context}\n\nQuestion: {input}\nAnswer:"
-_QA_ZH = "阅读以下文字并用中文简短回答：\n\n{context}\n\n现在请基于上面的文章回答下面的问题，只告诉我答案，不要输出任何其他字词。\n\n问题：{input}\n回答："
-_SUM = "{intro}\n\n{context}\n\nNow write a one-page summary{focus}.\n\nSummary:"
-
-# name -> (prompt template, max new tokens, metric, first line only, chat template)
-LONGBENCH_TASKS: dict[str, tuple[str, int, str, bool, bool]] = {
-    "narrativeqa": ("You are given a story and a question. Answer in as few words as possible.\n\n"
-                    "Story: {context}\n\nQuestion: {input}\n\nAnswer:", 128, "qa_f1", False, True),
-    "qasper": ("You are given a scientific article and a question. Answer in as few words as possible; "
-               "write \"unanswerable\" if it cannot be answered and \"yes\", \"no\" or \"unanswerable\" for a "
-               "yes/no question.\n\nArticle: {context}\n\nQuestion: {input}\n\nAnswer:", 128, "qa_f1", False, True),
-    "multifieldqa_en": (_QA, 64, "qa_f1", False, True),
-    "multifieldqa_zh": (_QA_ZH, 64, "qa_f1_zh", False, True),
-    "hotpotqa": (_QA, 32, "qa_f1", False, True),
-    "2wikimqa": (_QA, 32, "qa_f1", False, True),
-    "musique": (_QA, 32, "qa_f1", False, True),
-    "dureader": ("请基于给定的文章回答下述问题。\n\n文章：{context}\n\n问题：{input}\n回答：", 128, "rouge_zh", False, True),
-    "gov_report": (_SUM.replace("{intro}", "Here is a government report.").replace("{focus}", " of the report"),
-                   512, "rouge", False, True),
-    "qmsum": ("Here is a meeting transcript and a query about it.\n\nTranscript:\n{context}\n\nAnswer the "
-              "query in one or more sentences.\n\nQuery: {input}\nAnswer:", 512, "rouge", False, True),
-    "multi_news": (_SUM.replace("{intro}", "Here are several news articles.").replace("{focus}", " of all the news"),
-                   512, "rouge", False, True),
-    "vcsum": ("下面是一段会议记录。\n\n{context}\n\n请用中文为这段会议记录写一段总结。\n\n会议总结：", 512, "rouge_zh", False, True),
-    "trec": ("Give the type of the question, following the examples.\n\n{context}\n{input}", 64, "classification", True, False),
-    "triviaqa": ("Answer the question from the passage, following the examples.\n\n{context}\n\n{input}", 32, "qa_f1", True, False),
-    "samsum": ("Summarize the dialogue, following the examples.\n\n{context}\n\n{input}", 128, "rouge", True, False),
-    "lsht": ("请判断新闻的类别，参考下面的例子。\n\n{context}\n{input}", 64, "classification", True, False),
-    "passage_count": ("Below are paragraphs, some of them duplicates. How many distinct paragraphs are "
-                      "there? Reply with the number only.\n\n{context}\n\nThe number of distinct paragraphs is:",
-                      32, "count", False, True),
-    "passage_retrieval_en": ("Below are 30 paragraphs and an abstract. Which paragraph is the abstract "
-                             "from?\n\n{context}\n\nAbstract: {input}\n\nReply like \"Paragraph 1\".\n\nThe answer is:",
-                             32, "retrieval", False, True),
-    "passage_retrieval_zh": ("以下是若干段落和一个摘要。请判断摘要来自哪一段。\n\n{context}\n\n摘要：{input}\n\n"
-                             "请用\"段落1\"的格式回答。\n\n答案是：", 32, "retrieval_zh", False, True),
-    "lcc": ("Complete the code below.\n{context}Next line of code:\n", 64, "code_sim", False, False),
-    "repobench-p": ("Complete the code below.\n{context}{input}Next line of code:\n", 64, "code_sim", False, False),
+# name -> (max new tokens (dataset2maxlen.json), metric, first line only, chat template)
+LONGBENCH_TASKS: dict[str, tuple[int, str, bool, bool]] = {
+    "narrativeqa": (128, "qa_f1", False, True),
+    "qasper": (128, "qa_f1", False, True),
+    "multifieldqa_en": (64, "qa_f1", False, True),
+    "multifieldqa_zh": (64, "qa_f1_zh", False, True),
+    "hotpotqa": (32, "qa_f1", False, True),
+    "2wikimqa": (32, "qa_f1", False, True),
+    "musique": (32, "qa_f1", False, True),
+    "dureader": (128, "rouge_zh", False, True),
+    "gov_report": (512, "rouge", False, True),
+    "qmsum": (512, "rouge", False, True),
+    "multi_news": (512, "rouge", False, True),
+    "vcsum": (512, "rouge_zh", False, True),
+    "trec": (64, "classification", True, False),
+    "triviaqa": (32, "qa_f1", True, False),
+    "samsum": (128, "rouge", True, False),
+    "lsht": (64, "classification", True, False),
+    "passage_count": (32, "count", False, True),
+    "passage_retrieval_en": (32, "retrieval", False, True),
+    "passage_retrieval_zh": (32, "retrieval_zh", False, True),
+    "lcc": (64, "code_sim", False, False),
+    "repobench-p": (64, "code_sim", False, False),
 }
+
+# Where lm-eval 0.4.x's task files differ from LongBench's dataset2prompt.json (commit 2e00731,
+# compared byte for byte): whitespace only. task -> (lm-eval's text, the official text), matched at
+# the end of the template ("" = append). Applied only where lm-eval still has its own form.
+_OFFICIAL_WHITESPACE: dict[str, tuple[str, str]] = {
+    "triviaqa": ("}}\n{{question}}", "}}\n\n{{question}}"),    # a blank line before the open question
+    "samsum": ("}}\n{{question}}", "}}\n\n{{question}}"),
+    "passage_count": ("", " "),                                  # the official prompt ends "is: "
+    "passage_retrieval_en": ("", " "),
+    "lcc": ("", "\n"),                                            # ... "Next line of code:\n"
+    "repobench-p": ("", "\n"),
+}
+
+
+def _lm_eval_task_file(task: str) -> dict[str, Any]:
+    try:
+        folder = resources.files("lm_eval") / "tasks" / "longbench"
+    except ModuleNotFoundError as err:
+        raise Unavailable(f"skipped: {LM_EVAL_MISSING}") from err
+    path = folder / f"{task}.yaml"
+
+    class _Loader(yaml.SafeLoader):  # the task files name their scorers with !function
+        pass
+
+    _Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+    try:
+        return {"path": str(path), **yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)}
+    except FileNotFoundError as err:
+        raise Unavailable(f"skipped: lm-eval has no LongBench task file {path}") from err
+
+
+@functools.lru_cache(maxsize=None)
+def prompt_template(task: str) -> str:
+    """The official prompt of ``task`` as a Jinja template over ``context`` and ``question``."""
+    cfg = _lm_eval_task_file(task)
+    template = cfg["doc_to_text"]
+    if task in _OFFICIAL_WHITESPACE:
+        theirs, official = _OFFICIAL_WHITESPACE[task]
+        if not template.endswith(official):
+            if theirs and theirs not in template:
+                raise RuntimeError(f"{cfg['path']}: lm-eval's prompt of {task} changed shape (no {theirs!r}); "
+                                   "compare it with LongBench's dataset2prompt.json again")
+            template = template.replace(theirs, official) if theirs else template + official
+    return template
+
+
+def longbench_prompt(task: str, row: dict[str, Any]) -> str:
+    """The official prompt of one row (a mirror row with ``question`` or an official one with ``input``)."""
+    from lm_eval.utils import apply_template  # the harness's own Jinja environment
+
+    question = row["question"] if "question" in row else row.get("input", "")
+    return apply_template(prompt_template(task), {"context": row["context"], "question": question or ""})
+
+
+def load_longbench(task: str, max_rows: int = 0, local_path: str = "", hub_id: str = HUB_ID,
+                   seed: int = 0) -> list[Sample]:
+    """Samples of one LongBench data set: every row (``max_rows`` = 0, comparable with published
+    scores) or a seeded random ``max_rows`` of them; each sample's meta says which. ``hub_id`` is
+    a hub id or a local folder in the mirror's layout. Raises ``Unavailable`` naming the task and
+    the file or hub id when the set cannot be loaded."""
+    max_new, metric, _, chat = LONGBENCH_TASKS[task]
+    prompt_template(task)  # no lm-eval: say so before loading anything
+    try:
+        subset = load_subset(hub_id, task, "test", local_path=local_path or None, max_rows=max_rows, seed=seed)
+    except Unavailable as err:
+        raise Unavailable(f"{err} [longbench/{task} from {local_path or hub_id}]") from err
+    samples = []
+    for index, row in enumerate(subset.rows):
+        missing = [c for c in ("context", "answers") if c not in row]
+        if missing:
+            raise Unavailable(f"skipped: longbench/{task} row {index} of {local_path or hub_id} has no "
+                              f"column(s) {missing}; columns: {sorted(row)}")
+        samples.append(Sample("longbench", task, index, 0, longbench_prompt(task, row), list(row["answers"]),
+                              max_new, chat=chat,
+                              meta={"all_classes": list(row.get("all_classes") or []),
+                                    "dataset_length": row.get("length"), "metric": metric,
+                                    "n_available": subset.n_available, "subsample": subset.note}))
+    return samples
+
 
 _METRICS: dict[str, Callable[..., float]] = {
     "qa_f1": M.qa_f1, "qa_f1_zh": M.qa_f1_zh, "rouge": M.rouge_l, "rouge_zh": M.rouge_zh,
@@ -69,26 +152,9 @@ _METRICS: dict[str, Callable[..., float]] = {
 }
 
 
-def load_longbench(task: str, max_rows: int = 0, local_path: str = "", hub_id: str = HUB_ID,
-                   seed: int = 0) -> list[Sample]:
-    """Samples of one LongBench data set: every row (``max_rows`` = 0, comparable with published
-    scores) or a seeded random ``max_rows`` of them; each sample's meta says which (raises
-    ``Unavailable`` when the set cannot be loaded)."""
-    template, max_new, metric, _, chat = LONGBENCH_TASKS[task]
-    subset = load_subset(hub_id, task, "test", local_path=local_path or None, max_rows=max_rows, seed=seed)
-    samples = []
-    for index, row in enumerate(subset.rows):
-        prompt = template.format(context=row["context"], input=row.get("input", ""))
-        samples.append(Sample("longbench", task, index, 0, prompt, list(row["answers"]), max_new, chat=chat,
-                              meta={"all_classes": list(row.get("all_classes") or []),
-                                    "dataset_length": row.get("length"), "metric": metric,
-                                    "n_available": subset.n_available, "subsample": subset.note}))
-    return samples
-
-
 def score_longbench(task: str, prediction: str, references: list[str], all_classes: list[str]) -> float:
     """One prediction's score with LongBench's semantics (``eval.py`` + ``metrics.py``)."""
-    _, _, metric, first_line, _ = LONGBENCH_TASKS[task]
+    _, metric, first_line, _ = LONGBENCH_TASKS[task]
     if first_line:
         prediction = prediction.lstrip("\n").split("\n")[0]
     best = 0.0
@@ -102,4 +168,4 @@ def score_longbench(task: str, prediction: str, references: list[str], all_class
 
 
 def metric_of(task: str) -> str:
-    return LONGBENCH_TASKS[task][2]
+    return LONGBENCH_TASKS[task][1]

@@ -11,15 +11,16 @@ from dataclasses import dataclass
 
 from ..core.config import bad, param
 from ..train.rope import RopeSettings
+from .babilong import BABILONG_LENGTHS, BABILONG_TASKS, HUB_ID as BABILONG_HUB_ID
 from .backends import SERVERS
 from .fit import POLICIES
 from .infinitebench import IB_TASKS
-from .longbench import LONGBENCH_TASKS
+from .longbench import HUB_ID as LONGBENCH_HUB_ID, LONGBENCH_TASKS
 from .ruler import RULER_TASKS
 
 __all__ = ["EvalConfig", "BENCHMARKS"]
 
-BENCHMARKS = ("ruler", "infinitebench", "longbench", "mmlu")
+BENCHMARKS = ("ruler", "infinitebench", "longbench", "mmlu", "babilong")
 
 
 @dataclass
@@ -58,6 +59,8 @@ class EvalConfig:
     infinitebench_tasks: list[str] = param(list(IB_TASKS), "InfiniteBench tasks (generated and hub)")
     infinitebench_lengths: list[int] = param([4096], "lengths of the generated InfiniteBench tasks")
     longbench_tasks: list[str] = param(list(LONGBENCH_TASKS), "LongBench v1 data sets")
+    babilong_tasks: list[str] = param(list(BABILONG_TASKS), "BABILong tasks (qa1-qa5: the ones with long splits)")
+    babilong_lengths: list[str] = param(["0k", "4k"], f"BABILong lengths, of {list(BABILONG_LENGTHS)}")
     n_samples: int = param(2, "samples per task and length of the generated tasks (RULER, generated "
                               "InfiniteBench); RULER's own runs use 500 (scripts/config_tasks.sh)", min=1)
     ruler_qa_doc_order: str = param("fixed", "qa_1/qa_2 document order: 'fixed' = RULER's one seeded shuffle "
@@ -75,6 +78,12 @@ class EvalConfig:
                                                     "131072 = the official scripts' 128K (eval_yarn_mistral.py), "
                                                     "0 = the model's own window (a 1M model reads whole books); "
                                                     "the results' input_limit column says which", min=0)
+    mmlu_scoring: str = param("loglikelihood", "'loglikelihood': the arg-max over the log-probabilities of ' A'..' D' "
+                                               "after the prompt, as lm-eval's multiple_choice (server: top-k "
+                                               "logprobs of /completions); 'generate': the first letter of a greedy "
+                                               "2-token reply", choices=("loglikelihood", "generate"))
+    mmlu_top_logprobs: int = param(20, "k of the top-k log-probabilities asked from a server in loglikelihood mode "
+                                       "(vLLM's default limit is 20)", min=1)
     truncation: str = param("middle", "what happens to a prompt that does not fit the window: middle / "
                                       "left / right cut (reported per sample) or skip", choices=POLICIES)
     max_new_tokens_cap: int = param(0, "cap every task's generation budget (0 = the official budgets)", min=0)
@@ -88,8 +97,14 @@ class EvalConfig:
     infinitebench_files: dict[str, str] = param({}, "task -> local file with xinrongzhang2022/InfiniteBench rows")
     infinitebench_dir: str = param("", "local copy of the xinrongzhang2022/InfiniteBench repo ({task}.jsonl per "
                                        "task), read as the hub is; infinitebench_files take precedence")
-    longbench_files: dict[str, str] = param({}, "data set -> local file with THUDM/LongBench rows")
-    longbench_hub_id: str = param("THUDM/LongBench", "hub id of LongBench v1")
+    longbench_files: dict[str, str] = param({}, "data set -> local file with LongBench rows (the mirror's "
+                                                "columns, or the release's data/*.jsonl)")
+    longbench_hub_id: str = param(LONGBENCH_HUB_ID, "parquet mirror of LongBench v1 that datasets 5 loads (the "
+                                                    "one lm-eval reads), or a local folder in its layout")
+    babilong_hub_id: str = param(BABILONG_HUB_ID, "BABILong on the hub (100 rows per task and length), or a local "
+                                                  "folder in its layout")
+    babilong_prompts_file: str = param("", "booydar/babilong's babilong/prompts.py (official prompt texts, read as a "
+                                           "literal); '' = the texts of lm-eval's babilong task files")
     mmlu_dev_path: str = param("", "local file with cais/mmlu dev rows ('' = the hub)")
     mmlu_test_path: str = param("", "local file with cais/mmlu test rows ('' = the hub)")
     # --- outputs
@@ -103,7 +118,9 @@ class EvalConfig:
                 raise bad("benchmarks", f"unknown benchmark {name!r}; valid: {list(BENCHMARKS)}")
         for key, values, valid in (("ruler_tasks", self.ruler_tasks, RULER_TASKS),
                                    ("infinitebench_tasks", self.infinitebench_tasks, IB_TASKS),
-                                   ("longbench_tasks", self.longbench_tasks, LONGBENCH_TASKS)):
+                                   ("longbench_tasks", self.longbench_tasks, LONGBENCH_TASKS),
+                                   ("babilong_tasks", self.babilong_tasks, BABILONG_TASKS),
+                                   ("babilong_lengths", self.babilong_lengths, BABILONG_LENGTHS)):
             unknown = [v for v in values if v not in valid]
             if unknown:
                 raise bad(key, f"unknown task(s) {unknown}; valid: {list(valid)}")

@@ -39,7 +39,7 @@ def scoring_provenance(benchmark: str, task: str) -> dict[str, str]:
     """``segmenter`` and ``scorer`` columns of a (benchmark, task) row ("" where no text is
     segmented or no library scores)."""
     if benchmark == "longbench" and task in LONGBENCH_TASKS:
-        segmenter, library = _LONGBENCH.get(LONGBENCH_TASKS[task][2], ("", ""))
+        segmenter, library = _LONGBENCH.get(LONGBENCH_TASKS[task][1], ("", ""))
     elif benchmark == "infinitebench":
         segmenter, library = _INFINITEBENCH.get(task, ("", ""))
     else:

@@ -6,7 +6,7 @@
 | --- | --- |
 | ``run_id`` | the run that wrote the row |
 | ``model`` | model label from the params |
-| ``benchmark`` | ruler / infinitebench / longbench / mmlu |
+| ``benchmark`` | ruler / infinitebench / longbench / mmlu / babilong |
 | ``task`` | task id (``average`` rows are computed by readers, not stored) |
 | ``context_length`` | target length in tokens; 0 = the data set's own lengths |
 | ``n_samples`` | samples prepared |
@@ -17,7 +17,7 @@
 | ``truncation`` | the run's truncation policy (middle / left / right / skip) |
 | ``n_skipped`` | samples not evaluated (policy ``skip``, no room, request failed) |
 | ``score`` | mean score x 100 over scored samples (empty when none) |
-| ``metric`` | the official metric used |
+| ``metric`` | the official metric used; MMLU says how the answer was read: ``accuracy (loglikelihood)`` or ``accuracy (generate)`` |
 | ``segmenter`` | how the metric split text into tokens (``jieba 0.42.1``, characters, whitespace, ...) |
 | ``scorer`` | the scoring library and version where the official scorer uses one (``rouge 1.0.1``, ...) |
 | ``mean_prompt_tokens`` | mean prompt + prefix tokens of the scored samples |

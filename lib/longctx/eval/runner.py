@@ -25,6 +25,7 @@ import pandas as pd
 from ..core.config import resolve_path
 from ..core.progress import Progress
 from . import metrics as M
+from .babilong import length_tokens, load_babilong, score_babilong
 from .backends import Backend, HFBackend, OpenAIBackend
 from .fit import fit_sample
 from .hub import Unavailable
@@ -53,7 +54,7 @@ def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
     kwargs = dict(tokenizer=cfg.tokenizer or "server", api_key_env=cfg.llm_api_key_env,
                   context_window=cfg.context_window, template_tokens=cfg.template_tokens,
                   max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name,
-                  cache_dir=resolve_path(cfg.output_dir) / "cache")
+                  cache_dir=resolve_path(cfg.output_dir) / "cache", top_logprobs=cfg.mmlu_top_logprobs)
     if cfg.llm_base_url:
         yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, server=cfg.llm_server, **kwargs)
         return
@@ -80,6 +81,8 @@ def score_sample(sample: Sample, prediction: str) -> tuple[float, str]:
                 metric_of(sample.task))
     if sample.benchmark == "mmlu":
         return score_mmlu_text(prediction, sample.references), "accuracy"
+    if sample.benchmark == "babilong":
+        return score_babilong(sample.task, prediction, sample.references[0], sample.meta["question"]), "accuracy"
     raise ValueError(f"unknown benchmark {sample.benchmark!r}")
 
 
@@ -119,12 +122,12 @@ class _Suite:
         fits = [fit_sample(s, self.backend.tokenizer, window, self.template, self.cfg.truncation, limit)
                 for s in samples]
         send = [f.sample for f in fits if f.sample is not None]
-        logprob_mode = bool(send) and benchmark == "mmlu" and self.backend.choice_logprobs(send[0]) is not None
-        if logprob_mode:
-            gens = [None] * len(send)
+        logprob_mode = benchmark == "mmlu" and self.cfg.mmlu_scoring == "loglikelihood"
+        if logprob_mode:  # lm-eval's multiple_choice: the arg-max over the choices' log-probabilities
+            gens = self.backend.choice_logprobs(send)
         else:
             gens = self.backend.generate(send)
-        scores, prompt_tokens, failed = [], [], 0
+        scores, prompt_tokens, failed, outside_top_k = [], [], 0, 0
         records, k = [], 0
         for f in fits:
             target = length - self.max_new(samples[0].max_new_tokens) - self.template if length else None
@@ -135,10 +138,16 @@ class _Suite:
                 s, gen = f.sample, gens[k]
                 k += 1
                 rec.update(index=s.index, references=s.references, meta=s.meta)
+                if logprob_mode and isinstance(gen, str):
+                    failed += 1
+                    rec.update(skipped=f"request failed: {gen}")
+                    records.append(rec)
+                    continue
                 if logprob_mode:
-                    lp = self.backend.choice_logprobs(s)
-                    prediction = s.choices[max(range(len(lp)), key=lp.__getitem__)]
+                    prediction = s.choices[max(range(len(gen)), key=gen.__getitem__)]
                     score = float(prediction == s.references[0])
+                    rec.update(choice_logprobs=gen)
+                    outside_top_k += any(lp == float("-inf") for lp in gen)
                 elif gen.error:
                     failed += 1
                     rec.update(skipped=f"request failed: {gen.error}")
@@ -148,7 +157,7 @@ class _Suite:
                     prediction = gen.text
                     score, _ = score_sample(s, prediction)
                 rec.update(prediction=prediction, score=score,
-                           server_prompt_tokens=getattr(gen, "prompt_tokens", 0) if gen else 0)
+                           server_prompt_tokens=getattr(gen, "prompt_tokens", 0))
                 scores.append(score)
                 prompt_tokens.append(s.n_tokens or f.prompt_tokens)
             records.append(rec)
@@ -156,6 +165,8 @@ class _Suite:
             for rec in records:
                 handle.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
         metric = score_sample(samples[0], "")[1] if samples else ""
+        if benchmark == "mmlu":  # how the answer was read: the row says so
+            metric = f"accuracy ({self.cfg.mmlu_scoring})"
         n_trunc = sum(1 for f in fits if f.sample is not None and f.truncated_tokens)
         extra = [note] if note else []
         by_limit = sum(1 for f in fits if f.sample is not None and f.truncated_tokens
@@ -166,6 +177,8 @@ class _Suite:
             extra.append(f"{n_trunc - by_limit} truncated ({self.cfg.truncation})")
         if failed:
             extra.append(f"{failed} requests failed")
+        if outside_top_k:  # the arg-max is still exact unless all four were outside
+            extra.append(f"{outside_top_k} with a choice outside the server's top-k log-probabilities")
         if self.cfg.max_new_tokens_cap:
             extra.append(f"generation capped at {self.cfg.max_new_tokens_cap} tokens")
         self._add(base, n_samples=len(samples), **data_provenance(samples),
@@ -201,7 +214,8 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
         ("ruler" in cfg.benchmarks) * len(cfg.ruler_tasks) * len(cfg.ruler_lengths)
         + ("infinitebench" in cfg.benchmarks) * (len(synthetic) * len(cfg.infinitebench_lengths)
                                                  + len(cfg.infinitebench_tasks) - len(synthetic))
-        + ("longbench" in cfg.benchmarks) * len(cfg.longbench_tasks) + ("mmlu" in cfg.benchmarks))
+        + ("longbench" in cfg.benchmarks) * len(cfg.longbench_tasks) + ("mmlu" in cfg.benchmarks)
+        + ("babilong" in cfg.benchmarks) * len(cfg.babilong_tasks) * len(cfg.babilong_lengths))
 
     def budget(length: int, max_new: int) -> int:
         return length - suite.max_new(max_new) - suite.template
@@ -238,11 +252,20 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
             cfg.mmlu_shots, cfg.mmlu_max_questions,
             str(resolve_path(cfg.mmlu_dev_path)) if cfg.mmlu_dev_path else "",
             str(resolve_path(cfg.mmlu_test_path)) if cfg.mmlu_test_path else ""))
+    if "babilong" in cfg.benchmarks:
+        hub_id = str(resolve_path(cfg.babilong_hub_id)) if Path(resolve_path(cfg.babilong_hub_id)).is_dir() \
+            else cfg.babilong_hub_id
+        prompts = str(resolve_path(cfg.babilong_prompts_file)) if cfg.babilong_prompts_file else ""
+        for task in cfg.babilong_tasks:
+            for length in cfg.babilong_lengths:
+                suite.group("babilong", task, length_tokens(length), lambda t=task, L=length: load_babilong(
+                    t, L, hub_id, prompts, cfg.hub_max_rows, cfg.seed), f"prompts: {'official file' if prompts else 'lm-eval task files'}")
     accounting = getattr(backend, "accounting", None)  # server backends count their requests
     if accounting is not None:
         # since the backend opened: one backend per run in evaluate.py and notebook 04
         llm = accounting.to_dict()
-        manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"])
+        manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"],
+                        choice_logprob_requests=getattr(backend, "logprob_requests", 0))
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     suite.progress.close()
     return pd.DataFrame(suite.rows)

@@ -17,7 +17,7 @@ __all__ = ["Sample", "write_samples", "read_samples"]
 
 @dataclass
 class Sample:
-    benchmark: str                 # ruler / infinitebench / longbench / mmlu
+    benchmark: str                 # ruler / infinitebench / longbench / mmlu / babilong
     task: str                      # e.g. niah_single_1, passkey, narrativeqa, mmlu
     index: int                     # position within (task, context_length)
     context_length: int            # target length bucket in tokens (0 = the dataset's own length)
