@@ -102,92 +102,104 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.timeout(600)
+_BLOCK_TORCH = "import sys\nsys.modules['torch'] = None  # any 'import torch' raises ImportError\n"
+
+
+class Served:
+    """``python -m longctx.eval.hf_server`` on a free port for the ``with``."""
+
+    def __init__(self, export: Path, name: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self.proc = subprocess.Popen([sys.executable, "-m", "longctx.eval.hf_server", str(export), "--port",
+                                      str(self.port), "--served-model-name", name],
+                                     env={**os.environ, "PYTHONPATH": str(ROOT / "lib")}, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, text=True)
+
+    def __enter__(self) -> "Served":
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                urllib.request.urlopen(self.url[:-3] + "/health", timeout=5)
+                return self
+            except OSError:
+                assert self.proc.poll() is None, self.proc.stderr.read()
+                assert time.monotonic() < deadline, "hf_server not healthy"
+                time.sleep(1)
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def evaluate(params: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "longctx.evaluate", "--params", str(params), *args],
+                          env=env or {**os.environ, "PYTHONPATH": str(ROOT / "lib")}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def summary(out: Path, run_id: str, shards: int = 0) -> dict:
+    folders = [out / run_id / "shards" / f"{i}-of-{shards}" for i in range(shards)] if shards else [out / run_id]
+    manifests = [json.loads((f / "manifest.json").read_text()) for f in folders]
+    preds = [json.loads(line) for line in (out / run_id / "predictions.jsonl").read_text().splitlines()]
+    return {"fingerprint": manifests[0]["backend"]["model_fingerprint"],
+            "server": manifests[0]["backend"]["server"],
+            "requests": sum(m["llm_total"]["requests"] for m in manifests),
+            "hits": sum(m["llm_total"]["cache_hits"] for m in manifests),
+            "answers": {(p["task"], p["context_length"]): p["prediction"] for p in preds}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~2-3 min on 2 idle cores: two servers load torch, five evaluation processes
 def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
-    """The whole job, as SLURM would run it, twice per checkpoint: A, B (same name, same output
-    folder), then A again (every answer from A's cache), each split over two shards and merged."""
+    """A and B (different tiny checkpoints) served as "ours" into one output folder:
+
+    * A: evaluate.sbatch's shards 0/2 and 1/2 against A's server (EVAL_URL), then ``--merge``;
+    * B: the whole job as SLURM runs it, SERVER=transformers starting and stopping B's server;
+    * A again, by ``python -m longctx.evaluate`` with torch unimportable: every answer from A's cache.
+    """
     a, b = tiny_export(tmp_path / "a" / "hf", 1), tiny_export(tmp_path / "b" / "hf", 2)
     out = tmp_path / "eval"
     params = eval_params(tmp_path / "04.yaml", out)
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(_BLOCK_TORCH)
+    no_torch = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT / 'lib'}"}
+    assert subprocess.run([sys.executable, "-c", "import torch"], env=no_torch, capture_output=True).returncode != 0
 
-    def job(model: Path, run_id: str) -> dict:
-        port = str(free_port())
+    with Served(a, "ours") as server:
+        models = json.loads(urllib.request.urlopen(server.url + "/models").read())["data"][0]
+        assert models["max_model_len"] == 2048 and models["id"] == "ours"
         for index in range(2):
-            result = run_script({"SERVER": "transformers", "MODEL": str(model), "PORT": port, "RUN_ID": run_id,
-                                 "SHARD": f"{index}/2", "STARTUP_TIMEOUT": "300",
-                                 "EVALUATE_ARGS": "--set request_timeout_s=300"}, params=params, timeout=400)
+            result = run_script({"EVAL_URL": server.url, "RUN_ID": "a1", "SHARD": f"{index}/2"}, params=params,
+                                timeout=300)
             assert "server healthy; evaluation shard" in result.stdout
-        merged = subprocess.run([sys.executable, "-m", "longctx.evaluate", "--params", str(params), "--merge", run_id],
-                                env={**os.environ, "PYTHONPATH": str(ROOT / "lib")}, capture_output=True, text=True,
-                                check=True, timeout=120)
-        assert "niah_single_1" in merged.stdout
-        shards = [json.loads((out / run_id / "shards" / f"{i}-of-2" / "manifest.json").read_text()) for i in range(2)]
-        preds = [json.loads(line) for line in (out / run_id / "predictions.jsonl").read_text().splitlines()]
-        return {"fingerprint": shards[0]["backend"]["model_fingerprint"],
-                "requests": sum(s["llm_total"]["requests"] for s in shards),
-                "hits": sum(s["llm_total"]["cache_hits"] for s in shards),
-                "answers": {(p["task"], p["context_length"]): p["prediction"] for p in preds}}
+        merged = evaluate(params, "--merge", "a1")
+        assert merged.returncode == 0 and "niah_single_1" in merged.stdout, merged.stderr[-2000:]
+        first_a = summary(out, "a1", shards=2)
 
-    first_a, first_b, again_a = job(a, "a1"), job(b, "b1"), job(a, "a2")
-    assert first_a["fingerprint"].startswith("sha256:") and first_a["fingerprint"] != first_b["fingerprint"]
+        result = run_script({"SERVER": "transformers", "MODEL": str(b), "PORT": str(free_port()), "RUN_ID": "b1",
+                             "STARTUP_TIMEOUT": "300"}, params=params, timeout=400)
+        assert "starting: " in result.stdout and "server healthy" in result.stdout
+        first_b = summary(out, "b1")
+
+        again = evaluate(params, "--set", f"llm_base_url={server.url}", "--set", "run_id=a2", env=no_torch)
+        assert again.returncode == 0, again.stderr[-3000:]
+        again_a = summary(out, "a2")
+
+    expected = json.loads((a / "longctx_fingerprint.json").read_text())["fingerprint"]
+    assert first_a["fingerprint"] == expected == again_a["fingerprint"] != first_b["fingerprint"]
+    assert first_a["server"] == "vllm"  # the stand-in speaks vLLM's dialect (continue_final_message)
     assert len(first_a["answers"]) == 4 and first_a["requests"] == 4 and first_a["hits"] == 0
     assert first_b["requests"] == 4 and first_b["hits"] == 0          # B was asked, not served A's answers
     assert first_a["answers"] != first_b["answers"]                    # and B's weights answer otherwise
     assert again_a["requests"] == 0 and again_a["hits"] == 4           # A again: nothing recomputed
     assert again_a["answers"] == first_a["answers"]
-    # one results table per checkpoint, and every row in the output folder's table once
+    # one results table per checkpoint, in the work list's order; every row once in the folder's table
     import pandas as pd
     per_run = pd.read_csv(out / "a1" / "results.csv")
-    assert sorted(zip(per_run.task, per_run.context_length)) == [("niah_single_1", 512), ("niah_single_1", 1024),
-                                                                 ("vt", 512), ("vt", 1024)]
-    assert len(pd.read_csv(out / "results.csv")) == 12
-    again = subprocess.run([sys.executable, "-m", "longctx.evaluate", "--params", str(params), "--merge", "a1"],
-                           env={**os.environ, "PYTHONPATH": str(ROOT / "lib")}, capture_output=True, text=True)
-    assert again.returncode == 2 and "merged already" in again.stderr
-
-
-_BLOCK_TORCH = "import sys\nsys.modules['torch'] = None  # any 'import torch' raises ImportError\n"
-
-
-@pytest.mark.timeout(300)
-def test_the_client_evaluates_against_a_server_without_torch(tmp_path):
-    """``python -m longctx.evaluate`` from the base install (torch unimportable) against the stand-in
-    server; the served folder's fingerprint comes from the server's /v1/models."""
-    export = tiny_export(tmp_path / "hf", 3)
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "lib")}
-    server = subprocess.Popen([sys.executable, "-m", "longctx.eval.hf_server", str(export), "--port", str(port),
-                               "--served-model-name", "ours"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read()
-                assert time.monotonic() < deadline, "hf_server not healthy"
-                time.sleep(1)
-        models = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models").read())["data"][0]
-        assert models["max_model_len"] == 2048 and models["id"] == "ours"
-        blocker = tmp_path / "block"
-        blocker.mkdir()
-        (blocker / "sitecustomize.py").write_text(_BLOCK_TORCH)
-        out = tmp_path / "eval"
-        params = eval_params(tmp_path / "04.yaml", out, llm_base_url=f"http://127.0.0.1:{port}/v1",
-                             ruler_tasks=["niah_single_1"], ruler_lengths=[512], run_id="nt")
-        no_torch = {**env, "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT / 'lib'}"}
-        probe = subprocess.run([sys.executable, "-c", "import torch"], env=no_torch, capture_output=True)
-        assert probe.returncode != 0  # the blocker works
-        result = subprocess.run([sys.executable, "-m", "longctx.evaluate", "--params", str(params)], env=no_torch,
-                                capture_output=True, text=True, timeout=240)
-        assert result.returncode == 0, result.stderr[-3000:]
-        manifest = json.loads((out / "nt" / "manifest.json").read_text())
-        assert manifest["backend"]["server"] == "vllm"  # the stand-in speaks vLLM's dialect
-        assert manifest["backend"]["model_fingerprint"] == json.loads(
-            (export / "longctx_fingerprint.json").read_text())["fingerprint"]
-        assert manifest["llm_total"]["requests"] == 1
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    assert list(zip(per_run.task, per_run.context_length)) == [("niah_single_1", 512), ("niah_single_1", 1024),
+                                                               ("vt", 512), ("vt", 1024)]
+    assert sorted(pd.read_csv(out / "results.csv").run_id.value_counts().items()) == [("a1", 4), ("a2", 4), ("b1", 4)]
+    twice = evaluate(params, "--merge", "a1")
+    assert twice.returncode == 2 and "merged already" in twice.stderr

@@ -52,8 +52,9 @@ def answer_cache(cfg: EvalConfig, base_url: str = "", gguf: str | Path = "") -> 
 
     The fingerprint is, first found: ``model_fingerprint``; the digest of ``model_path`` (an export
     folder, :func:`~longctx.core.fingerprint.folder_fingerprint`, or a weights file); the one the
-    server reports (``longctx_fingerprint`` in ``/v1/models``: the project's hf_server) or the
-    export folder it names as ``root`` (vLLM serving a local path); the embedded server's GGUF.
+    server reports (``longctx_fingerprint`` in ``/v1/models``: the project's hf_server), the
+    export folder it names as ``root`` (vLLM serving a local path) or the GGUF file of llama.cpp's
+    ``/props``; the embedded server's GGUF.
     Without one the served name cannot be trusted, so answers are kept for this run only
     (``{output_dir}/{run_id}/cache``, a resumed run with the same run_id still finds them) unless
     ``reuse_answers_by_name`` opts in to keying them by the name.
@@ -87,22 +88,29 @@ def answer_cache(cfg: EvalConfig, base_url: str = "", gguf: str | Path = "") -> 
 
 
 def _served_fingerprint(base_url: str, name: str) -> str:
-    from .backends import _get
-    from ..core.fingerprint import folder_fingerprint
+    """The weights behind ``base_url`` when the server says where they are: ``longctx_fingerprint``
+    (hf_server), ``root`` (vLLM: the folder it serves, readable when it runs on this node) or
+    llama.cpp's ``/props`` ``model_path``; "" when it does not say."""
+    from ..core.fingerprint import file_fingerprint, folder_fingerprint
+    from .backends import _get, _server_root
 
     try:
         models = _get(base_url.rstrip("/") + "/models", 30).get("data", [])
     except (OSError, ValueError, AttributeError):
-        return ""
+        models = []
     for m in models:
         if m.get("id") != name and len(models) > 1:
             continue
         if m.get("longctx_fingerprint"):
             return str(m["longctx_fingerprint"])
         root = Path(str(m.get("root") or ""))
-        if root.is_absolute() and root.is_dir() and (root / "config.json").is_file():
+        if m.get("root") and root.is_dir() and (root / "config.json").is_file():
             return folder_fingerprint(root)
-    return ""
+    try:
+        gguf = Path(str(_get(_server_root(base_url) + "/props", 30).get("model_path") or ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return file_fingerprint(gguf) if gguf.name and gguf.is_file() else ""
 
 
 @contextlib.contextmanager
