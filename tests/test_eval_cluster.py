@@ -203,3 +203,95 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
     assert sorted(pd.read_csv(out / "results.csv").run_id.value_counts().items()) == [("a1", 4), ("a2", 4), ("b1", 4)]
     twice = evaluate(params, "--merge", "a1")
     assert twice.returncode == 2 and "merged already" in twice.stderr
+
+
+# --------------------------------------------------------------------------- the launcher
+
+
+def test_launcher_chains_one_array_and_merge_per_checkpoint_after_training():
+    from longctx.core.config import load_params
+    from longctx.eval.launch import Checkpoint, sbatch_commands
+    from longctx.eval.params import EvalConfig
+
+    cfg = load_params(EvalConfig, PAPER)
+    lines = sbatch_commands(cfg, PAPER, [Checkpoint("runs/paper/03_train/1M/hf", "ours-1m", "$job4")], shards=8,
+                            tps=[4], windows=[1000000])
+    p = "params/paper/04_evaluate.yaml"
+    py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+    assert lines[2] == ("eval1=$(sbatch --parsable --dependency=afterok:$job4 --array=0-7 --job-name=longctx-eval-ours-1m "
+                        "--gpus-per-node=4 --time=48:00:00 --export=ALL,MODEL=runs/paper/03_train/1M/hf,TP=4,PORT=8000,"
+                        f"MAX_MODEL_LEN=1000000,RUN_ID=ours-1m slurm/evaluate.sbatch {p})")
+    assert lines[3] == ("sbatch --dependency=afterok:$eval1 --job-name=longctx-eval-merge --cpus-per-task=2 --mem=8G "
+                        f"--time=1:00:00 --output=runs/slurm/%x-%j.out --wrap='{py} -m longctx.evaluate --params {p} "
+                        "--merge ours-1m'")
+    # one server: no array, no merge (the job writes the run's table itself)
+    one = sbatch_commands(cfg, PAPER, [Checkpoint("m", "r")], shards=1, tps=[1], windows=[4096])
+    assert len(one) == 3 and "--array" not in one[2] and "afterok" not in one[2]
+
+
+def test_launcher_after_training_evaluates_each_exported_stage_after_its_job(capsys):
+    from longctx.eval.launch import main
+
+    assert main(["--params", str(PAPER), "--after-train", str(ROOT / "params/paper/03_train.yaml"), "--shards", "4"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    train = [line for line in lines if "slurm/train.sbatch" in line]
+    evals = [line for line in lines if "slurm/evaluate.sbatch" in line]
+    assert len(train) == 4 and train[0].startswith("job1=") and len(evals) == 4
+    assert lines.index(train[-1]) < lines.index(evals[0])
+    # each stage after its own training job, served at its own length with the TP that fits 80 GiB
+    assert "--dependency=afterok:$job1 " in evals[0] and "MODEL=runs/paper/03_train/180K/hf" in evals[0]
+    assert "MAX_MODEL_LEN=184320" in evals[0] and "TP=1," in evals[0]
+    assert "--dependency=afterok:$job4 " in evals[3] and "MAX_MODEL_LEN=1048576" in evals[3] and "TP=4," in evals[3]
+
+
+LLAMA31_8B_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 4096, "intermediate_size": 14336,
+                     "num_attention_heads": 32, "num_hidden_layers": 32, "num_key_value_heads": 8,
+                     "vocab_size": 128256, "max_position_embeddings": 131072, "tie_word_embeddings": False,
+                     "torch_dtype": "bfloat16"}
+
+
+def test_tp_choice_and_projection_against_hand_computed_numbers(tmp_path):
+    from longctx.core.config import from_mapping
+    from longctx.eval.launch import choose_tp, model_shape, project
+    from longctx.eval.params import EvalConfig
+
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA31_8B_CONFIG))
+    shape = model_shape(tmp_path)
+    assert abs(shape.params - 8.03e9) / 8.03e9 < 0.001          # Llama-3.1-8B: 8,030,261,248 parameters
+    assert shape.kv_bytes_per_token == 131072                      # 2 x 32 layers x 8 heads x 128 x 2 bytes
+    # 1M tokens: 122.1 GiB of KV + 15.0 GiB of weights. 80 GiB x 0.9 - 4 = 68 GiB usable:
+    # TP=2 needs 7.48 + 61.0 = 68.5 (no), TP=4 needs 3.74 + 30.5 = 34.3 (yes)
+    tp, gib = choose_tp(shape, 1_000_000, 80.0)
+    assert tp == 4 and abs(gib - 34.26) < 0.01
+    assert choose_tp(shape, 131072, 80.0)[0] == 1                  # 15.0 + 16.0 GiB
+    assert choose_tp(shape, 1_000_000, 141.0)[0] == 2              # H200: 7.48 + 61.0 <= 122.9
+    with pytest.raises(ValueError, match="do not fit"):
+        choose_tp(shape, 8_000_000, 80.0)
+    # one RULER group of 50 samples at 131072 tokens (niah_single_1: 128 new tokens), one server of TP=1
+    cfg = from_mapping(EvalConfig, {"benchmarks": ["ruler"], "ruler_tasks": ["niah_single_1"],
+                                    "ruler_lengths": [131072], "n_samples": 50})
+    row, = project(cfg, shape, shards=1, tp=1, window=131072, prefill_tflops=400, decode_gbps=2000)
+    L = 131072
+    prefill = L * (2 * shape.params + 2 * 32 * 32 * 128 * L) / 400e12
+    decode = 128 * (shape.params * 2 + 131072 * L) / 2000e9
+    assert row["requests"] == 50 and row["prompt_tokens"] == 50 * L and row["completion_tokens"] == 50 * 128
+    assert abs(row["hours"] - 50 * (prefill + decode) / 3600) < 1e-9
+
+
+def test_shards_cover_the_work_list_once_and_balance_long_groups():
+    from longctx.core.config import load_params
+    from longctx.eval.params import EvalConfig
+    from longctx.eval.shards import assign, group_weight, work_list
+
+    cfg = load_params(EvalConfig, PAPER)
+    items = work_list(cfg)
+    assert len(items) == 13 * 9 + 6 * 1 + 6 + 21 + 1               # RULER, IB generated + hub, LongBench, MMLU
+    for n in (1, 3, 8):
+        shard_of = assign(items, n, cfg)
+        assert sorted(set(shard_of)) == list(range(n))
+        load = [sum(group_weight(i, cfg) for i, s in zip(items, shard_of) if s == k) for k in range(n)]
+        heaviest = max(group_weight(i, cfg) for i in items)
+        assert max(load) - min(load) <= heaviest                   # LPT: within one group of each other
+    # beyond the window, a group weighs nothing (the runner skips it without a request)
+    assert all(s == 0 for s in assign(items, 1, cfg, 131072))
+    assert group_weight(next(i for i in items if i.length == 1_000_000), cfg, 131072) == 0
