@@ -295,3 +295,72 @@ def test_shards_cover_the_work_list_once_and_balance_long_groups():
     # beyond the window, a group weighs nothing (the runner skips it without a request)
     assert all(s == 0 for s in assign(items, 1, cfg, 131072))
     assert group_weight(next(i for i in items if i.length == 1_000_000), cfg, 131072) == 0
+
+
+# --------------------------------------------------------------------------- prepared-sample keys
+
+
+def test_prepared_samples_follow_their_source_file_and_generator(tmp_path, monkeypatch):
+    """Switching squad_path (or changing the file in place, or the generator's code) prepares anew;
+    the same inputs reuse the cached file."""
+    from test_eval_fixtures import corpus_dir, squad_rows, write_jsonl
+
+    from longctx.core.tokenizer import load_tokenizer
+    from longctx.eval import ruler
+    from longctx.eval.ruler import RulerContext, prepare_ruler
+
+    tok = load_tokenizer("llama3")
+    corpus = str(corpus_dir(tmp_path))
+    rows_a = squad_rows()
+    rows_b = [{**r, "context": r["context"].replace("Elton", "Knightley"),
+               "answers": {**r["answers"], "text": [t.replace("Elton", "Knightley") for t in r["answers"]["text"]]}}
+              for r in rows_a]
+    file_a, file_b = write_jsonl(tmp_path / "a.jsonl", rows_a), write_jsonl(tmp_path / "b.jsonl", rows_b)
+
+    def refs(path: Path) -> list[str]:
+        ctx = RulerContext(tok, corpus, tmp_path / "cache", True, str(path), "")
+        return [r for s in prepare_ruler("qa_1", 2048, 1900, 2, 0, ctx) for r in s.references]
+
+    from_a = refs(file_a)
+    assert all("Elton" in r for r in from_a)
+    assert all("Knightley" in r for r in refs(file_b))          # another file: its own samples
+    assert len(list((tmp_path / "cache" / "ruler").glob("qa_1-*.jsonl"))) == 2
+    assert refs(file_a) == from_a                                 # the same file: the cached samples
+    write_jsonl(file_a, rows_b)                                   # the same path, b's content
+    assert all("Knightley" in r for r in refs(file_a))            # keyed by content: b's samples
+    assert len(list((tmp_path / "cache" / "ruler").glob("qa_1-*.jsonl"))) == 2
+    monkeypatch.setattr(ruler, "generator_version", lambda family: "changed-code")
+    refs(file_a)
+    assert len(list((tmp_path / "cache" / "ruler").glob("qa_1-*.jsonl"))) == 3
+
+
+def test_answer_cache_is_named_by_the_served_weights(tmp_path):
+    from longctx.core.config import from_mapping
+    from longctx.core.fingerprint import folder_fingerprint, write_fingerprint
+    from longctx.eval.params import EvalConfig
+    from longctx.eval.runner import answer_cache
+
+    folders = []
+    for name, weights in (("a", b"\x00" * 64), ("b", b"\x01" * 64)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(weights)
+        folders.append(folder)
+    write_fingerprint(folders[0])  # written at export; b has none and is digested on the fly
+
+    def cache(**kw):
+        return answer_cache(from_mapping(EvalConfig, {"output_dir": str(tmp_path / "out"), "run_id": "r1",
+                                                      "llm_model": "ours", **kw}))
+
+    (dir_a, fp_a), (dir_b, fp_b) = cache(model_path=str(folders[0])), cache(model_path=str(folders[1]))
+    assert fp_a.startswith("sha256:") and fp_a != fp_b and dir_a != dir_b and dir_a.parent == tmp_path / "out" / "cache"
+    assert fp_b == folder_fingerprint(folders[1]) == write_fingerprint(folders[1])
+    (folders[0] / "model.safetensors").write_bytes(b"\x02" * 64)  # retrained in place: the record is stale
+    assert cache(model_path=str(folders[0]))[1] not in (fp_a, fp_b)
+    assert cache(model_fingerprint="sha256:abc")[0] == tmp_path / "out" / "cache" / "abc"
+    # no fingerprint: this run's answers only, unless the name is trusted on purpose
+    assert cache() == (tmp_path / "out" / "r1" / "cache", "")
+    assert cache(reuse_answers_by_name=True) == (tmp_path / "out" / "cache" / "by-name", "")
+    with pytest.raises(FileNotFoundError, match="model_path"):
+        cache(model_path=str(tmp_path / "nowhere"))
