@@ -364,3 +364,15 @@ def test_answer_cache_is_named_by_the_served_weights(tmp_path):
     assert cache(reuse_answers_by_name=True) == (tmp_path / "out" / "cache" / "by-name", "")
     with pytest.raises(FileNotFoundError, match="model_path"):
         cache(model_path=str(tmp_path / "nowhere"))
+
+
+def test_a_malformed_local_file_is_named_in_the_skip_reason(tmp_path):
+    """A malformed local file skips its group (the runner logs benchmark/task with this reason)
+    instead of a datasets traceback ending the run."""
+    from longctx.eval.infinitebench import load_infinitebench_hub
+    from longctx.eval.hub import Unavailable
+
+    bad = tmp_path / "en_qa.jsonl"
+    bad.write_text('{"id": 0, "context": "unterminated\n')
+    with pytest.raises(Unavailable, match=f"cannot read local file {bad}"):
+        load_infinitebench_hub("longbook_qa_eng", 0, str(bad))
