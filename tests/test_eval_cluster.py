@@ -376,3 +376,24 @@ def test_a_malformed_local_file_is_named_in_the_skip_reason(tmp_path):
     bad.write_text('{"id": 0, "context": "unterminated\n')
     with pytest.raises(Unavailable, match=f"cannot read local file {bad}"):
         load_infinitebench_hub("longbook_qa_eng", 0, str(bad))
+
+
+def test_launcher_dry_run_projects_each_server_without_torch(tmp_path):
+    """The launcher's dry run from the base install: the export's config.json gives the shape."""
+    export = tmp_path / "1M" / "hf"
+    export.mkdir(parents=True)
+    (export / "config.json").write_text(json.dumps({**LLAMA31_8B_CONFIG, "max_position_embeddings": 1048576}))
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(_BLOCK_TORCH)
+    out = subprocess.run([sys.executable, "-m", "longctx.eval.launch", "--params", str(PAPER), "--checkpoint",
+                          str(export), "--shards", "8", "--dry-run"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{ROOT / 'lib'}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    # hub sets (their own lengths) are evaluated too: the server gets the model's whole window
+    assert "1M (" in lines[1] and "window 1,048,576" in lines[1] and "8 servers of TP=4 GPUs" in lines[1]
+    rows = [line.split() for line in lines[3:11]]
+    assert [r[0] for r in rows] == [f"{i}/8" for i in range(8)]
+    assert sum(int(r[1]) for r in rows) == 13 * 9 + 6 + 6 + 21 + 1       # every group on one server
+    assert lines[-1].strip().startswith("wall time")

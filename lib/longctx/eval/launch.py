@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{shape.source}", file=sys.stderr)
             if ck.window:  # not trained yet: the stage's length is its window
                 shape = replace(shape, window=ck.window, source=f"{shape.source}, window of training stage {ck.run_id}")
+            elif not (folder / "config.json").is_file():  # unknown window: the lengths asked for
+                longest = max((i.length for i in work_list(cfg)), default=0)
+                shape = replace(shape, window=longest or shape.window)
             window = max_model_len(cfg, shape)
             tp, per_gpu = (args.tp, 0.0) if args.tp else choose_tp(shape, window, args.gpu_memory_gib,
                                                                    args.gpus_per_node)
