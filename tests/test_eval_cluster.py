@@ -187,6 +187,22 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
         assert again.returncode == 0, again.stderr[-3000:]
         again_a = summary(out, "a2")
 
+        # the stand-in answers as the checkpoint loaded in-process does (HF backend: template +
+        # continued answer prefix; raw prompt with BOS for /completions), token for token. (The
+        # prefix has no leading space here: the stock template trims message content, so a served
+        # " The special..." continues without it while the HF backend keeps it.)
+        from longctx.eval.backends import HFBackend, OpenAIBackend
+        from longctx.eval.sample import Sample
+
+        samples = [Sample("ruler", "niah_single_1", 0, 512, "What is the special magic number for Emma?", ["7"], 12,
+                          answer_prefix="The special magic number for Emma mentioned in the provided text is"),
+                   Sample("mmlu", "mmlu", 0, 0, "Question: 2 + 2 =\nA. 3\nB. 4\nAnswer:", ["B"], 6, chat=False)]
+        served = OpenAIBackend(server.url, "ours", tokenizer="llama3", template_tokens=0).generate(samples)
+        local = HFBackend(str(a), dtype="float32", device="cpu").generate(samples)
+        assert [g.error for g in served] == ["", ""]
+        assert [g.text for g in served] == [g.text for g in local] and all(g.text for g in local)
+        assert [g.prompt_tokens for g in served] == [g.prompt_tokens for g in local]
+
     expected = json.loads((a / "longctx_fingerprint.json").read_text())["fingerprint"]
     assert first_a["fingerprint"] == expected == again_a["fingerprint"] != first_b["fingerprint"]
     assert first_a["server"] == "vllm"  # the stand-in speaks vLLM's dialect (continue_final_message)
