@@ -51,12 +51,19 @@ def stage2(tmp_path_factory) -> tuple[list[dict], list[int]]:
     return messages, concat.build(plan).input_ids.tolist()
 
 
+@pytest.fixture(scope="module")
+def tok(export):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(export)  # what a server and the HF backend load
+
+
 def _ids(out) -> list[int]:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def test_export_carries_tokenizer_template_generation_config_and_fingerprint(export):
-    from transformers import AutoTokenizer, GenerationConfig
+def test_export_carries_tokenizer_template_generation_config_and_fingerprint(export, tok):
+    from transformers import GenerationConfig
 
     names = {p.name for p in export.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
@@ -65,19 +72,15 @@ def test_export_carries_tokenizer_template_generation_config_and_fingerprint(exp
     assert (export / "chat_template.jinja").read_text() == (ROOT / "tests/fixtures/llama31_chat_template.jinja").read_text()
     generation = GenerationConfig.from_pretrained(export)
     assert generation.do_sample is False and generation.eos_token_id == [128001, 128008, 128009]
-    tok = AutoTokenizer.from_pretrained(export)
     assert tok("Emma")["input_ids"][0] == 128000 and tok.eos_token == "<|eot_id|>"
     fingerprint = json.loads((export / "longctx_fingerprint.json").read_text())
     assert set(fingerprint["files"]) == names - {"longctx_fingerprint.json"}
 
 
-def test_apply_chat_template_of_the_export_renders_stage_2s_chat(export, stage2):
+def test_apply_chat_template_of_the_export_renders_stage_2s_chat(tok, stage2):
     """Same text, same turns, same system block; the ids agree wherever stage 2's pieces meet at a
     pre-tokenisation boundary (see the strict xfail below for where they do not)."""
-    from transformers import AutoTokenizer
-
     messages, ids = stage2
-    tok = AutoTokenizer.from_pretrained(export)
     served = _ids(tok.apply_chat_template(messages, tokenize=True))
     assert tok.decode(served) == tok.decode(ids) == tok.apply_chat_template(messages, tokenize=False)
     special = set(tok.all_special_ids) | {128006, 128007, 128009}
@@ -93,22 +96,18 @@ def test_apply_chat_template_of_the_export_renders_stage_2s_chat(export, stage2)
 @pytest.mark.xfail(strict=True, reason="stage 2 tokenises a document's closing '.\n' and the '\n\n' before the "
                    "next question as two pieces ([627, 271]) where the rendered text tokenises as one ([4286]): "
                    "the trained ids differ from what a server renders at those joins (concat.layout)")
-def test_apply_chat_template_of_the_export_gives_stage_2s_exact_ids(export, stage2):
-    from transformers import AutoTokenizer
-
+def test_apply_chat_template_of_the_export_gives_stage_2s_exact_ids(tok, stage2):
     messages, ids = stage2
-    assert _ids(AutoTokenizer.from_pretrained(export).apply_chat_template(messages, tokenize=True)) == ids
+    assert _ids(tok.apply_chat_template(messages, tokenize=True)) == ids
 
 
 @pytest.mark.skipif(not FLOOR_PYTHON.is_file(), reason=f"no transformers 4.x interpreter at {FLOOR_PYTHON} "
                     "(./dev setup builds it, or set LONGCTX_TRANSFORMERS4_PYTHON)")
-def test_lowest_supported_transformers_loads_the_tokenizer_and_template(export, stage2, tmp_path):
+def test_lowest_supported_transformers_loads_the_tokenizer_and_template(export, tok, stage2, tmp_path):
     """transformers 4.56 renders the export's chat to the ids transformers 5 does (same system
     block as stage 2), adds BOS, and reads the greedy generation config."""
-    from transformers import AutoTokenizer
-
     messages, stage2_ids = stage2
-    ids = _ids(AutoTokenizer.from_pretrained(export).apply_chat_template(messages, tokenize=True))
+    ids = _ids(tok.apply_chat_template(messages, tokenize=True))
     (tmp_path / "messages.json").write_text(json.dumps(messages))
     probe = ("import json, sys, transformers\n"
              "from transformers import AutoTokenizer, GenerationConfig\n"
