@@ -170,6 +170,8 @@ def detect_server(base_url: str, timeout: float = 30.0) -> str:
         for name in ("vllm", "sglang", "llamacpp"):
             if name in owners:
                 return name
+        if "longctx-hf" in owners:  # longctx.eval.hf_server speaks vLLM's dialect (continue_final_message)
+            return "vllm"
     except (urllib.error.URLError, ValueError, TypeError, AttributeError, OSError):
         pass
     try:
@@ -199,15 +201,16 @@ class OpenAIBackend:
     ``stage = "benchmark/task"`` and ``doc_id = "benchmark/task/length/index"`` in
     :attr:`accounting`. With ``cache_dir`` the answers are kept in a
     :class:`~longctx.llm.ResponseCache` there, so an interrupted or repeated evaluation re-sends
-    no finished request. The key is the model *name* sent and the exact request: a different
-    checkpoint served under the same name needs another cache folder. ``server`` says how the
+    no finished request. Within the folder the key is the model name sent and the exact request;
+    the folder itself is named by the served weights' fingerprint (:func:`~longctx.eval.runner.answer_cache`),
+    so a different checkpoint served under the same name has other answers. ``server`` says how the
     answer prefix is continued (the module's table; ``auto`` asks the server).
     """
 
     def __init__(self, base_url: str, model: str, *, tokenizer: str = "server", api_key_env: str = "",
                  context_window: int = 0, template_tokens: int = -1, max_concurrency: int = 4,
                  timeout_s: float = 600.0, name: str = "", cache_dir: str | Path | None = None,
-                 server: str = "auto", top_logprobs: int = 20):
+                 server: str = "auto", top_logprobs: int = 20, cache_writer: str = "responses"):
         if server not in SERVERS:
             raise ValueError(f"server {server!r} is not one of {list(SERVERS)}")
         self.base_url = base_url.rstrip("/")
@@ -222,6 +225,8 @@ class OpenAIBackend:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.top_logprobs = top_logprobs  # k of the top-k log-probabilities (vLLM allows 20 by default)
         self.logprob_requests = 0  # choice_logprobs requests sent (cache hits excluded)
+        self.cache_writer = cache_writer  # this process's file in cache_dir (one per shard)
+        self.model_fingerprint = ""  # digest of the served weights, set by runner.open_backend
         self.embedded_threads = 0  # set by runner.open_backend when it started the embedded server
         self.accounting = Accounting()  # every call of this backend; the runner's manifest records it
         self.tokenizer = (ServerTokenizer(self.base_url, timeout_s, model) if tokenizer == "server"
@@ -261,6 +266,7 @@ class OpenAIBackend:
                 "context_window": self.context_window, "tokenizer": self.tokenizer.name,
                 "template_tokens": self.template_tokens(),
                 "response_cache": str(self.cache_dir) if self.cache_dir else "",
+                "model_fingerprint": self.model_fingerprint,
                 **({"embedded_threads": self.embedded_threads} if self.embedded_threads else {})}
 
     def choice_logprobs(self, samples: Sequence[Sample]) -> list[list[float] | str]:
@@ -317,7 +323,7 @@ class OpenAIBackend:
 
     async def _generate_all(self, samples: list[Sample]) -> list[Generation]:
         with contextlib.ExitStack() as stack:
-            cache = stack.enter_context(ResponseCache(self.cache_dir)) if self.cache_dir else None
+            cache = stack.enter_context(ResponseCache(self.cache_dir, self.cache_writer)) if self.cache_dir else None
             async with LLMClient(self.llm_config, cache=cache, accounting=self.accounting) as llm:
                 return list(await asyncio.gather(*(self._generate_one(llm, s) for s in samples)))
 

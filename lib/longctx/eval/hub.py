@@ -57,7 +57,11 @@ def _open(dataset: str, config: str | None, split: str, local_path: str | Path |
                 raise Unavailable(f"skipped: {path} has no {split}.jsonl")
             return datasets.load_dataset("json", data_files=files, split=split, features=features)
         kind = "parquet" if path.suffix == ".parquet" else "json"
-        return datasets.load_dataset(kind, data_files=str(path), split="train", features=features)
+        try:
+            return datasets.load_dataset(kind, data_files=str(path), split="train", features=features)
+        except Exception as err:  # a malformed file: name it, not a datasets traceback mid-run
+            raise Unavailable(f"skipped: cannot read local file {path} as {dataset} rows "
+                              f"({type(err).__name__}: {str(err)[:160]})") from err
     if Path(dataset).is_dir():  # a local copy of a hub repository (parquet files + README configs)
         try:
             # rebuilt every time: datasets keys its cache of a local folder by the folder's *name*

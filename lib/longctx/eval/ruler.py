@@ -31,7 +31,8 @@ words cwe pads with hyphenated pairs of non-answer words where RULER draws singl
 (``scripts/config_tasks.sh``); ``n_samples`` sets ours (the paper profile: 50, see its params).
 
 Prepared samples are cached as JSONL under ``cache_dir`` keyed by task, length, budget,
-tokenizer, seed, sample count and (qa) document order (:func:`prepare_ruler`).
+tokenizer, seed, sample count and (qa) document order, and by the generator's code, the corpus
+text and the QA data file (:mod:`longctx.eval.sample_keys`; :func:`prepare_ruler`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from ..core.tokenizer import Tokenizer
 from . import ruler_qa, ruler_tasks
 from .ruler_spec import ANSWER_PREFIXES, RULER_TASKS, TEMPLATES, RulerContext, RulerTask, ruler_metric
 from .sample import Sample, read_samples, write_samples
+from .sample_keys import corpus_digest, data_digest, generator_version, samples_key
 
 # The task table and templates are defined in ruler_spec and offered here with the preparation.
 __all__ = ["RULER_TASKS", "RulerTask", "TEMPLATES", "ANSWER_PREFIXES", "prepare_ruler", "ruler_metric",
@@ -51,10 +53,20 @@ __all__ = ["RULER_TASKS", "RulerTask", "TEMPLATES", "ANSWER_PREFIXES", "prepare_
 
 
 def _cache_name(task: str, length: int, budget: int, tokenizer: Tokenizer, seed: int, n: int,
-                corpus: str, order: str = "") -> str:
+                corpus: str, order: str = "", sources: str = "") -> str:
     tok = re.sub(r"[^A-Za-z0-9_.-]+", "_", tokenizer.name)[-60:]
     src = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus)[-40:]
-    return f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n}{order}-{src}.jsonl"
+    return f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n}{order}-{src}-{sources}.jsonl"
+
+
+def _sources(spec: RulerTask, ctx: RulerContext) -> str:
+    """Generator code, corpus text and (QA) data file behind a task's samples (:mod:`.sample_keys`)."""
+    parts = [generator_version("ruler"), corpus_digest(ctx.haystack_corpus)]
+    if spec.kind == "qa":
+        dataset = spec.args["dataset"]
+        local = ctx.squad_path if dataset == "squad" else ctx.hotpotqa_path
+        parts.append(data_digest(local, ruler_qa.SOURCES[dataset][0]))
+    return samples_key(*parts)
 
 
 def prepare_ruler(task: str, length: int, budget: int, n_samples: int, seed: int,
@@ -69,7 +81,7 @@ def prepare_ruler(task: str, length: int, budget: int, n_samples: int, seed: int
         order = "" if spec.kind != "qa" else (  # the key names the qa document order
             f"-order{ctx.qa_order_seed}" if ctx.qa_doc_order == "fixed" else "-orderpersample")
         path = Path(ctx.cache_dir) / "ruler" / _cache_name(task, length, budget, ctx.tokenizer, seed,
-                                                           n_samples, ctx.haystack_corpus, order)
+                                                           n_samples, ctx.haystack_corpus, order, _sources(spec, ctx))
         if path.is_file():
             return read_samples(path)
     make = {"niah": ruler_tasks.make_niah, "vt": ruler_tasks.make_vt, "cwe": ruler_tasks.make_cwe,
