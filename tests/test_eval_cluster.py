@@ -301,7 +301,8 @@ def test_shards_cover_the_work_list_once_and_balance_long_groups():
 
     cfg = load_params(EvalConfig, PAPER)
     items = work_list(cfg)
-    assert len(items) == 13 * 9 + 6 * 1 + 6 + 21 + 1               # RULER, IB generated + hub, LongBench, MMLU
+    # RULER, IB generated + hub, LongBench, MMLU, BABILong (5 tasks x 12 lengths)
+    assert len(items) == 13 * 9 + 6 * 1 + 6 + 21 + 1 + 5 * 12
     for n in (1, 3, 8):
         shard_of = assign(items, n, cfg)
         assert sorted(set(shard_of)) == list(range(n))
@@ -411,5 +412,5 @@ def test_launcher_dry_run_projects_each_server_without_torch(tmp_path):
     assert "1M (" in lines[1] and "window 1,048,576" in lines[1] and "8 servers of TP=4 GPUs" in lines[1]
     rows = [line.split() for line in lines[3:11]]
     assert [r[0] for r in rows] == [f"{i}/8" for i in range(8)]
-    assert sum(int(r[1]) for r in rows) == 13 * 9 + 6 + 6 + 21 + 1       # every group on one server
+    assert sum(int(r[1]) for r in rows) == 13 * 9 + 6 + 6 + 21 + 1 + 5 * 12   # every group on one server (BABILong: 5 x 12)
     assert lines[-1].strip().startswith("wall time")
