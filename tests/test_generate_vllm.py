@@ -21,20 +21,26 @@ SCRIPT = ROOT / "slurm" / "generate_vllm.sbatch"
 PAPER = ROOT / "params" / "paper" / "01_generate_qa.yaml"
 TINY = ROOT / "params" / "test" / "01_generate_qa.yaml"
 PY = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'
+API_SCRIPT = ROOT / "slurm" / "generate.sbatch"
 
 
 def test_sbatch_chain_prepares_runs_and_merges():
     lines = sbatch_commands(load_params(GenerateParams, PAPER), PAPER, shards=64, model="/m/Qwen2-72B-Instruct",
                             tp=8, port=8001, servers=8)
     p = "params/paper/01_generate_qa.yaml"
+    # the log folder exists before the first sbatch (SLURM does not create it), under the run root
+    assert lines[0].startswith("set -a; source slurm/cluster.env; set +a")
+    assert lines[1].startswith(f"mkdir -p {LOGS} ")
     assert lines[2] == ("prep=$(sbatch --parsable --job-name=longctx-prepare-corpus --cpus-per-task=4 --mem=16G "
-                        "--time=24:00:00 --output=runs/slurm/%x-%j.out "
+                        f"--time=24:00:00 --output={LOGS}/%x-%j.out "
                         f"--wrap='{PY} -m longctx.generate.corpus_shards --params {p} --shards 64')")
     assert lines[3] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 --gpus-per-node=8 "
-                        "--time=48:00:00 --export=ALL,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
+                        f"--time=48:00:00 --output={LOGS}/%x-%A_%a.out "
+                        "--export=ALL,SHARDS=64,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
                         f"slurm/generate_vllm.sbatch {p})")
     assert lines[4] == ("sbatch --dependency=afterok:$gen --job-name=longctx-merge --cpus-per-task=2 --mem=8G "
-                        f"--time=2:00:00 --output=runs/slurm/%x-%j.out --wrap='{PY} -m longctx.generate --params {p} --merge'")
+                        f"--time=2:00:00 --output={LOGS}/%x-%j.out --wrap='{PY} -m longctx.generate --params {p} --merge'")
     # without prepared shard files there is no preparation job; servers default to projection_servers
     tiny = load_params(GenerateParams, TINY)
     lines = sbatch_commands(tiny, TINY, shards=4, model="m", tp=4)
@@ -43,11 +49,15 @@ def test_sbatch_chain_prepares_runs_and_merges():
         sbatch_commands(tiny, TINY, shards=4, model="m", generate_args="--set a=1,2")
 
 
-def run_script(env: dict[str, str], params: Path = PAPER, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_script(env: dict[str, str], params: Path = PAPER, timeout: float = 60, script: Path = SCRIPT,
+               check: bool = True) -> subprocess.CompletedProcess:
     full = {**os.environ, "LONGCTX_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(ROOT),
             "PYTHONPATH": str(ROOT / "lib"), **env}
-    return subprocess.run(["bash", str(SCRIPT), str(params)], env=full, capture_output=True, text=True,
-                          timeout=timeout, check=True)
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MAX", "SHARDS"):  # only what the test sets
+        if name not in env:
+            full.pop(name, None)
+    return subprocess.run(["bash", str(script), str(params)], env=full, capture_output=True, text=True,
+                          timeout=timeout, check=check)
 
 
 def dry_lines(out: str) -> dict[str, list[str] | str]:
@@ -57,7 +67,7 @@ def dry_lines(out: str) -> dict[str, list[str] | str]:
 
 def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
     got = dry_lines(run_script({"DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MAX": "63",
-                                "MODEL": "/m/Qwen2-72B-Instruct", "TP": "4", "PORT": "8123",
+                                "SHARDS": "64", "MODEL": "/m/Qwen2-72B-Instruct", "TP": "4", "PORT": "8123",
                                 "VLLM_ARGS": "--gpu-memory-utilization 0.92",
                                 "GENERATE_ARGS": "--set max_concurrency=64"}).stdout)
     assert got["shard"] == "5/64" and got["health"] == "http://127.0.0.1:8123/health"
@@ -78,6 +88,18 @@ def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
     assert "set MODEL" in err.value.stderr
 
 
+@pytest.mark.parametrize("script", [SCRIPT, API_SCRIPT], ids=["vllm", "api"])
+def test_the_shard_count_is_explicit_so_a_resubmitted_task_keeps_its_shard(script):
+    """``sbatch --array=17`` alone sets SLURM_ARRAY_TASK_MAX=17: the count must come from SHARDS."""
+    env = {"DRY_RUN": "1", "MODEL": "/m", "SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_MAX": "17"}
+    got = dry_lines(run_script({**env, "SHARDS": "64"}, script=script).stdout)
+    assert got["shard"] == "17/64" and got["generate"][got["generate"].index("--shard") + 1] == "17/64"
+    missing = run_script(env, script=script, check=False)
+    assert missing.returncode == 2 and "SHARDS is not set" in missing.stderr and not missing.stdout
+    outside = run_script({**env, "SHARDS": "16"}, script=script, check=False)
+    assert outside.returncode == 2 and "array task 17 is not a shard of SHARDS=16" in outside.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~1 min on an idle 2-core machine; minutes per request when it is shared
 def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
@@ -93,7 +115,7 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
                "--set max_qa_tokens=96 --set max_summary_tokens=96")
     with EmbeddedServer(n_ctx=8192, n_parallel=1, n_threads=os.cpu_count()) as server:
         result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MAX": "1",
-                             "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
+                             "SHARDS": "2", "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
         base_url = server.base_url
     assert "generator healthy; shard 0/2" in result.stdout
     shard = out / "shards" / "00000-of-00002"

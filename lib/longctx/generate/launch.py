@@ -28,6 +28,7 @@ from .params import GenerateParams
 __all__ = ["sbatch_commands", "main"]
 
 _PY = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+_LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'  # the jobs' logs: under the run root (LONGCTX_RUNS, e.g. scratch)
 
 
 def _shown(path: str | Path) -> str:
@@ -50,20 +51,23 @@ def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: 
         raise ValueError("sbatch --export splits on commas: model and generate_args cannot contain one")
     servers = servers or params.projection_servers
     path = shlex.quote(_shown(params_path))
-    exports = f"ALL,MODEL={model},TP={tp},PORT={port}" + (f",GENERATE_ARGS={generate_args}" if generate_args else "")
-    lines = ["mkdir -p runs/slurm",
-             "set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON (cluster.env.example)"]
+    # SHARDS explicitly: a task resubmitted alone (--array=17) cannot infer it from the array
+    exports = (f"ALL,SHARDS={shards},MODEL={model},TP={tp},PORT={port}"
+               + (f",GENERATE_ARGS={generate_args}" if generate_args else ""))
+    lines = ["set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON (cluster.env.example)",
+             f"mkdir -p {_LOGS}   # SLURM does not create the folder of --output: without it no task logs"]
     dependency = ""
     if params.corpus_shards_dir:
         prepare = f"{_PY} -m longctx.generate.corpus_shards --params {path} --shards {shards}"
         lines.append(f"prep=$(sbatch --parsable --job-name=longctx-prepare-corpus --cpus-per-task=4 --mem=16G "
-                     f"--time=24:00:00 --output=runs/slurm/%x-%j.out --wrap={shlex.quote(prepare)})")
+                     f"--time=24:00:00 --output={_LOGS}/%x-%j.out --wrap={shlex.quote(prepare)})")
         dependency = " --dependency=afterok:$prep"
     lines.append(f"gen=$(sbatch --parsable{dependency} --array=0-{shards - 1}%{servers} --gpus-per-node={tp} "
-                 f"--time={time} --export={shlex.quote(exports)} slurm/generate_vllm.sbatch {path})")
+                 f"--time={time} --output={_LOGS}/%x-%A_%a.out --export={shlex.quote(exports)} "
+                 f"slurm/generate_vllm.sbatch {path})")
     merge = f"{_PY} -m longctx.generate --params {path} --merge"
     lines.append(f"sbatch --dependency=afterok:$gen --job-name=longctx-merge --cpus-per-task=2 --mem=8G "
-                 f"--time=2:00:00 --output=runs/slurm/%x-%j.out --wrap={shlex.quote(merge)}")
+                 f"--time=2:00:00 --output={_LOGS}/%x-%j.out --wrap={shlex.quote(merge)}")
     return lines
 
 
