@@ -94,8 +94,9 @@ class _DocumentRun:
         messages = [{"role": "system", "content": self.prompts.system}, {"role": "user", "content": prompt}]
         try:
             result = await self.llm.chat(
-                messages, schema=schema, temperature=self.p.temperature, max_tokens=max_tokens,
-                seed=request_seed(self.p.seed, self.doc.id, key, attempt), stage=stage, doc_id=self.doc.id)
+                messages, schema=schema, temperature=self.p.temperature, top_p=self.p.top_p or None,
+                max_tokens=max_tokens, seed=request_seed(self.p.seed, self.doc.id, key, attempt), stage=stage,
+                doc_id=self.doc.id)
         except LLMCallFailed as err:
             return f"llm call failed: {err.reason}"
         finally:
