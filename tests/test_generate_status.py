@@ -211,3 +211,30 @@ def test_status_reads_a_killed_half_finished_shard_then_the_finished_run(corpus,
     assert entry["spent"]["cost_usd"] == pytest.approx(half["shards"][0]["spent"]["cost_usd"] + this["cost_usd"])
     assert entry["spent"]["requests"] == half["shards"][0]["spent"]["requests"] + this["requests"]
     assert "finished" in format_status(done)
+
+
+def test_an_array_task_logs_progress_lines_and_its_limits(corpus, tmp_path):
+    """The API array script's own command, its output sent to a file as SLURM does: the log
+    holds the task's share of the limits, plain progress lines with the spend, and the end."""
+    out = tmp_path / "arr"
+    with CountingServer() as server:
+        path = _yaml(corpus, out, server.base_url, tmp_path)
+        log = tmp_path / "longctx-generate-7_1.out"
+        env = {**os.environ, "LONGCTX_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(ROOT),
+               "PYTHONPATH": str(ROOT / "lib"), "SLURM_ARRAY_JOB_ID": "7", "SLURM_ARRAY_TASK_ID": "1",
+               "SHARDS": "2", "TASKS_AT_ONCE": "1", "GENERATE_ARGS": "--set max_concurrency=2 --set progress=true"}
+        with open(log, "w") as handle:
+            done = subprocess.run(["bash", str(ROOT / "slurm" / "generate.sbatch"), str(path)], env=env,
+                                  stdout=handle, stderr=subprocess.STDOUT, timeout=600)
+        requests = len(server.log)  # each answer held 10 ms: the run lasts longer than several intervals
+    text = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "\r" not in text  # no bar redrawn in place: one line per report
+    lines = text.splitlines()
+    assert lines[0].startswith("longctx.generate shard 1/2 on ") and "job 7_1" in lines[0]
+    assert lines[1] == ("[QA generation] shard 1/2: limits of this task: 2 requests in flight, no RPM limit, "
+                        "no TPM limit")
+    ticks = [line for line in lines if line.startswith("[QA generation] ") and "spent" in line]
+    assert len(ticks) >= 2 and "finished in" in ticks[-1] and "2 documents done" in ticks[-1]
+    assert any("ETA" in line for line in ticks[:-1])  # the timed lines, before the end
+    assert progress_of(out / "shards" / "00001-of-00002")["slurm_job"] == "7_1"

@@ -3,6 +3,7 @@ dry run, and one array task's real command against the embedded llama.cpp server
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -32,10 +33,13 @@ def test_sbatch_chain_prepares_runs_and_merges():
     # the log folder exists before the first sbatch (SLURM does not create it), under the run root
     assert lines[0].startswith("set -a; source slurm/cluster.env; set +a")
     assert lines[1].startswith(f"mkdir -p {LOGS} ")
+    assert lines.pop(2) == ("# each task serves its own generator: max_concurrency 32 is per server, 256 requests "
+                            "in flight on 8 servers at once")
     assert lines[2] == ("prep=$(sbatch --parsable --job-name=longctx-prepare-corpus --cpus-per-task=4 --mem=16G "
                         f"--time=24:00:00 --output={LOGS}/%x-%j.out "
                         f"--wrap='{PY} -m longctx.generate.corpus_shards --params {p} --shards 64')")
     assert lines[3] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 --gpus-per-node=8 "
+                        '--cpus-per-task="${GENERATE_CPUS:-16}" --mem="${GENERATE_MEM:-0}" ${GENERATE_EXCLUSIVE:+--exclusive} '
                         f"--time=48:00:00 --output={LOGS}/%x-%A_%a.out "
                         "--export=ALL,SHARDS=64,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
                         f"slurm/generate_vllm.sbatch {p})")
@@ -44,9 +48,32 @@ def test_sbatch_chain_prepares_runs_and_merges():
     # without prepared shard files there is no preparation job; servers default to projection_servers
     tiny = load_params(GenerateParams, TINY)
     lines = sbatch_commands(tiny, TINY, shards=4, model="m", tp=4)
-    assert len(lines) == 4 and "--array=0-3%1 --gpus-per-node=4 " in lines[2] and "afterok" not in lines[2]
+    assert len(lines) == 6 and "--array=0-3%1 --gpus-per-node=4 " in lines[3] and "afterok" not in lines[3]
     with pytest.raises(ValueError, match="splits on commas"):
         sbatch_commands(tiny, TINY, shards=4, model="m", generate_args="--set a=1,2")
+
+
+def test_api_chain_splits_the_runs_limits_over_the_tasks_at_once():
+    """Through a hosted API the params' limits are the run's: 8 tasks at once take 1/8 each, and
+    the rendered lines say so before anything is submitted."""
+    paper = load_params(GenerateParams, PAPER)
+    paper = dataclasses.replace(paper, requests_per_minute=600.0, tokens_per_minute=2e6, max_cost_usd=4000.0)
+    lines = sbatch_commands(paper, PAPER, shards=64, servers=8, api=True)
+    p = "params/paper/01_generate_qa.yaml"
+    assert lines[2] == ("# 8 tasks at once share the run's limits; each task gets 4 requests in flight (of 32), "
+                        "75 RPM (of 600), 250000 TPM (of 2e+06); the whole run stops at $4000 (max_cost_usd)")
+    assert lines[4] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 "
+                        '--cpus-per-task="${GENERATE_CPUS:-4}" --mem="${GENERATE_MEM:-16G}" '
+                        f"--time=48:00:00 --output={LOGS}/%x-%A_%a.out --export=ALL,SHARDS=64,TASKS_AT_ONCE=8 "
+                        f"slurm/generate.sbatch {p})")
+    assert lines[-1] == f"# while it runs: {PY} -m longctx.generate.status --params {p}"
+    # the task the array starts takes its share: the script passes TASKS_AT_ONCE on
+    got = dry_lines(run_script({"DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "3", "SHARDS": "64", "TASKS_AT_ONCE": "8"},
+                               script=API_SCRIPT).stdout)
+    assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "3/64",
+                               "--set", "limits_shared_by=8"]
+    with pytest.raises(ValueError, match="64 tasks at once cannot share max_concurrency 32"):
+        sbatch_commands(paper, PAPER, shards=64, servers=64, api=True)
 
 
 def run_script(env: dict[str, str], params: Path = PAPER, timeout: float = 60, script: Path = SCRIPT,
@@ -73,16 +100,18 @@ def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
     assert got["shard"] == "5/64" and got["health"] == "http://127.0.0.1:8123/health"
     assert got["serve"] == ["vllm", "serve", "/m/Qwen2-72B-Instruct", "--host", "127.0.0.1", "--port", "8123",
                             "--tensor-parallel-size", "4", "--served-model-name", "Qwen/Qwen2-72B-Instruct",
-                            "--max-model-len", "32768", "--enable-prefix-caching",
+                            "--max-model-len", "32768", "--enable-prefix-caching", "--generation-config", "vllm",
                             "--gpu-memory-utilization", "0.92"]
+    # progress stays on: its plain lines are the task's log
     assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "5/64",
-                               "--set", "progress=false", "--set", "llm_base_url=http://127.0.0.1:8123/v1",
+                               "--set", "llm_base_url=http://127.0.0.1:8123/v1",
                                "--set", "llm_api_key_env=''", "--set", "llm_model=Qwen/Qwen2-72B-Instruct",
                                "--set", "max_concurrency=64"]
     # a shared server: no vLLM started, its URL used as is
-    got = dry_lines(run_script({"DRY_RUN": "1", "GENERATOR_URL": "http://gpu7:9000/v1/"}).stdout)
+    got = dry_lines(run_script({"DRY_RUN": "1", "GENERATOR_URL": "http://gpu7:9000/v1/", "TASKS_AT_ONCE": "4"}).stdout)
     assert "serve" not in got and got["health"] == "http://gpu7:9000/health"
     assert "llm_base_url=http://gpu7:9000/v1" in got["generate"] and got["shard"] == "0/1"
+    assert "limits_shared_by=4" in got["generate"]  # one server for the array: its tasks share the limits
     with pytest.raises(subprocess.CalledProcessError) as err:
         run_script({"DRY_RUN": "1"})
     assert "set MODEL" in err.value.stderr
