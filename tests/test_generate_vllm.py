@@ -153,3 +153,25 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
     assert manifest["counts"]["documents_written"] == 1 and manifest["this_invocation"]["llm_total"]["requests"] > 0
     record = json.loads((shard / "qa.jsonl").read_text())
     assert record["id"] == "sensesensibility" and record["n_tokens"] <= 256
+
+
+@pytest.mark.parametrize("script", [SCRIPT, API_SCRIPT], ids=["vllm", "api"])
+def test_cluster_env_reaches_the_task_exported(script, tmp_path):
+    """cluster.env is sourced with 'set -a': HF_HOME and LONGCTX_RUNS reach the Python process,
+    and the task's log folder is made under the run root."""
+    submit = tmp_path / "checkout"
+    (submit / "slurm").mkdir(parents=True)
+    fake = tmp_path / "python"  # stands in for the project's Python: answers the health check, shows its env
+    fake.write_text('#!/bin/bash\nif [ "$1" = -c ]; then exit 0; fi\n'
+                    'echo "seen: HF_HOME=${HF_HOME:-} LONGCTX_RUNS=${LONGCTX_RUNS:-} args=$*"\n')
+    fake.chmod(0o755)
+    (submit / "slurm" / "cluster.env").write_text(
+        f"LONGCTX_PYTHON={fake}\nHF_HOME=/shared/hf\nLONGCTX_RUNS={tmp_path / 'scratch'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "LONGCTX_RUNS", "LONGCTX_PYTHON", "SHARDS")
+           and not k.startswith("SLURM_")}
+    env.update(SLURM_SUBMIT_DIR=str(submit), SLURM_ARRAY_TASK_ID="2", SHARDS="4", GENERATOR_URL="http://gpu7:9000/v1")
+    done = subprocess.run(["bash", str(script), str(PAPER)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [seen] = [line for line in done.stdout.splitlines() if line.startswith("seen: ")]
+    assert seen.startswith(f"seen: HF_HOME=/shared/hf LONGCTX_RUNS={tmp_path / 'scratch'} args=-m longctx.generate")
+    assert "--shard 2/4" in seen and (tmp_path / "scratch" / "slurm").is_dir()
