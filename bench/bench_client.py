@@ -40,7 +40,7 @@ from longctx.llm import LLMClient, LLMConfig, ResponseCache
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
           "required": ["question", "answer"], "additionalProperties": False}
-LEVELS = (1, 8, 32, 128)
+LEVELS = (1, 8, 32, 128, 256)
 VARIANTS = ("aiohttp-raw", "client", "client+cache")
 
 
@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10, help="requests per level = concurrency x rounds")
     parser.add_argument("--runs", type=int, default=3, help="repetitions per level (median reported)")
     parser.add_argument("--prompt-chars", type=int, default=2000)
+    parser.add_argument("--levels", default=",".join(map(str, LEVELS)),
+                        help="concurrency levels, comma-separated (default: %(default)s)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for the .md and .csv")
     args = parser.parse_args()
     if args.serve:
@@ -171,7 +173,7 @@ def main() -> None:
         base_url = f"http://127.0.0.1:{int(server.stdout.readline())}/v1"
         asyncio.run(warm_up(base_url))
         with tempfile.TemporaryDirectory(prefix="bench-client-") as scratch:
-            for concurrency in LEVELS:
+            for concurrency in [int(x) for x in args.levels.split(",")]:
                 n = concurrency * args.rounds
                 ideal = n * args.latency / concurrency
                 walls: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -257,7 +259,7 @@ def write_results(out: Path, rows: list[dict], args: argparse.Namespace, load_be
 
 
 def parser_default(name: str):
-    return {"latency": 0.2, "rounds": 10, "runs": 3, "prompt_chars": 2000,
+    return {"latency": 0.2, "rounds": 10, "runs": 3, "prompt_chars": 2000, "levels": ",".join(map(str, LEVELS)),
             "out": str(ROOT / "bench" / "results")}.get(name)
 
 
