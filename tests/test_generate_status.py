@@ -137,6 +137,10 @@ def test_the_cap_counts_every_shard_of_the_run(corpus, tmp_path):
     assert [s["shown_state"] for s in run["shards"]] == ["finished", "stopped"]
     assert run["totals"]["spent"]["cost_usd"] == pytest.approx(spent0)
     assert run["totals"]["documents_done"] == 2 and run["totals"]["documents_total"] == 4
+    # the vLLM array script asks this before it starts a server: a finished shard needs none
+    path = _yaml(corpus, out, "http://unused/v1", tmp_path)
+    assert status_main(["--params", str(path), "--finished", "0/2"]) == 0
+    assert status_main(["--params", str(path), "--finished", "1/2"]) == 1
 
 
 def test_limits_are_for_the_whole_run_and_split_over_the_tasks_at_once(corpus, tmp_path):

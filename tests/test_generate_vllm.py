@@ -163,6 +163,7 @@ def test_cluster_env_reaches_the_task_exported(script, tmp_path):
     (submit / "slurm").mkdir(parents=True)
     fake = tmp_path / "python"  # stands in for the project's Python: answers the health check, shows its env
     fake.write_text('#!/bin/bash\nif [ "$1" = -c ]; then exit 0; fi\n'
+                    'if [ "$2" = longctx.generate.status ]; then exit 1; fi  # the shard has not finished\n'
                     'echo "seen: HF_HOME=${HF_HOME:-} LONGCTX_RUNS=${LONGCTX_RUNS:-} args=$*"\n')
     fake.chmod(0o755)
     (submit / "slurm" / "cluster.env").write_text(
@@ -175,3 +176,21 @@ def test_cluster_env_reaches_the_task_exported(script, tmp_path):
     [seen] = [line for line in done.stdout.splitlines() if line.startswith("seen: ")]
     assert seen.startswith(f"seen: HF_HOME=/shared/hf LONGCTX_RUNS={tmp_path / 'scratch'} args=-m longctx.generate")
     assert "--shard 2/4" in seen and (tmp_path / "scratch" / "slurm").is_dir()
+
+
+def test_a_finished_shard_starts_no_server(tmp_path):
+    """A resubmitted or requeued task whose shard has its manifest exits before loading 72B weights."""
+    out = tmp_path / "gen"
+    shard = out / "shards" / "00002-of-00004"
+    shard.mkdir(parents=True)
+    vllm = tmp_path / "vllm"  # would leave a trace if started
+    vllm.write_text(f"#!/bin/bash\ntouch {tmp_path / 'started'}\nsleep 60\n")
+    vllm.chmod(0o755)
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SHARDS": "4", "MODEL": "/m", "VLLM": str(vllm), "STARTUP_TIMEOUT": "1",
+           "GENERATE_ARGS": f"--set output_dir={out}"}
+    running = run_script(env, check=False)
+    assert running.returncode == 1 and (tmp_path / "started").exists()  # not finished: the server starts
+    (tmp_path / "started").unlink()
+    (shard / "manifest.json").write_text("{}")
+    done = run_script(env)
+    assert "nothing to do: shard 2/4 has finished" in done.stdout and not (tmp_path / "started").exists()

@@ -284,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the overrides the run was started with that move it (output_dir)")
     parser.add_argument("--dry-run", action="store_true", help="the dry run's shards (output_dir/dry-run)")
     parser.add_argument("--json", action="store_true", help="print the data as JSON instead of a table")
+    parser.add_argument("--finished", metavar="I/N", default="",
+                        help="only say whether shard I/N has finished (its manifest.json exists): exit 0 if "
+                             "so, 1 if not (the vLLM array script skips starting a server for a finished shard)")
     args = parser.parse_args(argv)
     import yaml
 
@@ -298,6 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.finished:
+        try:
+            index, count = (int(x) for x in args.finished.split("/"))
+            shard = dataclasses.replace(params, shard_index=index, shard_count=count)
+        except ValueError:
+            parser.error(f"--finished expects i/n such as 3/64, got {args.finished!r}")
+        folder = run_root(shard, args.dry_run)
+        folder = folder / "shards" / f"{index:05d}-of-{count:05d}" if count > 1 else folder
+        done = (folder / "manifest.json").is_file()
+        print(f"shard {index}/{count} {'has finished' if done else 'has not finished'} ({folder})")
+        return 0 if done else 1
     run = read_run(run_root(params, args.dry_run), params=params)
     print(json.dumps(run, indent=1) if args.json else format_status(run))
     return 0 if run["shards"] else 1
