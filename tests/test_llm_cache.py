@@ -150,26 +150,3 @@ def test_cache_files_from_before_the_deliveries_table_still_work(tmp_path):
         assert cache.get_delivery(delivery_key("k", 0)) == Delivery(cut, 1, "length")
         assert cache.get_delivery(delivery_key("k", 1)) is None and cache.get(delivery_key("k", 0)) is None
         assert cache.get("responses-1-of-2.sqlite").content == "old"
-
-
-@pytest.mark.parametrize("extra", [None, {}, {"continue_final_message": True, "messages": None}])
-def test_request_key_built_from_encoded_parts_is_the_canonical_payloads_hash(extra):
-    """The client encodes the messages once and passes them in: the key must stay the sha256 of
-    the canonical JSON of the whole payload (the recipe caches were written with)."""
-    import hashlib
-
-    from longctx.llm.cache import CACHE_FORMAT, canonical_json
-
-    messages = [{"role": "system", "content": "Écris des questions « précises »."},
-                {"role": "user", "content": "Emma Woodhouse, handsome, clever, and rich \u2014 \U0001F600\n\"q\""}]
-    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
-    for sampling in ({"temperature": 0.7, "top_p": None, "seed": 3, "max_tokens": 300},
-                     {"temperature": None, "top_p": 0.8, "seed": None, "max_tokens": None}):
-        payload = {"format": CACHE_FORMAT, "model": "Qwen/Qwen2-72B-Instruct", "messages": messages, **sampling,
-                   "schema": schema}
-        if extra:
-            payload["extra"] = extra
-        reference = hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
-        args = dict(model="Qwen/Qwen2-72B-Instruct", messages=messages, schema=schema, extra=extra, **sampling)
-        assert request_key(**args) == reference
-        assert request_key(**args, messages_json=canonical_json(messages)) == reference

@@ -81,29 +81,20 @@ def canonical_json(value: Any) -> str:
 
 def request_key(model: str, messages: Sequence[Mapping[str, Any]], *, temperature: float | None,
                 top_p: float | None, seed: int | None, max_tokens: int | None,
-                schema: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None,
-                messages_json: str | None = None) -> str:
+                schema: Mapping[str, Any] | None, extra: Mapping[str, Any] | None = None) -> str:
     """sha256 hex of everything that determines the answer (``extra``: server-specific request
     fields; absent or empty leaves the key of a plain request unchanged).
 
     Left out on purpose: the endpoint URL (the same model served elsewhere answers the same
     request), the API key, and the response_format mode (a transport detail: content is
     validated against ``schema`` whatever the server enforced).
-
-    ``messages_json``: ``canonical_json(list(messages))`` when the caller has it already (the
-    client sends the same text as the request body's messages: the prompt, most of the bytes,
-    is encoded once per request instead of twice).
     """
-    payload: dict[str, Any] = {"format": CACHE_FORMAT, "model": model, "temperature": temperature,
-                               "top_p": top_p, "seed": seed, "max_tokens": max_tokens, "schema": schema}
+    payload = {"format": CACHE_FORMAT, "model": model, "messages": list(messages),
+               "temperature": temperature, "top_p": top_p, "seed": seed,
+               "max_tokens": max_tokens, "schema": schema}
     if extra:
         payload["extra"] = dict(extra)
-    # canonical_json of the whole payload, written out: a sorted-key object is its members'
-    # encodings joined, so the messages' encoding can come in ready-made
-    members = {key: canonical_json(value) for key, value in payload.items()}
-    members["messages"] = canonical_json(list(messages)) if messages_json is None else messages_json
-    text = "{" + ",".join(f"{canonical_json(key)}:{members[key]}" for key in sorted(members)) + "}"
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
 def delivery_key(call_key: str, n: int) -> str:

@@ -68,7 +68,7 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import aiohttp
 
 from .accounting import Accounting
-from .cache import CachedResponse, Delivery, ResponseCache, canonical_json, delivery_key, request_key
+from .cache import CachedResponse, Delivery, ResponseCache, delivery_key, request_key
 from .errors import CONTENT_REASONS, RETRYABLE, BudgetExhausted, LLMCallFailed, LLMSetupError
 from .group_commit import GroupCommitter
 from .limits import AdaptiveGate, RateLimiter, estimate_tokens
@@ -246,10 +246,8 @@ class LLMClient:
             raise ValueError("completion=True sends one raw prompt: pass exactly one message and no schema")
         # A raw prompt is keyed without a role, so it never shares a key with a chat request.
         keyed = [{"prompt": messages[0]["content"]}] if completion else messages
-        messages_json = canonical_json(list(keyed))  # encoded once: for the key and for the body
         key = request_key(self.config.model, keyed, temperature=temperature, top_p=top_p,
-                          seed=seed, max_tokens=max_tokens, schema=schema, extra=extra_body,
-                          messages_json=messages_json)
+                          seed=seed, max_tokens=max_tokens, schema=schema, extra=extra_body)
         accept_length = accept_length and schema is None  # cut JSON cannot match the schema
         if self.cache is not None:
             hit = self.cache.get(key)
@@ -274,7 +272,7 @@ class LLMClient:
         if completion:
             base["prompt"] = messages[0]["content"]
         else:
-            base.pop("messages", None)  # sent as messages_json, spliced into the body below
+            base["messages"] = list(messages)
         url = self.config.completions_url if completion else self.config.chat_url
         for name, value in (("temperature", temperature), ("top_p", top_p), ("max_tokens", max_tokens)):
             if value is not None:
@@ -296,11 +294,8 @@ class LLMClient:
             if attempts > replay.attempts and self.budget is not None and (stop := self.budget()) is not None:
                 raise BudgetExhausted(stop)  # a retry: the cap may have been reached meanwhile
             attempts += 1
-            encoded = json.dumps(body)
-            if not completion:  # the messages as already encoded for the key: the same JSON value
-                encoded = f'{encoded[:-1]}, "messages": {messages_json}}}'
             try:
-                response = await self._send(url, encoded.encode("utf-8"), tokens, mode, stage,
+                response = await self._send(url, json.dumps(body).encode("utf-8"), tokens, mode, stage,
                                             doc_id, completion)
                 data = validate(response, schema, accept_length)
             except AttemptFailed as err:
