@@ -95,7 +95,7 @@ def test_cost_cap_stops_the_run_cleanly_and_a_higher_cap_resumes_it(corpus, tmp_
         # it stopped at the cap: past it by at most the one request in flight, short of the next document
         assert cap <= state["spent"]["cost_usd"] < per_doc[0] + per_doc[1]
         assert state["documents"] == {**state["documents"], "done": 1, "this_run": 1, "total": 4}
-        assert not (out / "manifest.json").exists()  # not finished: merge must refuse it
+        assert not (out / "manifest.json").exists()  # not finished
         assert len(list((out / "work" / "docs").glob("*.json"))) == 1
 
         # the command line: exit status 3 and a message naming the cap; nothing new is sent
@@ -131,6 +131,9 @@ def test_the_cap_counts_every_shard_of_the_run(corpus, tmp_path):
         with pytest.raises(RunStopped, match=r"the others \$") as stopped:
             generate.run(params(corpus, out, server.base_url, shard_index=1, shard_count=2, max_cost_usd=spent0 / 2))
         assert len(server.log) == sent and stopped.value.exit_code == 3
+    with pytest.raises(RuntimeError, match=r"00001-of-00002 has no manifest.json \(not finished; its progress.json "
+                                           r"says stopped: the run's spend"):
+        generate.merge(params(corpus, out, "http://unused/v1"))
     shard1 = progress_of(out / "shards" / "00001-of-00002")
     assert shard1["state"] == "stopped" and shard1["spent"]["requests"] == 0
     run = read_run(out)
@@ -150,7 +153,7 @@ def test_limits_are_for_the_whole_run_and_split_over_the_tasks_at_once(corpus, t
                                                  "tokens_per_minute": 250_000.0}
     assert describe_limits(p, task_limits(p, 32)) == (
         "limits of this task (8 tasks at once share the run's): 4 requests in flight (of 32), 75 RPM (of 600), "
-        "250000 TPM (of 2e+06)")
+        "250,000 TPM (of 2,000,000)")
     with pytest.raises(ParamsError, match="limits_shared_by.*cannot share max_concurrency 4"):
         params(corpus, tmp_path / "x", "http://x/v1", max_concurrency=4, limits_shared_by=8)
     # a task started with its share keeps to it at the server

@@ -61,7 +61,7 @@ def test_api_chain_splits_the_runs_limits_over_the_tasks_at_once():
     lines = sbatch_commands(paper, PAPER, shards=64, servers=8, api=True)
     p = "params/paper/01_generate_qa.yaml"
     assert lines[2] == ("# 8 tasks at once share the run's limits; each task gets 4 requests in flight (of 32), "
-                        "75 RPM (of 600), 250000 TPM (of 2e+06); the whole run stops at $4000 (max_cost_usd)")
+                        "75 RPM (of 600), 250,000 TPM (of 2,000,000); the whole run stops at $4000 (max_cost_usd)")
     assert lines[4] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 "
                         '--cpus-per-task="${GENERATE_CPUS:-4}" --mem="${GENERATE_MEM:-16G}" '
                         f"--time=48:00:00 --output={LOGS}/%x-%A_%a.out --export=ALL,SHARDS=64,TASKS_AT_ONCE=8 "

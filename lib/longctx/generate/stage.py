@@ -151,9 +151,14 @@ def task_limits(params: GenerateParams, concurrency: int) -> dict[str, float]:
 
 def describe_limits(params: GenerateParams, limits: dict[str, float]) -> str:
     """One line for the task's log: what this task may send, and of what."""
+    def number(value: float) -> str:
+        return f"{value:,.0f}" if value >= 100 else f"{value:g}"  # 250,000 TPM, 62.5 RPM
+
     def rate(key: str, unit: str) -> str:
         whole = getattr(params, key)
-        return f"{limits[key]:g} {unit}" + (f" (of {whole:g})" if params.limits_shared_by > 1 else "") if whole else f"no {unit} limit"
+        if not whole:
+            return f"no {unit} limit"
+        return f"{number(limits[key])} {unit}" + (f" (of {number(whole)})" if params.limits_shared_by > 1 else "")
     head = (f"limits of this task ({params.limits_shared_by} tasks at once share the run's): "
             if params.limits_shared_by > 1 else "limits of this task: ")
     return (head + f"{limits['max_concurrency']:g} requests in flight"
@@ -419,7 +424,13 @@ def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     for shard in shards:
         path = shard / "manifest.json"
         if not path.is_file():
-            raise RuntimeError(f"cannot merge: shard {shard.name} has no manifest.json (not finished)")
+            state = ""
+            with contextlib.suppress(OSError, ValueError):
+                progress = json.loads((shard / "progress.json").read_text(encoding="utf-8"))
+                state = f"; its progress.json says {progress['state']}" + (
+                    f": {progress['reason']}" if progress.get("reason") else "")
+            raise RuntimeError(f"cannot merge: shard {shard.name} has no manifest.json (not finished{state}); "
+                               "python -m longctx.generate.status --params ... shows every shard")
         manifests.append(json.loads(path.read_text(encoding="utf-8")))
     assembled = _assemble(out, [s / "work" / "docs" for s in shards])
     manifest = {
