@@ -244,3 +244,33 @@ def test_an_array_task_logs_progress_lines_and_its_limits(corpus, tmp_path):
     assert len(ticks) >= 2 and "finished in" in ticks[-1] and "2 documents done" in ticks[-1]
     assert any("ETA" in line for line in ticks[:-1])  # the timed lines, before the end
     assert progress_of(out / "shards" / "00001-of-00002")["slurm_job"] == "7_1"
+
+
+def test_sigterm_stops_a_task_cleanly_and_the_resubmitted_task_loses_nothing(corpus, tmp_path):
+    """Pre-emption, scancel and the time limit send SIGTERM first: the task sends nothing more,
+    keeps what came in, says 'stopped' and exits 143; resubmitted, it asks nothing twice."""
+    out = tmp_path / "term"
+    with CountingServer() as server:
+        path = _yaml(corpus, out, server.base_url, tmp_path)
+        child = subprocess.Popen([sys.executable, "-m", "longctx.generate", "--params", str(path)], cwd=ROOT,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT / "lib")}, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and child.poll() is None:
+            state = progress_of(out) if (out / "progress.json").is_file() else {}
+            if state.get("documents", {}).get("done", 0) >= 1:
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, child.stderr.read()[-2000:]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=600) == 143
+        err = child.stderr.read()
+        stopped = progress_of(out)
+        assert stopped["state"] == "stopped" and stopped["reason"].startswith("SIGTERM")
+        assert "stopped: SIGTERM" in err and "resubmit the task" in err
+        first = {prompt for prompt, _, _ in server.log}
+        assert len(first) == len(server.log) == stopped["spent"]["requests"]  # every request sent was answered
+        manifest = generate.run(params(corpus, out, server.base_url))
+        again = [prompt for prompt, _, _ in server.log[len(first):]]
+    assert not set(again) & first  # nothing answered before the signal was asked again
+    assert manifest["counts"]["documents_written"] == 4

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..llm.client import LLMCallFailed, LLMClient
+from ..llm.errors import BudgetExhausted
 from .chunking import Chunking
 from .corpus import Document
 from .params import GenerateParams
@@ -324,7 +325,10 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
             if not future.done():
                 future.set_exception(err if isinstance(err, Exception) else asyncio.CancelledError())
                 future.exception()  # retrieved here: the diverse task may never await it
-        diverse_task.cancel()
+        if not isinstance(err, BudgetExhausted):
+            diverse_task.cancel()
+        # at the cost cap (or SIGTERM) the diverse questions stop by themselves at their next
+        # request: the one in flight is answered and cached, not thrown away after being paid for
         await asyncio.gather(diverse_task, return_exceptions=True)
         raise
     hierarchical_done.set_result(hierarchical)

@@ -229,15 +229,22 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, limits: 
         while True:
             await asyncio.sleep(params.progress_interval_s)
             cap.refresh()
-            shard_progress.write()
+            shard_progress.write("running" if cap.reason is None else "stopping", cap.reason or "")
             progress.tick()
+
+    def on_sigterm() -> None:
+        # pre-emption, scancel, the time limit: stop like the cap (in-flight answers are cached).
+        # Said at once in the progress file: SLURM's SIGKILL follows after KillWait (30 s by
+        # default), maybe before the requests in flight are answered; it loses nothing either.
+        print("[QA generation] SIGTERM: sending nothing more; waiting for the answers in flight", file=sys.stderr,
+              flush=True)
+        cap.stop("SIGTERM (pre-emption, scancel or the time limit)")
+        shard_progress.write("stopping", cap.reason or "")
 
     loop = asyncio.get_running_loop()
     if stop_on_sigterm:
-        # pre-emption, scancel, the time limit: stop like the cap (in-flight answers are cached),
-        # so the progress file says why; SLURM's SIGKILL after KillWait loses nothing either
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGTERM, cap.stop, "SIGTERM (pre-emption, scancel or the time limit)")
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
     def on_done(stage: str, outcome: str) -> None:
         if outcome == "cached":

@@ -3,8 +3,8 @@
 Every running ``python -m longctx.generate`` (one array task, or a run without shards) rewrites
 ``progress.json`` in its output folder (``output_dir`` or ``output_dir/shards/<i>-of-<n>``)
 atomically every ``progress_interval_s`` seconds and once when it ends. It says which task runs it
-(host, pid, SLURM job), its state (``running``, ``finished``, ``stopped`` with the reason: the cost
-cap or SIGTERM; ``failed`` with the error), documents done of the shard's total, requests,
+(host, pid, SLURM job), its state (``running``; ``stopping`` while the answers in flight come in
+after the cost cap or SIGTERM; ``finished``; ``stopped`` with the reason; ``failed`` with the error), documents done of the shard's total, requests,
 tokens and cost of this invocation and of all invocations so far (``spent``, carried over from
 the file a killed or stopped run left), the rate and the ETA. docs/CONTRACTS.md lists the keys.
 
@@ -178,7 +178,7 @@ class CostCap:
 
 def _state(entry: dict[str, Any], now: float) -> str:
     state = entry.get("state", "?")
-    if state != "running":
+    if state not in ("running", "stopping"):
         return state
     if entry.get("host") == socket.gethostname() and entry.get("pid"):
         try:
@@ -189,7 +189,7 @@ def _state(entry: dict[str, Any], now: float) -> str:
             pass  # alive, another user's
     if now - entry.get("updated", 0) > STALE_INTERVALS * max(entry.get("interval_s", 15.0), 1.0):
         return "stale"
-    return "running"
+    return state
 
 
 def read_run(root: Path, now: float | None = None, params: GenerateParams | None = None) -> dict[str, Any]:
