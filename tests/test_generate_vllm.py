@@ -3,6 +3,7 @@ dry run, and one array task's real command against the embedded llama.cpp server
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -21,33 +22,69 @@ SCRIPT = ROOT / "slurm" / "generate_vllm.sbatch"
 PAPER = ROOT / "params" / "paper" / "01_generate_qa.yaml"
 TINY = ROOT / "params" / "test" / "01_generate_qa.yaml"
 PY = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'
+API_SCRIPT = ROOT / "slurm" / "generate.sbatch"
 
 
 def test_sbatch_chain_prepares_runs_and_merges():
     lines = sbatch_commands(load_params(GenerateParams, PAPER), PAPER, shards=64, model="/m/Qwen2-72B-Instruct",
                             tp=8, port=8001, servers=8)
     p = "params/paper/01_generate_qa.yaml"
+    # the log folder exists before the first sbatch (SLURM does not create it), under the run root
+    assert lines[0].startswith("set -a; source slurm/cluster.env; set +a")
+    assert lines[1].startswith(f"mkdir -p {LOGS} ")
+    assert lines.pop(2) == ("# each task serves its own generator: max_concurrency 32 is per server, 256 requests "
+                            "in flight on 8 servers at once")
     assert lines[2] == ("prep=$(sbatch --parsable --job-name=longctx-prepare-corpus --cpus-per-task=4 --mem=16G "
-                        "--time=24:00:00 --output=runs/slurm/%x-%j.out "
+                        f"--time=24:00:00 --output={LOGS}/%x-%j.out "
                         f"--wrap='{PY} -m longctx.generate.corpus_shards --params {p} --shards 64')")
     assert lines[3] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 --gpus-per-node=8 "
-                        "--time=48:00:00 --export=ALL,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
+                        '--cpus-per-task="${GENERATE_CPUS:-16}" --mem="${GENERATE_MEM:-0}" ${GENERATE_EXCLUSIVE:+--exclusive} '
+                        f"--time=48:00:00 --output={LOGS}/%x-%A_%a.out "
+                        "--export=ALL,SHARDS=64,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
                         f"slurm/generate_vllm.sbatch {p})")
     assert lines[4] == ("sbatch --dependency=afterok:$gen --job-name=longctx-merge --cpus-per-task=2 --mem=8G "
-                        f"--time=2:00:00 --output=runs/slurm/%x-%j.out --wrap='{PY} -m longctx.generate --params {p} --merge'")
+                        f"--time=2:00:00 --output={LOGS}/%x-%j.out --wrap='{PY} -m longctx.generate --params {p} --merge'")
     # without prepared shard files there is no preparation job; servers default to projection_servers
     tiny = load_params(GenerateParams, TINY)
     lines = sbatch_commands(tiny, TINY, shards=4, model="m", tp=4)
-    assert len(lines) == 4 and "--array=0-3%1 --gpus-per-node=4 " in lines[2] and "afterok" not in lines[2]
+    assert len(lines) == 6 and "--array=0-3%1 --gpus-per-node=4 " in lines[3] and "afterok" not in lines[3]
     with pytest.raises(ValueError, match="splits on commas"):
         sbatch_commands(tiny, TINY, shards=4, model="m", generate_args="--set a=1,2")
 
 
-def run_script(env: dict[str, str], params: Path = PAPER, timeout: float = 60) -> subprocess.CompletedProcess:
+def test_api_chain_splits_the_runs_limits_over_the_tasks_at_once():
+    """Through a hosted API the params' limits are the run's: 8 tasks at once take 1/8 each, and
+    the rendered lines say so before anything is submitted."""
+    paper = load_params(GenerateParams, PAPER)
+    paper = dataclasses.replace(paper, requests_per_minute=600.0, tokens_per_minute=2e6, max_cost_usd=4000.0)
+    lines = sbatch_commands(paper, PAPER, shards=64, servers=8, api=True)
+    p = "params/paper/01_generate_qa.yaml"
+    assert lines[2] == ("# 8 tasks at once share the run's limits; each task gets 4 requests in flight (of 32), "
+                        "75 RPM (of 600), 250,000 TPM (of 2,000,000); the whole run stops at $4000 (max_cost_usd)")
+    assert lines[4] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 "
+                        '--cpus-per-task="${GENERATE_CPUS:-4}" --mem="${GENERATE_MEM:-16G}" '
+                        f"--time=48:00:00 --output={LOGS}/%x-%A_%a.out --export=ALL,SHARDS=64,TASKS_AT_ONCE=8 "
+                        f"slurm/generate.sbatch {p})")
+    assert lines[-1] == f"# while it runs: {PY} -m longctx.generate.status --params {p}"
+    # the task the array starts takes its share: the script passes TASKS_AT_ONCE on
+    got = dry_lines(run_script({"DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "3", "SHARDS": "64", "TASKS_AT_ONCE": "8"},
+                               script=API_SCRIPT).stdout)
+    assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "3/64",
+                               "--set", "limits_shared_by=8"]
+    with pytest.raises(ValueError, match="64 tasks at once cannot share max_concurrency 32"):
+        sbatch_commands(paper, PAPER, shards=64, servers=64, api=True)
+
+
+def run_script(env: dict[str, str], params: Path = PAPER, timeout: float = 60, script: Path = SCRIPT,
+               check: bool = True) -> subprocess.CompletedProcess:
     full = {**os.environ, "LONGCTX_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(ROOT),
             "PYTHONPATH": str(ROOT / "lib"), **env}
-    return subprocess.run(["bash", str(SCRIPT), str(params)], env=full, capture_output=True, text=True,
-                          timeout=timeout, check=True)
+    for name in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MAX", "SHARDS"):  # only what the test sets
+        if name not in env:
+            full.pop(name, None)
+    return subprocess.run(["bash", str(script), str(params)], env=full, capture_output=True, text=True,
+                          timeout=timeout, check=check)
 
 
 def dry_lines(out: str) -> dict[str, list[str] | str]:
@@ -57,25 +94,39 @@ def dry_lines(out: str) -> dict[str, list[str] | str]:
 
 def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
     got = dry_lines(run_script({"DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MAX": "63",
-                                "MODEL": "/m/Qwen2-72B-Instruct", "TP": "4", "PORT": "8123",
+                                "SHARDS": "64", "MODEL": "/m/Qwen2-72B-Instruct", "TP": "4", "PORT": "8123",
                                 "VLLM_ARGS": "--gpu-memory-utilization 0.92",
                                 "GENERATE_ARGS": "--set max_concurrency=64"}).stdout)
     assert got["shard"] == "5/64" and got["health"] == "http://127.0.0.1:8123/health"
     assert got["serve"] == ["vllm", "serve", "/m/Qwen2-72B-Instruct", "--host", "127.0.0.1", "--port", "8123",
                             "--tensor-parallel-size", "4", "--served-model-name", "Qwen/Qwen2-72B-Instruct",
-                            "--max-model-len", "32768", "--enable-prefix-caching",
+                            "--max-model-len", "32768", "--enable-prefix-caching", "--generation-config", "vllm",
                             "--gpu-memory-utilization", "0.92"]
+    # progress stays on: its plain lines are the task's log
     assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "5/64",
-                               "--set", "progress=false", "--set", "llm_base_url=http://127.0.0.1:8123/v1",
+                               "--set", "llm_base_url=http://127.0.0.1:8123/v1",
                                "--set", "llm_api_key_env=''", "--set", "llm_model=Qwen/Qwen2-72B-Instruct",
                                "--set", "max_concurrency=64"]
     # a shared server: no vLLM started, its URL used as is
-    got = dry_lines(run_script({"DRY_RUN": "1", "GENERATOR_URL": "http://gpu7:9000/v1/"}).stdout)
+    got = dry_lines(run_script({"DRY_RUN": "1", "GENERATOR_URL": "http://gpu7:9000/v1/", "TASKS_AT_ONCE": "4"}).stdout)
     assert "serve" not in got and got["health"] == "http://gpu7:9000/health"
     assert "llm_base_url=http://gpu7:9000/v1" in got["generate"] and got["shard"] == "0/1"
+    assert "limits_shared_by=4" in got["generate"]  # one server for the array: its tasks share the limits
     with pytest.raises(subprocess.CalledProcessError) as err:
         run_script({"DRY_RUN": "1"})
     assert "set MODEL" in err.value.stderr
+
+
+@pytest.mark.parametrize("script", [SCRIPT, API_SCRIPT], ids=["vllm", "api"])
+def test_the_shard_count_is_explicit_so_a_resubmitted_task_keeps_its_shard(script):
+    """``sbatch --array=17`` alone sets SLURM_ARRAY_TASK_MAX=17: the count must come from SHARDS."""
+    env = {"DRY_RUN": "1", "MODEL": "/m", "SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_MAX": "17"}
+    got = dry_lines(run_script({**env, "SHARDS": "64"}, script=script).stdout)
+    assert got["shard"] == "17/64" and got["generate"][got["generate"].index("--shard") + 1] == "17/64"
+    missing = run_script(env, script=script, check=False)
+    assert missing.returncode == 2 and "SHARDS is not set" in missing.stderr and not missing.stdout
+    outside = run_script({**env, "SHARDS": "16"}, script=script, check=False)
+    assert outside.returncode == 2 and "array task 17 is not a shard of SHARDS=16" in outside.stderr
 
 
 @pytest.mark.slow
@@ -93,7 +144,7 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
                "--set max_qa_tokens=96 --set max_summary_tokens=96")
     with EmbeddedServer(n_ctx=8192, n_parallel=1, n_threads=os.cpu_count()) as server:
         result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MAX": "1",
-                             "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
+                             "SHARDS": "2", "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
         base_url = server.base_url
     assert "generator healthy; shard 0/2" in result.stdout
     shard = out / "shards" / "00000-of-00002"
@@ -102,3 +153,44 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
     assert manifest["counts"]["documents_written"] == 1 and manifest["this_invocation"]["llm_total"]["requests"] > 0
     record = json.loads((shard / "qa.jsonl").read_text())
     assert record["id"] == "sensesensibility" and record["n_tokens"] <= 256
+
+
+@pytest.mark.parametrize("script", [SCRIPT, API_SCRIPT], ids=["vllm", "api"])
+def test_cluster_env_reaches_the_task_exported(script, tmp_path):
+    """cluster.env is sourced with 'set -a': HF_HOME and LONGCTX_RUNS reach the Python process,
+    and the task's log folder is made under the run root."""
+    submit = tmp_path / "checkout"
+    (submit / "slurm").mkdir(parents=True)
+    fake = tmp_path / "python"  # stands in for the project's Python: answers the health check, shows its env
+    fake.write_text('#!/bin/bash\nif [ "$1" = -c ]; then exit 0; fi\n'
+                    'if [ "$2" = longctx.generate.status ]; then exit 1; fi  # the shard has not finished\n'
+                    'echo "seen: HF_HOME=${HF_HOME:-} LONGCTX_RUNS=${LONGCTX_RUNS:-} args=$*"\n')
+    fake.chmod(0o755)
+    (submit / "slurm" / "cluster.env").write_text(
+        f"LONGCTX_PYTHON={fake}\nHF_HOME=/shared/hf\nLONGCTX_RUNS={tmp_path / 'scratch'}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HOME", "LONGCTX_RUNS", "LONGCTX_PYTHON", "SHARDS")
+           and not k.startswith("SLURM_")}
+    env.update(SLURM_SUBMIT_DIR=str(submit), SLURM_ARRAY_TASK_ID="2", SHARDS="4", GENERATOR_URL="http://gpu7:9000/v1")
+    done = subprocess.run(["bash", str(script), str(PAPER)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [seen] = [line for line in done.stdout.splitlines() if line.startswith("seen: ")]
+    assert seen.startswith(f"seen: HF_HOME=/shared/hf LONGCTX_RUNS={tmp_path / 'scratch'} args=-m longctx.generate")
+    assert "--shard 2/4" in seen and (tmp_path / "scratch" / "slurm").is_dir()
+
+
+def test_a_finished_shard_starts_no_server(tmp_path):
+    """A resubmitted or requeued task whose shard has its manifest exits before loading 72B weights."""
+    out = tmp_path / "gen"
+    shard = out / "shards" / "00002-of-00004"
+    shard.mkdir(parents=True)
+    vllm = tmp_path / "vllm"  # would leave a trace if started
+    vllm.write_text(f"#!/bin/bash\ntouch {tmp_path / 'started'}\nsleep 60\n")
+    vllm.chmod(0o755)
+    env = {"SLURM_ARRAY_TASK_ID": "2", "SHARDS": "4", "MODEL": "/m", "VLLM": str(vllm), "STARTUP_TIMEOUT": "1",
+           "GENERATE_ARGS": f"--set output_dir={out}"}
+    running = run_script(env, check=False)
+    assert running.returncode == 1 and (tmp_path / "started").exists()  # not finished: the server starts
+    (tmp_path / "started").unlink()
+    (shard / "manifest.json").write_text("{}")
+    done = run_script(env)
+    assert "nothing to do: shard 2/4 has finished" in done.stdout and not (tmp_path / "started").exists()

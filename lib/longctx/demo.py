@@ -16,7 +16,7 @@ import time
 
 import yaml
 
-from .core.config import project_root
+from .core.config import project_root, runs_root
 from .core.notebook import execute
 
 __all__ = ["stages", "main"]
@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = project_root()
     for number, notebook, params in todo:
-        out = root / "runs" / args.profile / "notebooks" / notebook.name
-        print(f"[{number}] {notebook.relative_to(root)} with {params.relative_to(root)} -> "
-              f"{out.relative_to(root)}", flush=True)
+        out = runs_root(root) / args.profile / "notebooks" / notebook.name
+        shown = out.relative_to(root) if out.is_relative_to(root) else out  # LONGCTX_RUNS may be elsewhere
+        print(f"[{number}] {notebook.relative_to(root)} with {params.relative_to(root)} -> {shown}", flush=True)
         started = time.time()
         execute(notebook, yaml.safe_load(params.read_text()) or {}, output=out, stream_output=True)
         print(f"[{number}] done in {time.time() - started:.0f} s", flush=True)

@@ -21,6 +21,7 @@ because papermill itself only warns about unknown parameters.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -42,6 +43,8 @@ __all__ = [
     "describe",
     "project_root",
     "resolve_path",
+    "runs_root",
+    "RUNS_ENV",
 ]
 
 
@@ -330,7 +333,24 @@ def project_root(start: str | Path | None = None) -> Path:
     return here
 
 
+RUNS_ENV = "LONGCTX_RUNS"
+
+
+def runs_root(root: Path | None = None) -> Path:
+    """Where every output goes: ``$LONGCTX_RUNS`` when set (e.g. a scratch file system on a
+    cluster; relative to the project root if relative), else ``<project root>/runs``."""
+    env = os.environ.get(RUNS_ENV, "").strip()
+    base = root or project_root()
+    return (base / Path(env).expanduser()) if env else base / "runs"
+
+
 def resolve_path(path: str | Path, root: Path | None = None) -> Path:
-    """``path`` if absolute, else relative to :func:`project_root`."""
+    """``path`` if absolute, else relative to :func:`project_root`; a relative path under
+    ``runs/`` (every stage's outputs, caches and logs) resolves under :func:`runs_root`, so the
+    one variable ``LONGCTX_RUNS`` moves all of them."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else (root or project_root()) / p
+    if p.is_absolute():
+        return p
+    if p.parts and p.parts[0] == "runs" and os.environ.get(RUNS_ENV, "").strip():
+        return runs_root(root).joinpath(*p.parts[1:])
+    return (root or project_root()) / p

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import project_root
+from .config import runs_root
 from .tokenizer import load_tokenizer, llama3_model_path
 
 __all__ = ["llama3_fast_tokenizer", "llama3_chat_tokenizer", "LLAMA31_CHAT_TEMPLATE", "LLAMA31_EOS_IDS"]
@@ -29,7 +29,7 @@ def llama3_fast_tokenizer(cache_dir: str | Path | None = None):
     from transformers import PreTrainedTokenizerFast
 
     ours = load_tokenizer("llama3")
-    cache = Path(cache_dir) if cache_dir else project_root() / "runs" / "cache" / "llama3-fast"
+    cache = Path(cache_dir) if cache_dir else runs_root() / "cache" / "llama3-fast"
     path = cache / "tokenizer.json"
     if not path.is_file():
         from transformers.convert_slow_tokenizer import TikTokenConverter

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import project_root
+from .config import project_root, runs_root
 
 RECORD_MIME = "application/vnd.longctx.record+json"
 
@@ -59,7 +59,7 @@ def execute(notebook: str | Path, parameters: dict[str, Any] | None = None,
     notebook = Path(notebook)
     if not notebook.is_absolute():
         notebook = root / notebook
-    output = Path(output) if output else root / "runs" / "notebooks" / notebook.name
+    output = Path(output) if output else runs_root(root) / "notebooks" / notebook.name
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
         str(notebook), str(output), parameters=parameters or {}, cwd=str(root),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 __all__ = ["Progress", "format_duration"]
 
@@ -41,11 +41,13 @@ class Progress:
 
     def __init__(self, desc: str, unit: str, total: int = 0, enabled: bool = True,
                  interval_s: float = 15.0, stream: TextIO | None = None, live: bool | None = None,
-                 documents_label: str | None = "documents", clock=time.monotonic):
+                 documents_label: str | None = "documents", clock=time.monotonic,
+                 note: Callable[[], str] | None = None):
         self.desc, self.unit, self.total = desc, unit, total
         self.enabled, self.interval_s = enabled, interval_s
         self.stream = stream if stream is not None else sys.stderr
         self.documents_label = documents_label
+        self.note = note  # more for the line, e.g. the spend so far ("$1.20 spent")
         self.clock = clock
         self.done = self.from_cache = self.documents = 0
         self.started = self.last_line = clock()
@@ -98,10 +100,16 @@ class Progress:
         paid = self.done - self.from_cache
         if paid > 0:
             parts.append(f"{(self.clock() - self.started) / paid:.1f} s/{self.unit}")
+        if self.note is not None and (extra := self.note()):
+            parts.append(extra)
         eta = self.eta_s()
         if eta is not None:
             parts.append(f"ETA {format_duration(eta)}")
         return f"[{self.desc}] " + ", ".join(parts)
+
+    def tick(self) -> None:
+        """Print the line if it is due, also when no step came (slow requests): call it on a timer."""
+        self._maybe_print()
 
     def _maybe_print(self, force: bool = False) -> None:
         if not self.enabled or self.bar is not None:

@@ -33,7 +33,7 @@ from ..core.config import ParamsError, load_params, resolve_path
 from .corpus import Document, Skipped, iter_corpus, open_lines
 from .params import GenerateParams
 
-__all__ = ["assigned_documents", "prepare", "shard_file", "SOURCE_KEYS"]
+__all__ = ["assigned_documents", "assigned_count", "prepare", "shard_file", "SOURCE_KEYS"]
 
 # The parameters that decide which documents the corpus yields; prepared files fit a run only
 # when these match.
@@ -158,6 +158,23 @@ def _from_shard_files(params: GenerateParams, folder: Path, manifest: dict[str, 
         if params.max_documents and position >= params.max_documents:
             return
         yield position, doc
+
+
+def assigned_count(params: GenerateParams) -> int | None:
+    """How many usable documents this shard will read, when known before reading them: from the
+    prepared files' manifest, or from ``max_documents``; None for a streamed corpus without it
+    (the corpus may hold fewer than ``max_documents``: then it is an upper bound)."""
+    folder = resolve_path(params.corpus_shards_dir) if params.corpus_shards_dir else None
+    manifest = _read_manifest(folder) if folder else None
+    if manifest is not None:
+        usable = min(manifest["documents"], params.max_documents or manifest["documents"])
+    elif params.max_documents:
+        usable = params.max_documents
+    else:
+        return None
+    # positions 0..usable-1; shard i of n reads position p when p % n == i (streamed or prepared)
+    i, n = params.shard_index, params.shard_count
+    return max(0, (usable - i + n - 1) // n)
 
 
 def assigned_documents(params: GenerateParams) -> Iterator[tuple[int, Document | Skipped]]:

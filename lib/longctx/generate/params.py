@@ -77,20 +77,33 @@ class GenerateParams:
     llm_base_url: str = param("", "OpenAI-compatible base URL, e.g. http://host:8000/v1 (empty = embedded llama.cpp server)")
     llm_model: str = param("SmolLM2-135M-Instruct", "model name sent to the endpoint")
     llm_api_key_env: str = param("", "NAME of the environment variable holding the API key (the key itself never goes in params)")
-    max_concurrency: int = param(32, "requests in flight at once (paper: 32)", min=1)
+    max_concurrency: int = param(32, "requests in flight at once for the whole run: each of limits_shared_by "
+                                     "processes takes 1/N (paper: 32)", min=1)
     documents_in_flight: int = param(4, "documents processed at the same time", min=1)
     request_timeout_s: float = param(300.0, "seconds before a request counts as timed out and is retried", min=1.0)
     max_http_attempts: int = param(6, "attempts per request on 429/5xx/timeouts/bad JSON before it fails", min=1)
     stall_timeout_s: float = param(60.0, "seconds from a response's headers to its last byte before it counts as "
                                          "timed out (0 = only request_timeout_s)", min=0.0)
-    requests_per_minute: float = param(0.0, "provider's RPM limit, kept by the client (0 = none)", min=0.0)
-    tokens_per_minute: float = param(0.0, "provider's TPM limit (prompt + completion tokens), kept by the client "
+    requests_per_minute: float = param(0.0, "provider's RPM limit for the whole run, kept by the client; each of "
+                                            "limits_shared_by processes takes 1/N (0 = none)", min=0.0)
+    tokens_per_minute: float = param(0.0, "provider's TPM limit (prompt + completion tokens) for the whole run, "
+                                          "kept by the client; each of limits_shared_by processes takes 1/N "
                                           "(0 = none)", min=0.0)
+    limits_shared_by: int = param(1, "processes that run at once against the same endpoint and share "
+                                     "max_concurrency, requests_per_minute and tokens_per_minute: an array's "
+                                     "'%N' (python -m longctx.generate.launch sets it); 1 for a task with its own "
+                                     "server, where the limits are per server", min=1)
+    max_cost_usd: float = param(0.0, "stop the whole run (every shard of output_dir) once its spend, summed over "
+                                     "the shards' progress files, reaches this many USD at the params' prices "
+                                     "(0 = no cap); a rerun with a higher cap resumes where it stopped", min=0.0)
     adaptive_concurrency: bool = param(True, "halve the requests in flight on a 429, grow back by one per answered "
                                              "round (counted in the manifest under llm_limits)")
     response_format: str = param("json_schema", "structured output mode sent to the server",
                                  choices=("json_schema", "json_object", "none"))
     temperature: float = param(0.7, "sampling temperature of every request", min=0.0)
+    top_p: float = param(0.0, "nucleus sampling sent with every request (0 = not sent: the server's default; "
+                              "vLLM applies the model's generation_config.json unless served with "
+                              "--generation-config vllm, as slurm/generate_vllm.sbatch does)", min=0.0, max=1.0)
     max_summary_tokens: int = param(400, "completion budget of a summary request", min=16)
     max_qa_tokens: int = param(300, "completion budget of a question-answer request", min=16)
     price_input_per_mtok: float = param(0.0, "USD per million prompt tokens, for the cost estimate", min=0.0)
@@ -116,7 +129,11 @@ class GenerateParams:
     # --- scale-out
     shard_index: int = param(0, "this process's slice of the corpus (see --shard i/n)", min=0)
     shard_count: int = param(1, "number of slices the corpus is split into", min=1)
-    progress: bool = param(True, "show a live progress bar with ETA")
+    progress: bool = param(True, "show a live progress bar with ETA (a plain line every progress_interval_s "
+                                 "where stderr is not a terminal: SLURM logs, notebooks)")
+    progress_interval_s: float = param(15.0, "seconds between progress lines in a log and between rewrites of "
+                                             "the shard's progress.json (read by longctx.generate.status and "
+                                             "by the other shards' cost cap)", min=0.1)
 
     def check(self) -> None:
         if self.medium_chunk_tokens < self.small_chunk_tokens:
@@ -140,6 +157,10 @@ class GenerateParams:
             raise bad("corpus_revision", f"{self.corpus_data_files} was deleted from {self.corpus[3:]}'s main "
                                          f"branch in commit {deleted}: set corpus_revision to a commit before it "
                                          "(params/paper/01_generate_qa.yaml says how to find one)")
+        if self.limits_shared_by > self.max_concurrency:
+            raise bad("limits_shared_by", f"{self.limits_shared_by} processes at once cannot share max_concurrency "
+                                          f"{self.max_concurrency} (each needs at least one request in flight): "
+                                          "raise max_concurrency or run fewer tasks at once")
         if self.shard_index >= self.shard_count:
             raise bad("shard_index", f"must be < shard_count ({self.shard_count}), got {self.shard_index}")
         if not self.llm_base_url:

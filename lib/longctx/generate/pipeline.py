@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..llm.client import LLMCallFailed, LLMClient
+from ..llm.errors import BudgetExhausted
 from .chunking import Chunking
 from .corpus import Document
 from .params import GenerateParams
@@ -94,8 +95,9 @@ class _DocumentRun:
         messages = [{"role": "system", "content": self.prompts.system}, {"role": "user", "content": prompt}]
         try:
             result = await self.llm.chat(
-                messages, schema=schema, temperature=self.p.temperature, max_tokens=max_tokens,
-                seed=request_seed(self.p.seed, self.doc.id, key, attempt), stage=stage, doc_id=self.doc.id)
+                messages, schema=schema, temperature=self.p.temperature, top_p=self.p.top_p or None,
+                max_tokens=max_tokens, seed=request_seed(self.p.seed, self.doc.id, key, attempt), stage=stage,
+                doc_id=self.doc.id)
         except LLMCallFailed as err:
             return f"llm call failed: {err.reason}"
         finally:
@@ -323,7 +325,10 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
             if not future.done():
                 future.set_exception(err if isinstance(err, Exception) else asyncio.CancelledError())
                 future.exception()  # retrieved here: the diverse task may never await it
-        diverse_task.cancel()
+        if not isinstance(err, BudgetExhausted):
+            diverse_task.cancel()
+        # at the cost cap (or SIGTERM) the diverse questions stop by themselves at their next
+        # request: the one in flight is answered and cached, not thrown away after being paid for
         await asyncio.gather(diverse_task, return_exceptions=True)
         raise
     hierarchical_done.set_result(hierarchical)

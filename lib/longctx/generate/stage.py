@@ -30,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -45,17 +46,19 @@ from ..llm.accounting import Accounting
 from ..llm.cache import ResponseCache
 from ..llm.client import LLMClient, LLMConfig
 from ..llm.dry_run import DryRunServer
+from ..llm.errors import BudgetExhausted
 from ..llm.server import EmbeddedServer
 from ..llm.sync import run_sync
 from .chunking import Chunking, chunk_document
 from .corpus import Document, Skipped
-from .corpus_shards import assigned_documents
+from .corpus_shards import assigned_count, assigned_documents
 from .params import GenerateParams
 from .pipeline import DocumentFailed, expected_requests, generate_document
 from .projection import format_projection, project
 from .prompts import load_prompts
+from .status import CostCap, ShardProgress, run_root
 
-__all__ = ["run", "merge", "main", "shard_dir"]
+__all__ = ["run", "merge", "main", "shard_dir", "RunStopped"]
 
 
 def shard_dir(params: GenerateParams) -> Path:
@@ -82,14 +85,21 @@ _NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurre
                        "request_timeout_s", "max_http_attempts", "price_input_per_mtok", "stall_timeout_s",
                        "requests_per_minute", "tokens_per_minute", "adaptive_concurrency",
                        "price_output_per_mtok", "shard_index", "shard_count", "progress",
+                       "limits_shared_by", "max_cost_usd", "progress_interval_s",
                        # where the corpus is read from and what the dry run projects: not the records
                        "corpus_shards_dir", "corpus_documents", "projection_servers",
                        "server_prompt_tokens_per_s", "server_completion_tokens_per_s"}
 
 
+# Parameters added after documents were fingerprinted, left out at the value that behaves as
+# before they existed, so a document finished then is still reused.
+_ADDED_LATER = {"top_p": 0.0}
+
+
 def fingerprint(params: GenerateParams) -> str:
     """Hash of every parameter that shapes a document's record."""
-    relevant = {k: v for k, v in to_dict(params).items() if k not in _NOT_IN_FINGERPRINT}
+    relevant = {k: v for k, v in to_dict(params).items()
+                if k not in _NOT_IN_FINGERPRINT and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -123,8 +133,43 @@ def prepare_document(doc: Document, tokenizer: Tokenizer, params: GenerateParams
     return doc, chunking
 
 
-async def _run_async(params: GenerateParams, base_url: str, model: str, concurrency: int,
-                     out: Path, accounting: Accounting) -> dict[str, Any]:
+class RunStopped(Exception):
+    """The run stopped before its shard was done (cost cap, SIGTERM); nothing is wrong with it."""
+
+    def __init__(self, reason: str, exit_code: int):
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
+
+
+def task_limits(params: GenerateParams, concurrency: int) -> dict[str, float]:
+    """This process's share of the run's limits: ``max_concurrency`` (or ``concurrency``, already
+    capped by an embedded server), RPM and TPM divided by ``limits_shared_by``."""
+    n = params.limits_shared_by
+    return {"max_concurrency": max(1, concurrency // n), "requests_per_minute": params.requests_per_minute / n,
+            "tokens_per_minute": params.tokens_per_minute / n}
+
+
+def describe_limits(params: GenerateParams, limits: dict[str, float]) -> str:
+    """One line for the task's log: what this task may send, and of what."""
+    def number(value: float) -> str:
+        return f"{value:,.0f}" if value >= 100 else f"{value:g}"  # 250,000 TPM, 62.5 RPM
+
+    def rate(key: str, unit: str) -> str:
+        whole = getattr(params, key)
+        if not whole:
+            return f"no {unit} limit"
+        return f"{number(limits[key])} {unit}" + (f" (of {number(whole)})" if params.limits_shared_by > 1 else "")
+    head = (f"limits of this task ({params.limits_shared_by} tasks at once share the run's): "
+            if params.limits_shared_by > 1 else "limits of this task: ")
+    return (head + f"{limits['max_concurrency']:g} requests in flight"
+            + (f" (of {params.max_concurrency})" if params.limits_shared_by > 1 else "")
+            + f", {rate('requests_per_minute', 'RPM')}, {rate('tokens_per_minute', 'TPM')}"
+            + (f"; the whole run stops at ${params.max_cost_usd:g} (max_cost_usd)" if params.max_cost_usd else ""))
+
+
+async def _run_async(params: GenerateParams, base_url: str, model: str, limits: dict[str, float],
+                     out: Path, accounting: Accounting, stop_on_sigterm: bool = False,
+                     root: Path | None = None) -> dict[str, Any]:
     tokenizer = load_tokenizer(params.tokenizer)
     prompts = load_prompts(resolve_path(params.prompts_dir) if params.prompts_dir else None)
     docs_dir = out / "work" / "docs"
@@ -132,17 +177,22 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
     cache_dir = resolve_path(params.cache_dir) if params.cache_dir else resolve_path(params.output_dir) / "cache"
     cache = ResponseCache(cache_dir, writer_name=f"responses-{params.shard_index}-of-{params.shard_count}")
     config = LLMConfig(base_url=base_url, model=model, api_key_env=params.llm_api_key_env,
-                       max_concurrency=concurrency, timeout_s=params.request_timeout_s,
+                       max_concurrency=int(limits["max_concurrency"]), timeout_s=params.request_timeout_s,
                        max_attempts=params.max_http_attempts, response_format=params.response_format,
                        price_input_per_mtok=params.price_input_per_mtok,
                        price_output_per_mtok=params.price_output_per_mtok,
-                       stall_timeout_s=params.stall_timeout_s, requests_per_minute=params.requests_per_minute,
-                       tokens_per_minute=params.tokens_per_minute,
+                       stall_timeout_s=params.stall_timeout_s, requests_per_minute=limits["requests_per_minute"],
+                       tokens_per_minute=limits["tokens_per_minute"],
                        adaptive_concurrency=params.adaptive_concurrency)
-    progress = Progress("QA generation", "request", enabled=params.progress)
+    priced = bool(params.price_input_per_mtok or params.price_output_per_mtok)
+    shard_progress: ShardProgress | None = None
+    progress = Progress("QA generation", "request", enabled=params.progress, interval_s=params.progress_interval_s,
+                        note=(lambda: f"${shard_progress.spent()['cost_usd']:.2f} spent") if priced else None)
+    shard_progress = ShardProgress(out, params, progress, accounting, assigned_count(params))
+    cap = CostCap(params.max_cost_usd, root or out, shard_progress)
+    documents = shard_progress.documents
     skipped: list[dict] = []
     slots = asyncio.Semaphore(params.documents_in_flight)
-    resumed = 0
     print_ = fingerprint(params)
 
     async def one(position: int, doc: Document, llm: LLMClient) -> None:
@@ -150,6 +200,8 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
             prepared = await asyncio.to_thread(prepare_document, doc, tokenizer, params)
             if isinstance(prepared, str):
                 skipped.append({"id": doc.id, "source": doc.source, "reason": prepared})
+                documents["skipped"] += 1
+                documents["done"] += 1
                 return
             doc, chunking = prepared
             progress.add_total(expected_requests(params, chunking))
@@ -162,31 +214,84 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, concurre
                              qa_generations=result.qa_generations)
             except DocumentFailed as err:
                 entry.update(status="failed", reason=str(err), rejects=[])
+                documents["failed"] += 1
+            except BudgetExhausted:
+                return  # not finished: no document file, a rerun does it (its answers so far are cached)
             entry["accounting"] = accounting.for_doc(doc.id)
             _write_atomic(docs_dir / f"{position:07d}.json", json.dumps(entry, ensure_ascii=False))
+            documents["this_run"] += 1
+            documents["done"] += 1
             progress.document_done()
         finally:
             slots.release()
+
+    async def every_interval() -> None:
+        while True:
+            await asyncio.sleep(params.progress_interval_s)
+            cap.refresh()
+            shard_progress.write("running" if cap.reason is None else "stopping", cap.reason or "")
+            progress.tick()
+
+    def on_sigterm() -> None:
+        # pre-emption, scancel, the time limit: stop like the cap (in-flight answers are cached).
+        # Said at once in the progress file: SLURM's SIGKILL follows after KillWait (30 s by
+        # default), maybe before the requests in flight are answered; it loses nothing either.
+        print("[QA generation] SIGTERM: sending nothing more; waiting for the answers in flight", file=sys.stderr,
+              flush=True)
+        cap.stop("SIGTERM (pre-emption, scancel or the time limit)")
+        shard_progress.write("stopping", cap.reason or "")
+
+    loop = asyncio.get_running_loop()
+    if stop_on_sigterm:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGTERM, on_sigterm)
 
     def on_done(stage: str, outcome: str) -> None:
         if outcome == "cached":
             progress.cached()
 
-    async with LLMClient(config, cache=cache, accounting=accounting, on_done=on_done) as llm:
-        tasks = []
-        for position, item in _assigned(params):
-            if isinstance(item, Skipped):
-                skipped.append({"id": item.id, "source": item.source, "reason": item.reason})
-                continue
-            if _finished(docs_dir / f"{position:07d}.json", print_):
-                resumed += 1
-                continue
-            await slots.acquire()
-            tasks.append(asyncio.create_task(one(position, item, llm)))
-        await asyncio.gather(*tasks)
+    shard_progress.write()
+    ticker = asyncio.create_task(every_interval())
+    try:
+        async with LLMClient(config, cache=cache, accounting=accounting, on_done=on_done, budget=cap) as llm:
+            tasks = []
+            assigned = 0
+            for position, item in _assigned(params):
+                if isinstance(item, Skipped):
+                    skipped.append({"id": item.id, "source": item.source, "reason": item.reason})
+                    continue
+                assigned += 1
+                if _finished(docs_dir / f"{position:07d}.json", print_):
+                    documents["resumed"] += 1
+                    documents["done"] += 1
+                    continue
+                if cap() is not None:
+                    break
+                await slots.acquire()
+                if cap() is not None:
+                    slots.release()
+                    break
+                tasks.append(asyncio.create_task(one(position, item, llm)))
+            else:
+                documents["total"] = assigned  # now known exactly (a streamed corpus may be shorter)
+            await asyncio.gather(*tasks)
+    except BaseException as err:
+        ticker.cancel()
+        shard_progress.write("failed", f"{type(err).__name__}: {err}"[:500])
+        raise
+    finally:
+        if stop_on_sigterm:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGTERM)
+    ticker.cancel()
     progress.close()
     cache.close()
-    return {"skipped": skipped, "resumed_documents": resumed, "prompts": prompts.origin}
+    if cap.reason is not None:
+        shard_progress.write("stopped", cap.reason)
+        by_signal = cap.reason.startswith("SIGTERM")
+        raise RunStopped(cap.reason, 143 if by_signal else 3)
+    return {"skipped": skipped, "resumed_documents": documents["resumed"], "prompts": prompts.origin,
+            "progress": shard_progress}
 
 
 def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
@@ -239,8 +344,12 @@ def _totals(per_doc: list[dict], book_tokens: int) -> dict[str, Any]:
     return total
 
 
-def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
+def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = False) -> dict[str, Any]:
     """Run (or resume) stage 1 for this shard and write its outputs; returns the manifest.
+
+    Raises :class:`RunStopped` when the run's cost cap (``max_cost_usd``) was reached, or on
+    SIGTERM with ``stop_on_sigterm`` (the command line sets it), before the shard was done:
+    everything received is kept, and a rerun resumes.
 
     ``dry_run`` answers every request with :class:`~longctx.llm.dry_run.DryRunServer` and writes
     under ``<output_dir>/dry-run``: the manifest then projects a real run's requests and cost.
@@ -254,6 +363,8 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
                                      llm_api_key_env="", min_answer_support=0.0)
     out = shard_dir(params)
     out.mkdir(parents=True, exist_ok=True)
+    # a manifest says "this shard is done": not true from now until this run writes its own
+    (out / "manifest.json").unlink(missing_ok=True)
     started = time.time()
     accounting = Accounting()
     with contextlib.ExitStack() as stack:
@@ -273,13 +384,19 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         else:
             base_url, model, concurrency = params.llm_base_url, params.llm_model, params.max_concurrency
             generator = base_url
-        live = run_sync(_run_async(params, base_url, model, concurrency, out, accounting))
+        limits = task_limits(params, concurrency)
+        if params.progress:
+            print(f"[QA generation] shard {params.shard_index}/{params.shard_count}: {describe_limits(params, limits)}",
+                  file=sys.stderr, flush=True)
+        live = run_sync(_run_async(params, base_url, model, limits, out, accounting, stop_on_sigterm,
+                                   run_root(params)))
     assembled = _assemble(out, [out / "work" / "docs"])
     finished = time.time()
     manifest = {
         "stage": "generate", "longctx_version": __version__,
         "params": to_dict(params),
-        "generator": {"endpoint": generator, "model": model, "effective_concurrency": concurrency},
+        "generator": {"endpoint": generator, "model": model, "effective_concurrency": int(limits["max_concurrency"]),
+                      "limits_of_this_task": limits, "limits_shared_by": params.limits_shared_by},
         "tokenizer": params.tokenizer,
         "shard": f"{params.shard_index}/{params.shard_count}",
         **{k: assembled[k] for k in ("counts", "book_tokens")},
@@ -296,6 +413,7 @@ def run(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     if dry_run:  # the whole corpus's requests, tokens and wall time, scaled from this sample
         manifest["projection"] = project(manifest, params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+    live["progress"].write("finished")
     return manifest
 
 
@@ -313,7 +431,13 @@ def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     for shard in shards:
         path = shard / "manifest.json"
         if not path.is_file():
-            raise RuntimeError(f"cannot merge: shard {shard.name} has no manifest.json (not finished)")
+            state = ""
+            with contextlib.suppress(OSError, ValueError):
+                progress = json.loads((shard / "progress.json").read_text(encoding="utf-8"))
+                state = f"; its progress.json says {progress['state']}" + (
+                    f": {progress['reason']}" if progress.get("reason") else "")
+            raise RuntimeError(f"cannot merge: shard {shard.name} has no manifest.json (not finished{state}); "
+                               "python -m longctx.generate.status --params ... shows every shard")
         manifests.append(json.loads(path.read_text(encoding="utf-8")))
     assembled = _assemble(out, [s / "work" / "docs" for s in shards])
     manifest = {
@@ -365,7 +489,15 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    manifest = merge(params, args.dry_run) if args.merge else run(params, dry_run=args.dry_run)
+    try:
+        manifest = merge(params, args.dry_run) if args.merge else run(params, dry_run=args.dry_run,
+                                                                       stop_on_sigterm=True)
+    except RunStopped as stopped:
+        print(f"stopped: {stopped.reason}. Finished documents and every answer received are kept; "
+              + ("resubmit the task to go on" if stopped.exit_code == 143 else
+                 "raise max_cost_usd (--set max_cost_usd=...) and rerun to go on")
+              + f" (python -m longctx.generate.status --params {args.params} shows the run)", file=sys.stderr)
+        return stopped.exit_code
     c = manifest["counts"]
     print(f"{c.get('documents_written', 0)} documents, {c['hierarchical_qa']} hierarchical + "
           f"{c['diverse_qa']} diverse QA, {c['rejected_total']} rejected, "

@@ -11,7 +11,7 @@
 ``schema``         the JSON-schema subset every structured answer is checked against
 ``group_commit``   answers arriving during a commit share the next one (durable before returned)
 ``retry``          full-jitter backoff and ``Retry-After``
-``errors``         :class:`LLMCallFailed` and the failure reasons
+``errors``         :class:`LLMCallFailed` and the failure reasons; :class:`BudgetExhausted` (cost cap)
 ``server``         :class:`EmbeddedServer`: SmolLM2 on llama.cpp in a child process
 ``lifeline``       the child dies with its parent
 ``dry_run``        :class:`DryRunServer`: instant schema-valid answers, to project a run's cost
@@ -21,12 +21,12 @@
 from .accounting import Accounting, Counts
 from .cache import CachedResponse, ResponseCache, request_key
 from .client import ChatResult, LLMClient, LLMConfig
-from .errors import REASONS, LLMCallFailed, LLMSetupError
+from .errors import REASONS, BudgetExhausted, LLMCallFailed, LLMSetupError
 from .schema import SchemaError
 
 __all__ = [
     "Accounting", "Counts", "CachedResponse", "ResponseCache", "request_key", "ChatResult",
-    "LLMClient", "LLMConfig", "REASONS", "LLMCallFailed", "LLMSetupError", "SchemaError",
+    "LLMClient", "LLMConfig", "REASONS", "BudgetExhausted", "LLMCallFailed", "LLMSetupError", "SchemaError",
     "EmbeddedServer", "smollm2_gguf_path",
 ]
 

@@ -69,7 +69,7 @@ import aiohttp
 
 from .accounting import Accounting
 from .cache import CachedResponse, Delivery, ResponseCache, delivery_key, request_key
-from .errors import CONTENT_REASONS, RETRYABLE, LLMCallFailed, LLMSetupError
+from .errors import CONTENT_REASONS, RETRYABLE, BudgetExhausted, LLMCallFailed, LLMSetupError
 from .group_commit import GroupCommitter
 from .limits import AdaptiveGate, RateLimiter, estimate_tokens
 from .replay import Replay, replay_record
@@ -158,13 +158,18 @@ class LLMClient:
     Use as ``async with LLMClient(...) as llm``. The cache stays the caller's to close.
     ``on_done(stage, outcome)`` is called once per finished call with outcome ``"sent"``,
     ``"cached"`` or ``"failed"`` (e.g. to advance a progress bar).
+    ``budget()`` is asked before every request is sent (not for cache hits); a message instead
+    of None means the spending cap is reached, and the call raises :class:`BudgetExhausted`
+    with it. Requests already in flight finish and are paid for and cached.
     """
 
     def __init__(self, config: LLMConfig, *, cache: ResponseCache | None = None,
                  accounting: Accounting | None = None,
                  on_done: Callable[[str, str], None] | None = None,
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None,
+                 budget: Callable[[], str | None] | None = None):
         self.config = config
+        self.budget = budget
         self.cache = cache
         self.accounting = accounting if accounting is not None else Accounting()
         self.on_done = on_done
@@ -260,6 +265,8 @@ class LLMClient:
             self.accounting.replayed(stage, doc_id, reason)
         if replay.finished:
             return await self._finish_replayed(replay, key, stage, doc_id)
+        if self.budget is not None and (stop := self.budget()) is not None:
+            raise BudgetExhausted(stop)  # before the call is counted: nothing was asked
         self.accounting.call(stage, doc_id, cached=False)
         base: dict[str, Any] = {"model": self.config.model, **(extra_body or {})}
         if completion:
@@ -284,6 +291,8 @@ class LLMClient:
                     "name": schema_name, "schema": schema, "strict": True}}
             elif mode == "json_object":
                 body["response_format"] = {"type": "json_object"}
+            if attempts > replay.attempts and self.budget is not None and (stop := self.budget()) is not None:
+                raise BudgetExhausted(stop)  # a retry: the cap may have been reached meanwhile
             attempts += 1
             try:
                 response = await self._send(url, json.dumps(body).encode("utf-8"), tokens, mode, stage,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["Reason", "REASONS", "RETRYABLE", "CONTENT_REASONS", "LLMCallFailed", "LLMSetupError"]
+__all__ = ["Reason", "REASONS", "RETRYABLE", "CONTENT_REASONS", "LLMCallFailed", "LLMSetupError", "BudgetExhausted"]
 
 Reason = Literal[
     "429",              # rate limited (Retry-After honoured)
@@ -61,4 +61,13 @@ class LLMSetupError(RuntimeError):
     """The LLM layer cannot start: missing package, model file or API key variable.
 
     The message says what was expected and which command fixes it.
+    """
+
+
+class BudgetExhausted(RuntimeError):
+    """The run's spending cap was reached: the client sends nothing more (cache hits still answer).
+
+    Not an :class:`LLMCallFailed`: the call did not fail, it was not made, so the pipeline must not
+    count it against the document or replace it; the stage stops and a rerun with a higher cap
+    asks it then.
     """
