@@ -32,6 +32,7 @@ dense FLOP/s 989e12 (H100/H200 SXM; ``--peak-tflops``).
 
     python bench/gpu_train_throughput.py            # one H100/H200, within 8 minutes
     python bench/gpu_train_throughput.py --smoke    # CPU, tiny model, a real memory limit: checks the script
+    python bench/gpu_train_throughput.py --fake     # CPU, real 8B shape on fake tensors: tracked peak vs estimate
 
 Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``).
 """
@@ -76,13 +77,13 @@ class Variant:
     """One model set up the way ``name`` trains; ``prepare(L)`` then ``step(ids, labels)``."""
 
     def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
-                 gpu_gib: float, host_gib: float, tile_tokens: int):
+                 gpu_gib: float, host_gib: float, tile_tokens: int, offload: int | None = None):
         from longctx.train import dist, rope, ulysses
         from longctx.train.memory import ModelDims
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         self.name, self.dims, self.device, self.dtype = name, dims, device, dtype
-        self.gpu_gib, self.host_gib, self.tile_tokens = gpu_gib, host_gib, tile_tokens
+        self.gpu_gib, self.host_gib, self.tile_tokens, self.force_offload = gpu_gib, host_gib, tile_tokens, offload
         self.model_dims = ModelDims(dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"],
                                     dims["num_attention_heads"], dims["num_key_value_heads"], dims["vocab_size"],
                                     dims["hidden_size"] // dims["num_attention_heads"])
@@ -139,7 +140,9 @@ class Variant:
         from longctx.train.offload import checkpoint_layers
 
         self.offloaded = 0
-        if self.name == "ours_tiled_offload":
+        if self.name == "ours_tiled_offload" and self.force_offload is not None:
+            self.offloaded = self.force_offload
+        elif self.name == "ours_tiled_offload":
             self.offloaded = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always",
                                   self.tile_tokens, "auto", compute_bytes=self.dtype.itemsize,
                                   optimizer=False).offload_layers
@@ -150,11 +153,14 @@ class Variant:
         return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded,
                 "est_host_gib": float(f"{gib['host']:.3g}")}
 
-    def step(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+    def step(self, ids: torch.Tensor, labels: torch.Tensor, shifted: torch.Tensor | None = None,
+             answers: int | None = None, keep_grads: bool = False) -> None:
+        """One forward + backward; ``shifted``/``answers`` given by the fake-tensor run (no data there)."""
         from longctx.train.loss import shift_labels
 
-        shifted = shift_labels(labels)
-        answers = max(int((shifted != -100).sum()), 1)
+        if shifted is None:
+            shifted = shift_labels(labels)
+            answers = max(int((shifted != -100).sum()), 1)
         if self.name == "hf":
             self.lm(input_ids=ids, labels=labels, use_cache=False).loss.backward()
         elif self.name == "alst":
@@ -175,8 +181,9 @@ class Variant:
             pos = torch.arange(ids.shape[1], device=ids.device)[None]
             loss, _, _ = self.model(ids, shifted, pos, loss_scale=1.0 / answers)
             loss.backward()
-        for p in self.lm.parameters():
-            p.grad = None
+        if not keep_grads:
+            for p in self.lm.parameters():
+                p.grad = None
 
     def flops_per_token(self, length: int) -> float:
         d, layers, v = self.dims["hidden_size"], self.dims["num_hidden_layers"], self.dims["vocab_size"]
@@ -284,6 +291,68 @@ def summary(rows: list[dict], variants: list[str]) -> list[str]:
     return out
 
 
+def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float = 75.6, host_gib: float = 96.0,
+               tile_tokens: int = 8192, offload: int | None = None) -> dict:
+    """One forward + backward of ``name`` at ``length`` tokens on fake tensors (no memory, no GPU):
+    the tracked peak beside the estimate (``longctx.train.memtrack``). ``offload``: layers whose
+    checkpoints go to host memory, default what the plan chooses for ``gpu_gib``/``host_gib``."""
+    from longctx.train import memtrack
+    from longctx.train.loss import shift_labels
+
+    ids, labels = batch(length, dims["vocab_size"], torch.device("cpu"))
+    shifted = shift_labels(labels)
+    rows = (shifted.reshape(-1) != -100).nonzero().squeeze(1)
+    answers = max(int(rows.numel()), 1)
+    t0 = time.perf_counter()
+    with memtrack.fake_mode() as mode:
+        var = Variant(name, dims, length, torch.device("cpu"), torch.bfloat16, gpu_gib, host_gib, tile_tokens,
+                      offload=offload)
+        row = {"variant": name, "tokens": length, **var.prepare(length)}
+        fake_ids, fake_shifted, fake_rows = (mode.from_tensor(t) for t in (ids, shifted, rows))
+        params = [p for p in var.lm.parameters()] + [b for b in var.lm.buffers()]
+        stores = [var.store] if var.store is not None else []
+        result = memtrack.track(lambda: var.step(fake_ids, labels, fake_shifted, answers), params,
+                                answer_rows=lambda y: fake_rows, stores=stores)
+    row.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.gib().items()})
+    if "est_gib" in row:
+        row["est_over_peak"] = round(row["est_gib"] / row["peak_gib"], 3)
+    row.update(status="fake", ops=result.ops, fake_s=round(time.perf_counter() - t0, 1), bytes=result)
+    return row
+
+
+FAKE_KEYS = ["variant", "tokens", "offloaded", "peak_gib", "est_gib", "est_over_peak", "weights_gib", "grads_gib",
+             "act_gib", "host_pinned_gib", "est_host_gib", "where", "fake_s"]
+
+
+def fake_main(args, argv) -> None:
+    """``--fake``: every variant at every length on fake tensors; table to ``..._fake.{md,csv}``."""
+    variants = [v for v in args.variants if v != "alst"]     # DeepSpeed's ops are not traced here
+    out = Path(args.out or ROOT / "bench/results/gpu_train_memory_fake")
+    rows = []
+    for length in args.lengths:
+        for name in variants:
+            rows.append(fake_probe(name, length, gpu_gib=args.gpu_gib, host_gib=args.host_gib,
+                                   tile_tokens=args.tile_tokens))
+            print({k: rows[-1].get(k, "") for k in FAKE_KEYS}, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FAKE_KEYS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in FAKE_KEYS} for r in rows)
+    command = " ".join(["gpu_train_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    head = (f"# Tracked peak (fake tensors) and the estimate, Llama-3.1-8B shape, one GPU\n\n"
+            f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
+            f"{os.cpu_count()} CPU cores; command: `python bench/{command}`\n"
+            f"- plan budgets: GPU {args.gpu_gib} GiB, host {args.host_gib} GiB; forward + backward, bf16 weights "
+            "and gradients, 10% answer tokens\n- peak: live storage bytes on the device at the peak "
+            "(``longctx.train.memtrack``): what `max_memory_allocated` shows less rounding and fragmentation; "
+            "host: pinned bytes (power-of-two blocks)\n\n")
+    table = ["| " + " | ".join(FAKE_KEYS) + " |", "|" + " --- |" * len(FAKE_KEYS)]
+    table += ["| " + " | ".join(str(r.get(k, "")) for k in FAKE_KEYS) + " |" for r in rows]
+    out.with_suffix(".md").write_text(head + "\n".join(table) + "\n", encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')}", flush=True)
+
+
 def _host_gib() -> float:
     with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) for line in f}
@@ -301,8 +370,15 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-s", type=float, default=420.0, help="all variants together (8-minute slot)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak per GPU (H100/H200 SXM)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fake", action="store_true", help="no GPU: tracked peak (fake tensors) beside the estimate, "
+                    "real 8B shape, at --lengths")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[32768, 131072, 524288, 1048576])
+    ap.add_argument("--gpu-gib", type=float, default=75.6, help="--fake: the plan's GPU budget (0.95 x H100)")
+    ap.add_argument("--host-gib", type=float, default=96.0, help="--fake: the plan's host budget")
     args = ap.parse_args(argv)
     start = time.perf_counter()
+    if args.fake:
+        return fake_main(args, argv)
     if args.smoke:
         device, dtype, dims = torch.device("cpu"), torch.float32, TINY
         args.start, args.resolution, args.max_len, args.tile_tokens = 256, 256, 16384, 512

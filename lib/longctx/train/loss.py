@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from . import dist
 
-__all__ = ["IGNORE_INDEX", "shift_labels", "answer_loss_sum", "global_answer_tokens", "AnswerOnlyLM"]
+__all__ = ["IGNORE_INDEX", "shift_labels", "answer_rows", "answer_loss_sum", "global_answer_tokens", "AnswerOnlyLM"]
 
 IGNORE_INDEX = -100
 
@@ -50,6 +50,12 @@ def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def answer_rows(targets: torch.Tensor) -> torch.Tensor:
+    """Row indices of the flat ``targets`` that are not -100 (a data-dependent shape:
+    :mod:`longctx.train.memtrack` substitutes the real rows on fake tensors)."""
+    return (targets != IGNORE_INDEX).nonzero().squeeze(1)
+
+
 def answer_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                     chunk_tokens: int = 1024) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over tokens whose (shifted) label is not -100, and their count.
@@ -62,7 +68,7 @@ def answer_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
-    picked = (y != IGNORE_INDEX).nonzero().squeeze(1)
+    picked = answer_rows(y)
     total = (h[:1] * 0).sum() + (weight[:1] * 0).sum()
     for start in range(0, picked.numel(), chunk_tokens):
         rows = picked[start:start + chunk_tokens]
