@@ -77,7 +77,8 @@ class Variant:
     """One model set up the way ``name`` trains; ``prepare(L)`` then ``step(ids, labels)``."""
 
     def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
-                 gpu_gib: float, host_gib: float, tile_tokens: int, offload: int | None = None):
+                 gpu_gib: float, host_gib: float, tile_tokens: int, offload: int | None = None,
+                 norm_tile_tokens: int = 8192):
         from longctx.train import dist, rope, ulysses
         from longctx.train.memory import ModelDims
         from transformers import AutoModelForCausalLM, LlamaConfig
@@ -108,6 +109,11 @@ class Variant:
         dist.init(sp=1)
         rope.install_rope(self.lm)
         ulysses.enable(self.lm)
+        if norm_tile_tokens:
+            from longctx.train.tiled_norm import tile_norms
+
+            tile_norms(self.lm, norm_tile_tokens)
+        self.norm_tile = norm_tile_tokens
         if name == "ours_tiled_offload":
             tile_mlps(self.lm.model.layers, tile_tokens)
             self.tile = tile_tokens
@@ -145,13 +151,13 @@ class Variant:
         elif self.name == "ours_tiled_offload":
             self.offloaded = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always",
                                   self.tile_tokens, "auto", compute_bytes=self.dtype.itemsize,
-                                  optimizer=False).offload_layers
+                                  optimizer=False, norm_tile_tokens=self.norm_tile).offload_layers
         self.lm.model.layers = torch.nn.ModuleList(self.raw_layers)
         self.store = checkpoint_layers(self.lm.model.layers, self.offloaded)
         gib = estimate(self.model_dims, length, 1, 1, self.dtype.itemsize, tiled_mlp_tokens=self.tile,
-                       offload_layers=self.offloaded, optimizer=False)
+                       offload_layers=self.offloaded, optimizer=False, norm_tile_tokens=self.norm_tile)
         return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded,
-                "est_host_gib": float(f"{gib['host']:.3g}")}
+                "est_host_gib": float(f"{gib['host']:.3g}"), "est_phase": gib["phase"]}
 
     def step(self, ids: torch.Tensor, labels: torch.Tensor, shifted: torch.Tensor | None = None,
              answers: int | None = None, keep_grads: bool = False) -> None:
@@ -292,7 +298,7 @@ def summary(rows: list[dict], variants: list[str]) -> list[str]:
 
 
 def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float = 75.6, host_gib: float = 96.0,
-               tile_tokens: int = 8192, offload: int | None = None) -> dict:
+               tile_tokens: int = 8192, offload: int | None = None, norm_tile_tokens: int = 8192) -> dict:
     """One forward + backward of ``name`` at ``length`` tokens on fake tensors (no memory, no GPU):
     the tracked peak beside the estimate (``longctx.train.memtrack``). ``offload``: layers whose
     checkpoints go to host memory, default what the plan chooses for ``gpu_gib``/``host_gib``."""
@@ -306,7 +312,7 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
     t0 = time.perf_counter()
     with memtrack.fake_mode() as mode:
         var = Variant(name, dims, length, torch.device("cpu"), torch.bfloat16, gpu_gib, host_gib, tile_tokens,
-                      offload=offload)
+                      offload=offload, norm_tile_tokens=norm_tile_tokens)
         row = {"variant": name, "tokens": length, **var.prepare(length)}
         fake_ids, fake_shifted, fake_rows = (mode.from_tensor(t) for t in (ids, shifted, rows))
         params = [p for p in var.lm.parameters()] + [b for b in var.lm.buffers()]

@@ -172,18 +172,20 @@ class _FlashShaped(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         b, hq, s, d = q.shape
         hk = k.shape[1]
+        # flash_attn's _flash_attn_backward allocates dq/dk/dv, then mha_bwd its workspace: fp32
+        # softmax_d and dq_accum and, for GQA, dk/dv over all query heads, summed into dk/dv at the end
+        dq = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device)
+        dk = torch.empty(b, s, hk, d, dtype=k.dtype, device=q.device)
+        dv = torch.empty(b, s, hk, d, dtype=v.dtype, device=q.device)
         softmax_d = torch.empty(b, hq, s, dtype=torch.float32, device=q.device)
         dq_accum = torch.empty(b, s, hq, d, dtype=torch.float32, device=q.device)
-        dq = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device)
-        dk_full = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device)   # GQA: per query head, summed after
-        dv_full = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device)
-        del dq_accum, softmax_d
         if hk != hq:
-            dk = dk_full.view(b, s, hk, hq // hk, d).sum(3)
-            dv = dv_full.view(b, s, hk, hq // hk, d).sum(3)
-        else:
-            dk, dv = dk_full, dv_full
-        del dk_full, dv_full
+            dk_full = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device)
+            dv_full = torch.empty(b, s, hq, d, dtype=q.dtype, device=q.device)
+            torch.sum(dk_full.view(b, s, hk, hq // hk, d), 3, out=dk)
+            torch.sum(dv_full.view(b, s, hk, hq // hk, d), 3, out=dv)
+            del dk_full, dv_full
+        del dq_accum, softmax_d
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
