@@ -34,7 +34,19 @@ dense FLOP/s 989e12 (H100/H200 SXM; ``--peak-tflops``).
     python bench/gpu_train_throughput.py --smoke    # CPU, tiny model, a real memory limit: checks the script
     python bench/gpu_train_throughput.py --fake     # CPU, real 8B shape on fake tensors: tracked peak vs estimate
 
-Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``).
+Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``,
+``gpu_train_memory_fake`` for ``--fake``). ``hfu``: hardware FLOPs utilisation, the FLOPs the GPU
+executes (recomputation included, ``executed_flops_per_token``); ``fake_gib``: the tracked peak of
+the same setting from the committed ``--fake`` table; ``reserved_gib``: ``max_memory_reserved``.
+Our variants run every RMSNorm tiled (``longctx.train.tiled_norm``) and the one-buffer loss.
+
+What the GPU machine needs (its image has torch and transformers; nothing can be downloaded
+there): this working tree (``PYTHONPATH=lib``); wheels to carry for the optional parts:
+``deepspeed`` (pure Python for what the ``alst`` variant uses: ``TiledMLP``,
+``TiledFusedLogitsLoss``, checkpoint offload) and its pure-Python dependencies (``hjson``,
+``ninja``, ``py-cpuinfo``, ``msgpack``), ``flash-attn`` built for the image's torch/CUDA (without
+it ``ours`` uses SDPA, whose flash backend also keeps no ``S x S`` tensor), ``liger-kernel``
+(Triton, for a fused-kernel comparison; not required).
 """
 
 from __future__ import annotations
@@ -196,6 +208,20 @@ class Variant:
         head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
         return 6 * layers * self.model_dims.layer_params + 6 * head * v * d + 6 * layers * d * length
 
+    def executed_flops_per_token(self, length: int) -> float:
+        """What the GPU runs (for hardware FLOPs utilisation): the model FLOPs, plus each layer's
+        forward again (activation checkpointing; the loss chunks too for ours), flash attention's
+        backward at 2.5x its forward instead of 2x, and the tiled MLP's forward once more inside
+        the layer's recompute (1.43-1.50x the model FLOPs at 128K, measured with FlopCounterMode)."""
+        d, layers, v, i = (self.dims[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"))
+        head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
+        extra = 2 * layers * self.model_dims.layer_params + 2 * layers * d * length + layers * d * length
+        if self.name.startswith("ours"):
+            extra += 2 * head * v * d
+        if self.tile:
+            extra += 2 * 3 * d * i * layers
+        return self.flops_per_token(length) + extra
+
 
 def batch(length: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(length)
@@ -233,13 +259,31 @@ def probe(var: Variant, length: int, peak_flops: float) -> dict:
     peak = torch.cuda.max_memory_allocated(var.device) / GIB if var.device.type == "cuda" else float("nan")
     tps = length / seconds
     mfu = tps * var.flops_per_token(length) / peak_flops if peak_flops else float("nan")
+    hfu = tps * var.executed_flops_per_token(length) / peak_flops if peak_flops else float("nan")
+    reserved = torch.cuda.max_memory_reserved(var.device) / GIB if var.device.type == "cuda" else float("nan")
     row.update(status="ok", step_s=round(seconds, 3), tokens_per_s=round(tps, 1), mfu=round(mfu, 4),
-               peak_gib=round(peak, 2))
+               hfu=round(hfu, 4), peak_gib=round(peak, 2), reserved_gib=round(reserved, 2))
+    fake = _FAKE_TABLE.get((var.name, length, row.get("offloaded", "")))
+    if fake:
+        row["fake_gib"] = fake
     if var.store is not None:
         row["host_gib"] = float(f"{var.store.peak_host_bytes / GIB:.3g}")
     if "est_gib" in row and peak == peak:
         row["est_over_peak"] = round(row["est_gib"] / peak, 3)
     return row
+
+
+def _fake_table() -> dict:
+    """(variant, tokens, offloaded) -> tracked peak GiB from the committed ``--fake`` table."""
+    path = ROOT / "bench/results/gpu_train_memory_fake.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["variant"], int(r["tokens"]), int(r["offloaded"]) if r["offloaded"] else ""): float(r["peak_gib"])
+                for r in csv.DictReader(f)}
+
+
+_FAKE_TABLE = _fake_table()
 
 
 def search(var: Variant, start: int, resolution: int, max_len: int, deadline: float, peak_flops: float) -> list[dict]:
@@ -431,8 +475,8 @@ def _write(rows, variants, out: Path, device, command: str, seconds: float, gpu_
     import transformers
     from longctx.train.ulysses import HAS_FLASH_ATTN
 
-    keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "peak_gib", "est_gib", "est_over_peak",
-            "offloaded", "host_gib", "est_host_gib"]
+    keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "hfu", "peak_gib", "reserved_gib",
+            "est_gib", "fake_gib", "est_over_peak", "offloaded", "host_gib", "est_host_gib"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
