@@ -357,7 +357,8 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
     with memtrack.fake_mode() as mode:
         var = Variant(name, dims, length, torch.device("cpu"), torch.bfloat16, gpu_gib, host_gib, tile_tokens,
                       offload=offload, norm_tile_tokens=norm_tile_tokens)
-        row = {"variant": name, "tokens": length, **var.prepare(length)}
+        row = {"variant": name, "tokens": length, "mlp_tile": var.tile, "norm_tile": norm_tile_tokens,
+               **var.prepare(length)}
         fake_ids, fake_shifted, fake_rows = (mode.from_tensor(t) for t in (ids, shifted, rows))
         params = [p for p in var.lm.parameters()] + [b for b in var.lm.buffers()]
         stores = [var.store] if var.store is not None else []
@@ -370,7 +371,7 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
     return row
 
 
-FAKE_KEYS = ["variant", "tokens", "offloaded", "peak_gib", "est_gib", "est_over_peak", "weights_gib", "grads_gib",
+FAKE_KEYS = ["variant", "tokens", "mlp_tile", "norm_tile", "offloaded", "peak_gib", "est_gib", "est_over_peak", "weights_gib", "grads_gib",
              "act_gib", "host_pinned_gib", "est_host_gib", "where", "fake_s"]
 
 
