@@ -32,8 +32,21 @@ dense FLOP/s 989e12 (H100/H200 SXM; ``--peak-tflops``).
 
     python bench/gpu_train_throughput.py            # one H100/H200, within 8 minutes
     python bench/gpu_train_throughput.py --smoke    # CPU, tiny model, a real memory limit: checks the script
+    python bench/gpu_train_throughput.py --fake     # CPU, real 8B shape on fake tensors: tracked peak vs estimate
 
-Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``).
+Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``,
+``gpu_train_memory_fake`` for ``--fake``). ``hfu``: hardware FLOPs utilisation, the FLOPs the GPU
+executes (recomputation included, ``executed_flops_per_token``); ``fake_gib``: the tracked peak of
+the same setting from the committed ``--fake`` table; ``reserved_gib``: ``max_memory_reserved``.
+Our variants run every RMSNorm tiled (``longctx.train.tiled_norm``) and the one-buffer loss.
+
+What the GPU machine needs (its image has torch and transformers; nothing can be downloaded
+there): this working tree (``PYTHONPATH=lib``); wheels to carry for the optional parts:
+``deepspeed`` (pure Python for what the ``alst`` variant uses: ``TiledMLP``,
+``TiledFusedLogitsLoss``, checkpoint offload) and its pure-Python dependencies (``hjson``,
+``ninja``, ``py-cpuinfo``, ``msgpack``), ``flash-attn`` built for the image's torch/CUDA (without
+it ``ours`` uses SDPA, whose flash backend also keeps no ``S x S`` tensor), ``liger-kernel``
+(Triton, for a fused-kernel comparison; not required).
 """
 
 from __future__ import annotations
@@ -76,13 +89,14 @@ class Variant:
     """One model set up the way ``name`` trains; ``prepare(L)`` then ``step(ids, labels)``."""
 
     def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
-                 gpu_gib: float, host_gib: float, tile_tokens: int):
+                 gpu_gib: float, host_gib: float, tile_tokens: int, offload: int | None = None,
+                 norm_tile_tokens: int = 8192):
         from longctx.train import dist, rope, ulysses
         from longctx.train.memory import ModelDims
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         self.name, self.dims, self.device, self.dtype = name, dims, device, dtype
-        self.gpu_gib, self.host_gib, self.tile_tokens = gpu_gib, host_gib, tile_tokens
+        self.gpu_gib, self.host_gib, self.tile_tokens, self.force_offload = gpu_gib, host_gib, tile_tokens, offload
         self.model_dims = ModelDims(dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"],
                                     dims["num_attention_heads"], dims["num_key_value_heads"], dims["vocab_size"],
                                     dims["hidden_size"] // dims["num_attention_heads"])
@@ -107,6 +121,11 @@ class Variant:
         dist.init(sp=1)
         rope.install_rope(self.lm)
         ulysses.enable(self.lm)
+        if norm_tile_tokens:
+            from longctx.train.tiled_norm import tile_norms
+
+            tile_norms(self.lm, norm_tile_tokens)
+        self.norm_tile = norm_tile_tokens
         if name == "ours_tiled_offload":
             tile_mlps(self.lm.model.layers, tile_tokens)
             self.tile = tile_tokens
@@ -139,22 +158,27 @@ class Variant:
         from longctx.train.offload import checkpoint_layers
 
         self.offloaded = 0
-        if self.name == "ours_tiled_offload":
+        if self.name == "ours_tiled_offload" and self.force_offload is not None:
+            self.offloaded = self.force_offload
+        elif self.name == "ours_tiled_offload":
             self.offloaded = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always",
                                   self.tile_tokens, "auto", compute_bytes=self.dtype.itemsize,
-                                  optimizer=False).offload_layers
+                                  optimizer=False, norm_tile_tokens=self.norm_tile).offload_layers
         self.lm.model.layers = torch.nn.ModuleList(self.raw_layers)
         self.store = checkpoint_layers(self.lm.model.layers, self.offloaded)
         gib = estimate(self.model_dims, length, 1, 1, self.dtype.itemsize, tiled_mlp_tokens=self.tile,
-                       offload_layers=self.offloaded, optimizer=False)
+                       offload_layers=self.offloaded, optimizer=False, norm_tile_tokens=self.norm_tile)
         return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded,
-                "est_host_gib": float(f"{gib['host']:.3g}")}
+                "est_host_gib": float(f"{gib['host']:.3g}"), "est_phase": gib["phase"]}
 
-    def step(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+    def step(self, ids: torch.Tensor, labels: torch.Tensor, shifted: torch.Tensor | None = None,
+             answers: int | None = None, keep_grads: bool = False) -> None:
+        """One forward + backward; ``shifted``/``answers`` given by the fake-tensor run (no data there)."""
         from longctx.train.loss import shift_labels
 
-        shifted = shift_labels(labels)
-        answers = max(int((shifted != -100).sum()), 1)
+        if shifted is None:
+            shifted = shift_labels(labels)
+            answers = max(int((shifted != -100).sum()), 1)
         if self.name == "hf":
             self.lm(input_ids=ids, labels=labels, use_cache=False).loss.backward()
         elif self.name == "alst":
@@ -175,13 +199,28 @@ class Variant:
             pos = torch.arange(ids.shape[1], device=ids.device)[None]
             loss, _, _ = self.model(ids, shifted, pos, loss_scale=1.0 / answers)
             loss.backward()
-        for p in self.lm.parameters():
-            p.grad = None
+        if not keep_grads:
+            for p in self.lm.parameters():
+                p.grad = None
 
     def flops_per_token(self, length: int) -> float:
         d, layers, v = self.dims["hidden_size"], self.dims["num_hidden_layers"], self.dims["vocab_size"]
         head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
         return 6 * layers * self.model_dims.layer_params + 6 * head * v * d + 6 * layers * d * length
+
+    def executed_flops_per_token(self, length: int) -> float:
+        """What the GPU runs (for hardware FLOPs utilisation): the model FLOPs, plus each layer's
+        forward again (activation checkpointing; the loss chunks too for ours), flash attention's
+        backward at 2.5x its forward instead of 2x, and the tiled MLP's forward once more inside
+        the layer's recompute (1.43-1.50x the model FLOPs at 128K, measured with FlopCounterMode)."""
+        d, layers, v, i = (self.dims[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"))
+        head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
+        extra = 2 * layers * self.model_dims.layer_params + 2 * layers * d * length + layers * d * length
+        if self.name.startswith("ours"):
+            extra += 2 * head * v * d
+        if self.tile:
+            extra += 2 * 3 * d * i * layers
+        return self.flops_per_token(length) + extra
 
 
 def batch(length: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,13 +259,31 @@ def probe(var: Variant, length: int, peak_flops: float) -> dict:
     peak = torch.cuda.max_memory_allocated(var.device) / GIB if var.device.type == "cuda" else float("nan")
     tps = length / seconds
     mfu = tps * var.flops_per_token(length) / peak_flops if peak_flops else float("nan")
+    hfu = tps * var.executed_flops_per_token(length) / peak_flops if peak_flops else float("nan")
+    reserved = torch.cuda.max_memory_reserved(var.device) / GIB if var.device.type == "cuda" else float("nan")
     row.update(status="ok", step_s=round(seconds, 3), tokens_per_s=round(tps, 1), mfu=round(mfu, 4),
-               peak_gib=round(peak, 2))
+               hfu=round(hfu, 4), peak_gib=round(peak, 2), reserved_gib=round(reserved, 2))
+    fake = _FAKE_TABLE.get((var.name, length, row.get("offloaded", "")))
+    if fake:
+        row["fake_gib"] = fake
     if var.store is not None:
         row["host_gib"] = float(f"{var.store.peak_host_bytes / GIB:.3g}")
     if "est_gib" in row and peak == peak:
         row["est_over_peak"] = round(row["est_gib"] / peak, 3)
     return row
+
+
+def _fake_table() -> dict:
+    """(variant, tokens, offloaded) -> tracked peak GiB from the committed ``--fake`` table."""
+    path = ROOT / "bench/results/gpu_train_memory_fake.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as f:
+        return {(r["variant"], int(r["tokens"]), int(r["offloaded"]) if r["offloaded"] else ""): float(r["peak_gib"])
+                for r in csv.DictReader(f)}
+
+
+_FAKE_TABLE = _fake_table()
 
 
 def search(var: Variant, start: int, resolution: int, max_len: int, deadline: float, peak_flops: float) -> list[dict]:
@@ -284,6 +341,69 @@ def summary(rows: list[dict], variants: list[str]) -> list[str]:
     return out
 
 
+def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float = 75.6, host_gib: float = 96.0,
+               tile_tokens: int = 8192, offload: int | None = None, norm_tile_tokens: int = 8192) -> dict:
+    """One forward + backward of ``name`` at ``length`` tokens on fake tensors (no memory, no GPU):
+    the tracked peak beside the estimate (``longctx.train.memtrack``). ``offload``: layers whose
+    checkpoints go to host memory, default what the plan chooses for ``gpu_gib``/``host_gib``."""
+    from longctx.train import memtrack
+    from longctx.train.loss import shift_labels
+
+    ids, labels = batch(length, dims["vocab_size"], torch.device("cpu"))
+    shifted = shift_labels(labels)
+    rows = (shifted.reshape(-1) != -100).nonzero().squeeze(1)
+    answers = max(int(rows.numel()), 1)
+    t0 = time.perf_counter()
+    with memtrack.fake_mode() as mode:
+        var = Variant(name, dims, length, torch.device("cpu"), torch.bfloat16, gpu_gib, host_gib, tile_tokens,
+                      offload=offload, norm_tile_tokens=norm_tile_tokens)
+        row = {"variant": name, "tokens": length, "mlp_tile": var.tile, "norm_tile": norm_tile_tokens,
+               **var.prepare(length)}
+        fake_ids, fake_shifted, fake_rows = (mode.from_tensor(t) for t in (ids, shifted, rows))
+        params = [p for p in var.lm.parameters()] + [b for b in var.lm.buffers()]
+        stores = [var.store] if var.store is not None else []
+        result = memtrack.track(lambda: var.step(fake_ids, labels, fake_shifted, answers), params,
+                                answer_rows=lambda y: fake_rows, stores=stores)
+    row.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.gib().items()})
+    if "est_gib" in row:
+        row["est_over_peak"] = round(row["est_gib"] / row["peak_gib"], 3)
+    row.update(status="fake", ops=result.ops, fake_s=round(time.perf_counter() - t0, 1), bytes=result)
+    return row
+
+
+FAKE_KEYS = ["variant", "tokens", "mlp_tile", "norm_tile", "offloaded", "peak_gib", "est_gib", "est_over_peak", "weights_gib", "grads_gib",
+             "act_gib", "host_pinned_gib", "est_host_gib", "where", "fake_s"]
+
+
+def fake_main(args, argv) -> None:
+    """``--fake``: every variant at every length on fake tensors; table to ``..._fake.{md,csv}``."""
+    variants = [v for v in args.variants if v != "alst"]     # DeepSpeed's ops are not traced here
+    out = Path(args.out or ROOT / "bench/results/gpu_train_memory_fake")
+    rows = []
+    for length in args.lengths:
+        for name in variants:
+            rows.append(fake_probe(name, length, gpu_gib=args.gpu_gib, host_gib=args.host_gib,
+                                   tile_tokens=args.tile_tokens))
+            print({k: rows[-1].get(k, "") for k in FAKE_KEYS}, flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_suffix(".csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FAKE_KEYS)
+        writer.writeheader()
+        writer.writerows({k: r.get(k, "") for k in FAKE_KEYS} for r in rows)
+    command = " ".join(["gpu_train_throughput.py", *(argv if argv is not None else sys.argv[1:])])
+    head = (f"# Tracked peak (fake tensors) and the estimate, Llama-3.1-8B shape, one GPU\n\n"
+            f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; torch {torch.__version__}; "
+            f"{os.cpu_count()} CPU cores; command: `python bench/{command}`\n"
+            f"- plan budgets: GPU {args.gpu_gib} GiB, host {args.host_gib} GiB; forward + backward, bf16 weights "
+            "and gradients, 10% answer tokens\n- peak: live storage bytes on the device at the peak "
+            "(``longctx.train.memtrack``): what `max_memory_allocated` shows less rounding and fragmentation; "
+            "host: pinned bytes (power-of-two blocks)\n\n")
+    table = ["| " + " | ".join(FAKE_KEYS) + " |", "|" + " --- |" * len(FAKE_KEYS)]
+    table += ["| " + " | ".join(str(r.get(k, "")) for k in FAKE_KEYS) + " |" for r in rows]
+    out.with_suffix(".md").write_text(head + "\n".join(table) + "\n", encoding="utf-8")
+    print(f"wrote {out.with_suffix('.md')}", flush=True)
+
+
 def _host_gib() -> float:
     with open("/proc/meminfo") as f:
         info = {line.split(":")[0]: int(line.split()[1]) for line in f}
@@ -301,8 +421,15 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-s", type=float, default=420.0, help="all variants together (8-minute slot)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak per GPU (H100/H200 SXM)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--fake", action="store_true", help="no GPU: tracked peak (fake tensors) beside the estimate, "
+                    "real 8B shape, at --lengths")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[32768, 131072, 524288, 1048576])
+    ap.add_argument("--gpu-gib", type=float, default=75.6, help="--fake: the plan's GPU budget (0.95 x H100)")
+    ap.add_argument("--host-gib", type=float, default=96.0, help="--fake: the plan's host budget")
     args = ap.parse_args(argv)
     start = time.perf_counter()
+    if args.fake:
+        return fake_main(args, argv)
     if args.smoke:
         device, dtype, dims = torch.device("cpu"), torch.float32, TINY
         args.start, args.resolution, args.max_len, args.tile_tokens = 256, 256, 16384, 512
@@ -349,8 +476,8 @@ def _write(rows, variants, out: Path, device, command: str, seconds: float, gpu_
     import transformers
     from longctx.train.ulysses import HAS_FLASH_ATTN
 
-    keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "peak_gib", "est_gib", "est_over_peak",
-            "offloaded", "host_gib", "est_host_gib"]
+    keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "hfu", "peak_gib", "reserved_gib",
+            "est_gib", "fake_gib", "est_over_peak", "offloaded", "host_gib", "est_host_gib"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)

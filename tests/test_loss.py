@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from longctx.train import dist, loss, rope, ulysses
 
 LOSS_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -169,3 +170,62 @@ def test_sp_loss_and_grads_equal_hf(world):
         results = [rank_results[i] for rank_results in per_rank]
         counts = {c for _, _, c in results}
         assert len(counts) == 1 and sum(local for _, local, _ in results) == counts.pop()
+
+
+def _checkpointed_reference(hidden, weight, labels, chunk):
+    """The loss before the one-buffer function: per-chunk ``index_select`` + checkpoint, the
+    zero terms that tie both inputs to the graph (autograd sums the per-chunk gradients)."""
+    from torch.utils.checkpoint import checkpoint
+
+    def chunk_sum(h, w, y):
+        logits = h @ w.t()
+        return F.cross_entropy(logits.float() if logits.dtype == torch.bfloat16 else logits, y, reduction="sum")
+
+    h, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+    picked = loss.answer_rows(y)              # the real rows on fake tensors
+    total = (h[:1] * 0).sum() + (weight[:1] * 0).sum()
+    for start in range(0, picked.numel(), chunk):
+        rows = picked[start:start + chunk]
+        total = total + checkpoint(chunk_sum, h.index_select(0, rows), weight, y.index_select(0, rows),
+                                   use_reentrant=False)
+    return total
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("chunk", [1, 13, 4096])
+def test_one_buffer_loss_equals_the_checkpointed_chunks(dtype, tol, chunk):
+    g = torch.Generator().manual_seed(7)
+    hidden = torch.randn(2, 60, 24, generator=g, dtype=dtype).requires_grad_()
+    weight = (torch.randn(200, 24, generator=g, dtype=dtype) * 2).requires_grad_()
+    labels = torch.where(torch.rand(2, 60, generator=g) < 0.4, torch.randint(0, 200, (2, 60), generator=g), -100)
+    scale = torch.tensor(0.37, dtype=dtype)
+    ref = _checkpointed_reference(hidden, weight, labels, chunk)
+    ref_grads = torch.autograd.grad(ref * scale, (hidden, weight))
+    got, n = loss.answer_loss_sum(hidden, weight, labels, chunk)
+    grads = torch.autograd.grad(got * scale, (hidden, weight))
+    assert n == int((labels != -100).sum()) and got.dtype == ref.dtype
+    torch.testing.assert_close(got, ref, atol=tol * abs(ref.item()), rtol=0)
+    for a, b in zip(grads, ref_grads):
+        assert (a - b).abs().max() <= tol * b.abs().max()
+
+
+def test_backward_writes_one_gradient_buffer():
+    """Tracked on fake tensors: backward holds the two gradients and one chunk's logits, not a
+    ``tokens x hidden`` zero gradient per chunk as the checkpointed chunks did."""
+    from longctx.train import memtrack
+
+    t, d, v, chunk = 4096, 64, 1000, 64
+    labels = torch.where(torch.arange(t) % 2 == 0, torch.arange(t) % v, -100)     # 2048 answers, 32 chunks
+    rows = (labels != -100).nonzero().squeeze(1)
+    peaks = {}
+    for name, fn in (("one_buffer", lambda h, w: loss.answer_loss_sum(h, w, labels, chunk)[0]),
+                     ("checkpointed", lambda h, w: _checkpointed_reference(h, w, labels, chunk))):
+        with memtrack.fake_mode() as mode:
+            h = torch.empty(t, d, requires_grad=True)
+            w = torch.empty(v, d, requires_grad=True)
+            fake_rows = mode.from_tensor(rows)
+            peaks[name] = memtrack.track(lambda: fn(h, w).backward(), [h, w], answer_rows=lambda y: fake_rows).peak
+    inputs = 2 * (t * d + v * d) * 4                    # hidden, weight and their gradients
+    logits = 3 * chunk * v * 4                          # a chunk's logits, softmax, gradient
+    assert peaks["one_buffer"] <= inputs + logits + 2 * t * 8 + 4 * chunk * d * 4
+    assert peaks["checkpointed"] >= peaks["one_buffer"] + t * d * 4

@@ -115,8 +115,9 @@ def test_build_model_wires_the_plan(tmp_path):
             "num_attention_heads": 4, "num_key_value_heads": 2}
     stage = [{"name": "a", "seq_len": 64, "sp": 1, "global_batch": 1, "rope": {"type": "default", "theta": 1e4}}]
     out = {}
-    for mode, over in {"plain": {"tiled_mlp": "never", "offload_checkpoints": "none"},
-                       "both": {"tiled_mlp": "always", "mlp_tile_tokens": 16, "offload_checkpoints": "all"}}.items():
+    for mode, over in {"plain": {"tiled_mlp": "never", "offload_checkpoints": "none", "norm_tile_tokens": 0},
+                       "both": {"tiled_mlp": "always", "mlp_tile_tokens": 16, "offload_checkpoints": "all",
+                                "norm_tile_tokens": 10}}.items():
         cfg = load_params(TrainConfig, root / "params/demo/03_train.yaml",
                           {"tiny": tiny, "stages": stage, "output_dir": str(tmp_path), "gpus_per_node": 1,
                            "dtype": "float32", **over})
@@ -126,6 +127,8 @@ def test_build_model_wires_the_plan(tmp_path):
             pos = torch.arange(64)[None]
             loss, _, _ = model(ids, shift_labels(ids, pos), pos, loss_scale=1 / 63)
             loss.backward()
+        tiled_norms = sum(type(m.__dict__.get("forward")).__name__ == "_TiledForward" for m in model.modules())
+        assert tiled_norms == (0 if mode == "plain" else 2 * 3 + 1)     # every decoder norm and the final one
         out[mode] = ({n.replace("_checkpoint_wrapped_module.", ""): p.grad for n, p in model.named_parameters()},
                      model.memory_plan, model.checkpoint_store)
     assert (out["plain"][1].tiled_mlp_tokens, out["plain"][1].offload_layers) == (0, 0)
@@ -153,8 +156,9 @@ def _fsdp_worker(root: str, out_dir: str) -> dict:
     pos = torch.arange(64)[None]
     shard = shard_inputs({"input_ids": ids, "labels": shift_labels(ids, pos), "position_ids": pos})
     result = {}
-    for mode, over in {"plain": {"tiled_mlp": "never", "offload_checkpoints": "none"},
-                       "both": {"tiled_mlp": "always", "mlp_tile_tokens": 12, "offload_checkpoints": "all"}}.items():
+    for mode, over in {"plain": {"tiled_mlp": "never", "offload_checkpoints": "none", "norm_tile_tokens": 0},
+                       "both": {"tiled_mlp": "always", "mlp_tile_tokens": 12, "offload_checkpoints": "all",
+                                "norm_tile_tokens": 5}}.items():
         cfg = load_params(TrainConfig, Path(root) / "params/demo/03_train.yaml",
                           {"tiny": tiny, "stages": stage, "output_dir": out_dir, "gpus_per_node": 2,
                            "dtype": "float32", **over})
@@ -168,7 +172,8 @@ def _fsdp_worker(root: str, out_dir: str) -> dict:
 
 
 def test_fsdp_and_ulysses_keep_the_gradients(tmp_path):
-    """Two gloo ranks, sp=2, FSDP2: tiled MLP (3 tiles of a 32-token shard) and all layers offloaded."""
+    """Two gloo ranks, sp=2, FSDP2: tiled MLP (3 tiles of a 32-token shard), tiled RMSNorms (7 tiles)
+    and all layers offloaded."""
     from longctx.train import dist
 
     root = Path(__file__).resolve().parents[1]

@@ -72,6 +72,9 @@ class TrainConfig:
     tiled_mlp: Literal["auto", "always", "never"] = param("auto", "run each MLP over sequence tiles recomputed in backward; "
                                                     "auto: where the memory estimate needs it")
     mlp_tile_tokens: int = param(8192, "tokens per MLP tile", min=1)
+    norm_tile_tokens: int = param(8192, "tokens per RMSNorm tile: every RMSNorm runs tiled in fp32 without its "
+                                  "tokens x hidden fp32 copies (longctx.train.tiled_norm); 0: transformers' eager norm",
+                                  min=0)
     offload_checkpoints: Literal["auto", "all", "none"] = param(
         "auto", "keep layer checkpoints in pinned host memory; auto: the fewest layers the estimate needs")
     host_memory_gb: float = param(1024.0, "host memory per node for offloaded checkpoints (GiB)", min=0.0)

@@ -118,6 +118,9 @@ def init(sp: int = 1, backend: str | None = None, timeout_s: float = 1800.0) -> 
     check_degrees(info.world_size, sp)
     kind = device_type()
     if kind == "cuda":
+        # before the allocator starts: segments that grow in place instead of 4-8 GiB blocks of varying size
+        # that fragment at long context (ALST's setting too); a value set by the user wins
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         torch.cuda.set_device(info.local_rank)
         device = torch.device("cuda", info.local_rank)
     else:

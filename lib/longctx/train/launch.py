@@ -151,10 +151,31 @@ def _fitting_layout(cfg: TrainConfig, stage, dims, bytes_per: int) -> str:
     return ""
 
 
+# Stated throughput for the dry run's hours: tokens per GPU per second of 8B training at these
+# lengths (ALST reports ~1.2-3K tok/s per H100 for Llama-8B at 0.5-1M with sp; our GPU benchmark has
+# not run yet). Hours scale inversely with it.
+ASSUMED_TOKENS_PER_GPU_S = 1500.0
+
+
+def _planned_steps(stage, parquet: Path) -> int:
+    """Optimizer steps of ``stage``: ``max_steps``, else epochs x samples / global batch (samples
+    counted from the Parquet footer when the file exists; 0 when unknown)."""
+    if stage.max_steps:
+        return stage.max_steps
+    if not parquet.is_file():
+        return 0
+    import pyarrow.parquet as pq
+
+    rows = pq.ParquetFile(parquet).metadata.num_rows
+    return stage.epochs * -(-rows // stage.global_batch)
+
+
 def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
     cannot run (with the numbers), reports memory that does not fit as ``fits: False`` and names
-    a layout that does. Tiled MLP and checkpoint offload are those training will choose
+    a layout that does. ``steps`` and ``hours`` (at :data:`ASSUMED_TOKENS_PER_GPU_S`), and
+    ``ckpt_disk_gib``: the resumable checkpoints kept plus the final one (fp32 weights and AdamW's
+    two moments, 12 bytes per parameter each). Tiled MLP and checkpoint offload are those training will choose
     (``longctx.train.memory.plan_stage``); memory is in GiB, host memory per GPU."""
     dims = dims_of(cfg)
     bytes_per = 4 if cfg.dtype == "float32" else 2
@@ -182,6 +203,14 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             notes.append(_fitting_layout(cfg, stage, dims, bytes_per) or "no layout up to 64 nodes fits")
         samples = resolve_path(stage.samples)
         on_disk = samples.is_file() or (samples / f"{stage.samples_stage or stage.name}.parquet").is_file()
+        steps = _planned_steps(stage, samples if samples.is_file() else
+                               samples / f"{stage.samples_stage or stage.name}.parquet")
+        tokens_per_step = stage.global_batch * stage.seq_len
+        hours = steps * tokens_per_step / (ASSUMED_TOKENS_PER_GPU_S * world) / 3600 if steps else None
+        if world == 1 and memory.gib["phase"] == "optimizer step":
+            notes.append(f"one rank with fp32 weights + AdamW needs {mem['total']:.0f} GiB at the optimizer step "
+                         "whatever the length (16 N + 4 N bytes): no single GPU holds an 8B model so; use several "
+                         "ranks (FSDP) or weights, gradients and moments in host memory (estimate's offload_states)")
         rows.append({
             "stage": stage.name, "seq_len": stage.seq_len, "nodes": stage.nodes, "gpus": world, "sp": lay.sp,
             "dp": lay.dp, "grad_accum": lay.grad_accum, "global_batch": stage.global_batch,
@@ -194,6 +223,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "working_gib": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["weight_copies"]
                                  + mem["root_head_grad"] + mem["embedding_end"] + mem["offload_staging"], 1),
             "gpu_gib": round(mem["total"], 1), "host_gib": round(mem["host"], 1), "gpu_limit_gib": cfg.gpu_memory_gb,
+            "steps": steps or "?", "hours": round(hours, 1) if hours else "?",
+            "ckpt_disk_gib": round(12 * dims.params * (cfg.keep_checkpoints + 1) / 2**30),
             "fits": memory.fits, "samples_on_disk": on_disk, "notes": "; ".join(notes),
         })
     return rows

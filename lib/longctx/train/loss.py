@@ -6,9 +6,11 @@ Stage-2 samples carry labels only on answers (about 10% of a million-token sampl
    before :func:`longctx.train.ulysses.shard_inputs` cuts it (a shard's last token predicts the next
    shard's first token), with -100 at the last token of every packed document.
 2. :func:`answer_loss_sum` picks the hidden states whose target is not -100 and projects them
-   to the vocabulary ``chunk_tokens`` at a time. Each chunk runs under activation checkpointing,
-   so its logits exist only while that chunk is computed (forward) or recomputed (backward):
-   peak extra memory is ``O(chunk_tokens x vocab)``, not ``O(tokens x vocab)``.
+   to the vocabulary ``chunk_tokens`` at a time, in one autograd function: its logits exist only
+   while a chunk is computed (forward) or recomputed (backward), and backward writes each
+   chunk's gradient into one buffer for the hidden states and one for the projection: peak
+   extra memory is ``O(chunk_tokens x vocab)``, not ``O(tokens x vocab)``, and no per-chunk
+   full-size gradient exists.
 3. The sum is divided by the number of answer tokens of the whole step, counted over every
    sequence- and data-parallel rank (:func:`global_answer_tokens`), so each token weighs the
    same wherever it lives. A shard or a whole step without answer tokens yields 0, not NaN,
@@ -23,11 +25,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from . import dist
 
-__all__ = ["IGNORE_INDEX", "shift_labels", "answer_loss_sum", "global_answer_tokens", "AnswerOnlyLM"]
+__all__ = ["IGNORE_INDEX", "shift_labels", "answer_rows", "answer_loss_sum", "global_answer_tokens", "AnswerOnlyLM"]
 
 IGNORE_INDEX = -100
 
@@ -43,11 +44,60 @@ def shift_labels(labels: torch.Tensor, position_ids: torch.Tensor | None = None)
     return out
 
 
-def _chunk_ce_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = hidden @ weight.t()
+def _logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    logits = h @ weight.t()
     if logits.dtype in (torch.bfloat16, torch.float16):
         logits = logits.float()   # softmax in fp32 at least; float64 runs keep float64 (checkable below 1e-7)
-    return F.cross_entropy(logits, targets, reduction="sum")
+    return logits
+
+
+class _ChunkedAnswerCE(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden[rows]`` projected by ``weight``, ``chunk`` rows at a time.
+
+    Forward keeps no logits; backward recomputes each chunk's logits and writes its gradient into
+    one ``hidden``-sized buffer (rows are distinct: ``index_copy_``) and one ``weight``-sized
+    buffer (``addmm_``). Autograd over per-chunk checkpoints would instead allocate a
+    full-size zero gradient per chunk (``index_select``'s backward) and sum them; this is the
+    pattern of ALST's ``TiledFusedLogitsLoss`` and Liger's fused linear cross-entropy, written
+    here because neither runs on CPU nor takes an index of answer rows.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, rows, targets, chunk):
+        total = None
+        for start in range(0, rows.numel(), chunk):
+            r = rows[start:start + chunk]
+            part = F.cross_entropy(_logits(hidden.index_select(0, r), weight), targets[start:start + chunk],
+                                   reduction="sum")
+            total = part if total is None else total + part
+        if total is None:
+            total = torch.zeros((), dtype=_logits(hidden[:0], weight[:0]).dtype, device=hidden.device)
+        ctx.save_for_backward(hidden, weight, rows, targets)
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, rows, targets = ctx.saved_tensors
+        dh = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, rows.numel(), ctx.chunk):
+            r, y = rows[start:start + ctx.chunk], targets[start:start + ctx.chunk]
+            h = hidden.index_select(0, r)
+            d = torch.softmax(_logits(h, weight), dim=-1)            # d loss / d logits = softmax - onehot
+            d[torch.arange(r.numel(), device=d.device), y] -= 1
+            d = (d * grad).to(h.dtype)
+            if dh is not None:
+                dh.index_copy_(0, r, d @ weight)
+            if dw is not None:
+                dw.addmm_(d.t(), h)
+        return dh, dw, None, None, None
+
+
+def answer_rows(targets: torch.Tensor) -> torch.Tensor:
+    """Row indices of the flat ``targets`` that are not -100 (a data-dependent shape:
+    :mod:`longctx.train.memtrack` substitutes the real rows on fake tensors)."""
+    return (targets != IGNORE_INDEX).nonzero().squeeze(1)
 
 
 def answer_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
@@ -56,18 +106,14 @@ def answer_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Te
 
     ``hidden [..., d]`` final hidden states, ``weight [V, d]`` the output projection, ``labels``
     shifted targets of shape ``hidden.shape[:-1]``. Logits are built ``chunk_tokens`` rows at a
-    time and recomputed in backward. The result always depends on ``hidden`` (a zero term when
-    there is nothing to score) and on ``weight``, so every rank runs the same backward and
-    every parameter gets a (possibly zero) gradient.
+    time and recomputed in backward, whose gradients go into one buffer per input. The result
+    always depends on ``hidden`` and on ``weight`` (zero gradients when there is nothing to
+    score), so every rank runs the same backward and every parameter gets a gradient.
     """
     h = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1)
-    picked = (y != IGNORE_INDEX).nonzero().squeeze(1)
-    total = (h[:1] * 0).sum() + (weight[:1] * 0).sum()
-    for start in range(0, picked.numel(), chunk_tokens):
-        rows = picked[start:start + chunk_tokens]
-        total = total + checkpoint(_chunk_ce_sum, h.index_select(0, rows), weight, y.index_select(0, rows),
-                                   use_reentrant=False)
+    picked = answer_rows(y)
+    total = _ChunkedAnswerCE.apply(h, weight, picked, y.index_select(0, picked), int(chunk_tokens))
     return total, int(picked.numel())
 
 

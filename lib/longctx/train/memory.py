@@ -1,37 +1,45 @@
 """Per-GPU device memory and host memory of one training stage, from the architecture.
 
 Used by the dry run, by :func:`plan` (which switches tiled MLP and checkpoint offload on where
-they are needed) and by the one-GPU benchmark. With ``N`` parameters, ``W`` ranks, ``P`` the
-sequence-parallel degree, ``t = ceil(S / P)`` tokens per rank, hidden ``d``, MLP width ``I``,
-``Hq``/``Hk`` heads of size ``D``, vocabulary ``V``, ``L`` layers, ``b`` bytes per compute
-element (bf16: 2), ``k`` layers offloaded, ``tau`` MLP tile tokens:
+they are needed) and by the one-GPU benchmark. The model follows the step phase by phase and
+reports the largest; every term is what is live at that moment, checked against the tracked
+peak of the real 8B step on fake tensors (``longctx.train.memtrack``, ``bench/gpu_train_throughput.py
+--fake``, ``tests/test_memory_estimate.py``). Notation: ``N`` parameters, ``P`` per decoder layer,
+``W`` ranks, ``t = ceil(S / sp)`` tokens per rank, hidden ``d``, MLP width ``I``, ``Hq``/``Hk``
+heads of size ``D``, vocabulary ``V``, ``L`` layers, ``b`` bytes of the compute dtype, ``r`` bytes
+of the residual stream (``b``; 4 on one rank with fp32 weights under autocast), ``c = t d r`` one
+residual-stream tensor, ``k`` layers offloaded, ``tau`` MLP tile tokens.
 
-* training state (FSDP over all ``W`` ranks, gradients reduce-scattered every micro-batch so
-  they stay sharded): fp32 weights, fp32 gradients, AdamW's two fp32 moments, ``16 N / W``;
-  the benchmark (``optimizer=False``, one GPU): weights and gradients in ``b`` bytes, ``2 b N``;
-* weight copies in the compute dtype: FSDP holds two gathered decoder layers (current and
-  prefetched) and the root's output head for the whole step, ``(2 N_layer + V d) b``; one rank
-  with fp32 weights under autocast caches a ``b``-byte copy of every weight, ``N b``;
-* what the root and the embedding keep through backward (FSDP, ``b`` < 4): the output head's
-  unsharded gradient and its fp32 copy for the reduce-scatter, ``V d (b + 4)``; the embedding's
-  gathered weight and its gradient, ``2 V d b``;
-* activation checkpoints (each layer's input; exact, checked against the saved bytes on CPU):
-  ``(L - k) t d b`` on the device and ``k t d b`` in pinned host memory (``b`` = 4 on one rank
-  with fp32 weights under autocast, whose residual stream stays fp32), plus two layers'
-  inputs on the device while offloaded ones are in flight (copy out, prefetch back); without
-  activation checkpointing ``L t (14 d + 4 I + 2 (Hq + 2 Hk) D) b`` (a coarse bound);
-* one layer's working set while it is recomputed and differentiated: attention
-  ``t (6 Hq + 8 Hk) D b``, MLP ``6 t I b`` (gate, up, product and their gradients) or, tiled,
-  ``6 tau I b`` plus ``2 t d b`` for the tiles' outputs and gradients, and fp32 norm copies
-  ``4 t d 4``;
-* the chunked loss: ``3 x chunk x V x 4`` (fp32 logits, softmax, gradient);
-* AdamW's temporaries at the step, after the activations are gone: ``4 N / W``;
-* a fixed 2 GiB for the CUDA context, NCCL buffers and the allocator, and 10%.
+* ``states``: FSDP over ``W`` ranks: fp32 weights, gradients and AdamW's moments, ``16 N / W``; one
+  rank with the optimizer: the same, ``16 N`` (no GPU holds it for 8B: use ``offload_states``);
+  the benchmark (``optimizer=False``): weights in ``b`` bytes, ``b N``; ``offload_states``: none
+  (weights, gradients and moments in host memory; FSDP2's ``CPUOffloadPolicy``).
+* ``weight_copies``: FSDP's gathered current and prefetched layers and the root's head,
+  ``(2 P + V d) b``; with ``offload_states`` the same, copied in from the host.
+* ``gradients`` (``b`` bytes where they are not part of ``states``): they build up as backward
+  walks the layers while the checkpoints are freed: at layer ``i`` the head's and layers
+  ``i+1 .. L-1``'s, plus what layer ``i`` has produced so far.
+* ``checkpoints``: the inputs of layers ``k .. i`` still on the device at layer ``i`` (all
+  ``L - k`` at the head); ``offload_staging``: an offloaded layer's input restored and the
+  previous one prefetched, ``2 c``. Host: ``k`` layer inputs, each pinned as the caching host
+  allocator rounds it (the next power of two): ``host``; ``host_tensor_bytes`` unrounded.
+* ``layer_working_set``: the largest of three moments of a layer's recompute and backward:
+  the attention backward (saved: normalised input ``c``, q, k, v, output, fp32 log-sum-exp;
+  the residual gradient ``c``, the output gradient, and flash-attention 2's workspace: dq/dk/dv,
+  fp32 ``dq_accum`` and ``softmax_d``, GQA's dk/dv over all query heads); the MLP backward (the
+  same saved attention tensors, the attention residual and normalised MLP input, the incoming
+  gradient, the tile gradients and their concatenation ``2 c``, and one tile's gate/up/product and
+  their gradients ``7 tau I b``, or ``7 t I b`` untiled); with transformers' eager RMSNorm, its
+  backward (two saved fp32 copies and five fp32 temporaries, ``7 t d 4``, plus ``2 t d 4`` saved
+  per norm of the layer still waiting). The tiled norm (``norm_tile_tokens``) keeps ``4 t``.
+* the head: the final norm's input and output, the hidden-state gradient buffer ``3 c`` and the
+  loss chunk's fp32 logits, softmax and gradient ``3 x chunk x V x 4``, next to all device
+  checkpoints; the embedding's backward at the end, next to all gradients.
+* AdamW's temporaries at the step, after the activations are gone: ``4 N / W``.
 
-The device total is the state plus the larger of the backward phase and the optimizer step.
-Units are GiB (2**30 bytes). It aims at ~15% against ``max_memory_allocated``; the checkpoint
-part is exact on CPU (``tests/test_memory_estimate.py``); the GPU calibration is pending
-(``bench/gpu_train_throughput.py`` records estimate and measured peak side by side).
+``total`` is comparable with ``torch.cuda.max_memory_allocated``; ``overhead`` (2 GiB for the
+CUDA context, cuBLAS and NCCL, and 3 % for allocator rounding with ``expandable_segments``) is
+added only where the plan checks the fit (``reserved``). Units are GiB (2**30 bytes).
 """
 
 from __future__ import annotations
@@ -109,47 +117,102 @@ def checkpoint_bytes(dims: ModelDims, tokens: int, compute_bytes: int, offload_l
     return (dims.layers - offload_layers) * per_layer, offload_layers * per_layer
 
 
+def _pow2(n: int) -> int:
+    return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
+
+
+OVERHEAD_GIB, OVERHEAD_FRACTION = 2.0, 0.03
+
+
 def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_bytes: int = 2,
              activation_checkpointing: bool = True, loss_chunk_tokens: int = 1024, tiled_mlp_tokens: int = 0,
-             offload_layers: int = 0, optimizer: bool = True) -> dict[str, float]:
-    """GiB per GPU by component, ``total`` (device), ``host`` (pinned host memory per GPU) and
-    ``tokens_per_gpu``. ``tiled_mlp_tokens`` 0: MLP not tiled; ``optimizer`` False: the
-    benchmark's forward + backward in ``compute_bytes`` weights and gradients, no FSDP."""
+             offload_layers: int = 0, optimizer: bool = True, norm_tile_tokens: int = 0,
+             offload_states: bool = False) -> dict[str, float]:
+    """GiB per GPU by term at the peak phase, ``total`` (device, as ``max_memory_allocated``),
+    ``reserved`` (``total`` + ``overhead``), ``host`` (pinned host memory per GPU), ``phase`` and
+    ``tokens_per_gpu``. ``tiled_mlp_tokens`` 0: MLP not tiled; ``norm_tile_tokens`` 0:
+    transformers' eager RMSNorm; ``optimizer`` False: the benchmark's forward + backward in
+    ``compute_bytes`` weights and gradients; ``offload_states``: weights, gradients and optimizer
+    state in host memory (FSDP2 CPU offload), the device holding two gathered layers and the head."""
     if offload_layers and not activation_checkpointing:
         raise ValueError("offloading checkpoints needs activation_checkpointing")
     b, t = compute_bytes, math.ceil(seq_len / sp)
-    d, i, dh, v, n = dims.hidden, dims.intermediate, dims.head_dim, dims.vocab, dims.params
+    d, i_, dh, v, n, p_layer = dims.hidden, dims.intermediate, dims.head_dim, dims.vocab, dims.params, dims.layer_params
+    hq, hk, L, k = dims.heads, dims.kv_heads, dims.layers, offload_layers
     fsdp = world_size > 1 and optimizer
+    one_rank_fp32 = optimizer and not fsdp and not offload_states and b < 4
+    r = 4 if one_rank_fp32 else b                    # autocast keeps the residual stream in fp32
+    c = t * d * r
     head = v * d
-    state = 16 * n / world_size if optimizer else 2 * b * n
-    if fsdp:
-        copies = (2 * dims.layer_params + head) * b
+    # ---- states, weight copies, and the bytes per gradient element outside the states
+    if offload_states:
+        state, copies, grad_b = 0, (2 * p_layer + head) * b, 0
+    elif fsdp:
+        state, copies, grad_b = 16 * n / world_size, (2 * p_layer + head) * b, 0
+    elif optimizer:
+        state, copies, grad_b = 16 * n, 0, 0         # fp32 gradients are part of the states
     else:
-        copies = n * b if optimizer and b < 4 else 0
-    # one rank with fp32 weights under autocast: the residual stream, so each layer's input, stays fp32
-    ckpt_b = 4 if optimizer and not fsdp else b
-    if activation_checkpointing:
-        on_device, on_host = checkpoint_bytes(dims, t, ckpt_b, offload_layers)
-    else:
-        on_device, on_host = dims.layers * t * (14 * d + 4 * i + 2 * (dims.heads + 2 * dims.kv_heads) * dh) * b, 0
+        state, copies, grad_b = b * n, 0, b
+    # ---- one layer's recompute and backward
+    qb, kvb = t * hq * dh * b, 2 * t * hk * dh * b
+    eager = norm_tile_tokens <= 0
+    norm_saved = 2 * t * d * 4 if eager else 4 * t      # per norm waiting for its backward
+    attn_saved = c + qb + kvb + qb + 4 * t * hq + norm_saved
+    flash = qb + kvb + 4 * t * hq + 4 * t * hq * dh + (2 * t * hq * dh * b if hk < hq else 0)
+    attention_bwd = attn_saved + c + qb + flash
     tiled = 0 < tiled_mlp_tokens < t
-    mlp = 6 * tiled_mlp_tokens * i * b + 2 * t * d * b if tiled else 6 * t * i * b
-    backward = {
-        "weight_copies": copies,
-        "root_head_grad": head * (b + (4 if b < 4 else 0)) if fsdp else 0,
-        "embedding_end": 2 * head * b if fsdp else 0,
-        "checkpoints": on_device,
-        "offload_staging": 2 * t * d * ckpt_b if offload_layers else 0,
-        "layer_working_set": t * (6 * dims.heads + 8 * dims.kv_heads) * dh * b + mlp + 4 * t * d * 4,
-        "loss_chunk": 3 * loss_chunk_tokens * v * 4,
-    }
-    parts = {"states": state, **backward, "optimizer_temporaries": 4 * n / world_size if optimizer else 0}
-    parts = {k: x / GIB for k, x in parts.items()}
-    peak = parts["states"] + max(sum(x / GIB for x in backward.values()), parts["optimizer_temporaries"])
-    parts["overhead"] = 2.0 + 0.1 * peak
-    parts["total"] = peak + parts["overhead"]
-    parts["host"] = on_host / GIB
+    mlp_ws = 7 * tiled_mlp_tokens * i_ * b + 2 * c if tiled else 6 * t * i_ * b + c
+    mlp_bwd = attn_saved + norm_saved + c + c + mlp_ws + (0 if eager else c)   # h1 (tiled norm saves it), normed2, g
+    norm_bwd = attn_saved + c + 7 * t * d * 4 if eager else 0
+    layer_grads = {"attention": (3 * d * i_ + hq * dh * d + d) * grad_b, "mlp": 0, "norm": 3 * d * i_ * grad_b}
+    if fsdp or offload_states:                       # the current layer's unsharded gradients before reduce-scatter
+        layer_grads = {key: p_layer * (b + 4) for key in layer_grads}
+    head_grads = (head + d) * grad_b
+    if not activation_checkpointing:
+        act = L * t * (14 * d + 4 * i_ + 2 * (hq + 2 * hk) * dh) * b          # a coarse bound
+        phases = {"backward": {"gradients": head_grads, "checkpoints": act, "offload_staging": 0,
+                               "layer_working_set": max(attention_bwd, mlp_bwd, norm_bwd) - attn_saved}}
+    else:
+        phases = {}
+        for i in (L - 1, k, k - 1, 0):              # gradients grow and checkpoints shrink linearly in i
+            if not 0 <= i < L:
+                continue
+            on_device = max(0, i - k + 1) * c
+            # restored + prefetched (c at layer 0; with 32 of 32 offloaded the tracker finds one more c-sized
+            # tensor at layer 0's attention backward, not yet explained: the estimate is 5-6 % low there)
+            staging = (2 * c if i > 0 else c) if i < k else 0
+            for name, ws in (("attention", attention_bwd), ("mlp", mlp_bwd), ("norm", norm_bwd)):
+                phases[f"layer {i} {name} backward"] = {
+                    "gradients": head_grads + (L - 1 - i) * p_layer * grad_b + layer_grads[name],
+                    "checkpoints": on_device, "offload_staging": staging, "layer_working_set": ws}
+        final_norm = 2 * t * d * 4 + 5 * t * d * 4 if eager else 4 * t
+        phases["head backward"] = {"gradients": head_grads, "checkpoints": (L - k) * c, "offload_staging": 0,
+                                   "layer_working_set": 3 * c + final_norm,
+                                   "loss_chunk": 3 * loss_chunk_tokens * v * 4}
+    if not fsdp:
+        phases["embedding backward"] = {"gradients": (n - head) * grad_b, "checkpoints": 0, "offload_staging": 0,
+                                        "layer_working_set": c + head * b}
+    fixed = {"states": state, "weight_copies": copies,
+             "root_head_grad": head * (b + (4 if b < 4 else 0)) if fsdp else 0,
+             "embedding_end": 2 * head * b if fsdp else 0}
+    phase, terms = max(phases.items(), key=lambda kv_: sum(kv_[1].values()))
+    parts = {**fixed, "gradients": 0, "checkpoints": 0, "offload_staging": 0, "layer_working_set": 0, "loss_chunk": 0}
+    parts.update(terms)
+    backward = sum(parts.values())
+    step = state + (4 * n / world_size if optimizer else 0)
+    if optimizer and step > backward:
+        phase = "optimizer step"
+        parts = {**{key: 0 for key in parts}, "states": state}
+    parts["optimizer_temporaries"] = 4 * n / world_size if phase == "optimizer step" else 0
+    parts = {key: x / GIB for key, x in parts.items()}
+    parts["total"] = sum(parts.values())
+    parts["overhead"] = OVERHEAD_GIB + OVERHEAD_FRACTION * parts["total"]
+    parts["reserved"] = parts["total"] + parts["overhead"]
+    per_layer = t * d * r
+    parts["host"] = k * _pow2(per_layer) / GIB + ((16 * n + 0) / world_size / GIB if offload_states else 0)
+    parts["host_tensor_bytes"] = k * per_layer
     parts["tokens_per_gpu"] = t
+    parts["phase"] = phase
     return parts
 
 
@@ -181,16 +244,16 @@ def plan(dims: ModelDims, seq_len: int, sp: int, world_size: int, gpu_gib: float
     base_k = dims.layers if offload == "all" and checkpointing else 0
     if tiled_mlp == "always":
         tile = mlp_tile_tokens
-    elif tiled_mlp == "auto" and est(0, base_k)["total"] > gpu_gib:
+    elif tiled_mlp == "auto" and est(0, base_k)["reserved"] > gpu_gib:
         tile = mlp_tile_tokens
     else:
         tile = 0
     k = base_k
     if offload == "auto" and checkpointing:
-        while k < dims.layers and est(tile, k)["total"] > gpu_gib:
+        while k < dims.layers and est(tile, k)["reserved"] > gpu_gib:
             k += 1
     gib = est(tile, k)
-    return MemoryPlan(tile if tile < gib["tokens_per_gpu"] else 0, k, gib, gib["total"] <= gpu_gib,
+    return MemoryPlan(tile if tile < gib["tokens_per_gpu"] else 0, k, gib, gib["reserved"] <= gpu_gib,
                       gib["host"] <= host_gib_per_gpu)
 
 
@@ -200,4 +263,5 @@ def plan_stage(cfg, stage, world_size: int, compute_bytes: int, dims: ModelDims 
     host_per_gpu = cfg.host_memory_gb / min(cfg.gpus_per_node, world_size)
     return plan(dims or dims_of(cfg), stage.seq_len, stage.sp, world_size, cfg.gpu_memory_gb, host_per_gpu,
                 cfg.tiled_mlp, cfg.mlp_tile_tokens, cfg.offload_checkpoints, compute_bytes=compute_bytes,
-                activation_checkpointing=cfg.activation_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens)
+                activation_checkpointing=cfg.activation_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens,
+                norm_tile_tokens=cfg.norm_tile_tokens)

@@ -1,7 +1,7 @@
 """Build the model of one stage and apply parallelism to it from outside.
 
 Order (torchtitan's): Hugging Face Llama -> stage RoPE (float64 rotary module) -> Ulysses
-attention -> tiled MLP and activation checkpointing per decoder layer, the first layers' inputs
+attention -> tiled RMSNorm (every norm) -> tiled MLP and activation checkpointing per decoder layer, the first layers' inputs
 offloaded to host memory, as the memory estimate plans -> answer-only loss wrapper -> FSDP2
 (``fully_shard`` per decoder layer, the embedding, then the root) over all ranks -> weights.
 
@@ -23,6 +23,7 @@ from .config import Stage, TrainConfig
 from .loss import AnswerOnlyLM
 from .memory import dims_from_config, plan_stage
 from .tiled_mlp import tile_mlps
+from .tiled_norm import tile_norms
 
 __all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
 
@@ -99,6 +100,8 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
     ulysses.enable(lm)
     dtype = compute_dtype(cfg, par.device)
     memory = plan_stage(cfg, stage, par.world_size, dtype.itemsize, dims_from_config(config))
+    if cfg.norm_tile_tokens:
+        tile_norms(lm, cfg.norm_tile_tokens)      # before the checkpoint wrappers: every norm, the final one too
     if memory.tiled_mlp_tokens:
         tile_mlps(decoder_layers(lm), memory.tiled_mlp_tokens)
     store = apply_activation_checkpointing(lm, memory.offload_layers) if cfg.activation_checkpointing else None

@@ -27,6 +27,7 @@ which keeps as many layers on the device as fit.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ class CheckpointStore:
     prefetched: int = 0
     _last: object = None                           # weakref to the latest _Offloaded
     _streams: dict = field(default_factory=dict)   # device -> side stream for copies
+    host_allocations: object = contextlib.nullcontext   # context of host-copy allocations (memtrack counts them)
 
     def reset_peaks(self) -> None:
         self.peak_device_bytes, self.peak_host_bytes = self.device_bytes, self.host_bytes
@@ -108,7 +110,8 @@ class CheckpointStore:
             self._add(holder, nbytes, on_host=False)
             return holder
         if tensor.is_cuda:
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)  # torch caches pinned blocks
+            with self.host_allocations():
+                host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)  # torch caches pinned blocks
             side = self._stream(tensor.device)
             side.wait_stream(torch.cuda.current_stream(tensor.device))   # the tensor is written
             with torch.cuda.stream(side):
@@ -116,7 +119,8 @@ class CheckpointStore:
                 copied = side.record_event()
             tensor.record_stream(side)          # its memory is not reused before the copy ends
         else:                                   # no CUDA: a separate CPU copy stands in for pinned memory
-            host, copied = tensor.detach().clone(), None
+            with self.host_allocations():
+                host, copied = tensor.detach().clone(), None
         record = _Offloaded(host, tensor.device, self._last, copied)
         self._last = weakref.ref(record)
         self.offloaded += 1
