@@ -240,3 +240,8 @@ def test_paraphrases_by_the_answer_they_share():
     assert seen.duplicates("Who came to visit soon after breakfast the next morning?", "Miss Lucas.")
     assert not seen.duplicates("Who came to visit soon after breakfast the next morning?", "Mr. Collins.")
     assert not seen.duplicates("Who came to visit soon after breakfast the next morning?")  # no answer: words only
+
+
+def test_quoted_names_are_known():
+    text = "\"I remember once calling you 'George,' in one of my amiable fits,\" said Emma; Lovers' Vows was read."
+    assert foreign_names("Emma once called him George while they read Lovers' Vows.", text) == []

@@ -186,7 +186,7 @@ def answer_support(answer: str, source: str) -> float:
 
 
 def _known_words(text: str) -> frozenset[str]:
-    words = _WORD.findall(text.lower())
+    words = [w.strip("'") for w in _WORD.findall(text.lower())]  # 'George,' and Lovers' Vows quote their words
     return frozenset(words) | frozenset(w[:-2] for w in words if w.endswith("'s"))
 
 
@@ -230,13 +230,16 @@ def _question_key(question: str) -> str:
     return q
 
 
+_SHORT_ANSWER_STEMS = 12  # answers compared by the answer rule: a fact, a name, a phrase
+
+
 class QuestionIndex:
     """The QA accepted so far in one document, for duplicate detection (see the module docstring).
 
     Paraphrases that swap words for synonyms ("Who called ...?" / "Who came to visit ...?") share
     few stems; what gives them away is the answer: two questions that overlap by
-    ``answer_jaccard`` and are answered alike (rapidfuzz's token-sort ratio of the answers' stems
-    >= ``answer_similarity``) ask the same thing.
+    ``answer_jaccard`` and are answered alike (short answers, rapidfuzz's token-sort ratio of
+    their stems >= ``answer_similarity``) ask the same thing.
     """
 
     def __init__(self, questions: Iterable[str] = (), jaccard_threshold: float = 0.7,
@@ -254,7 +257,9 @@ class QuestionIndex:
     @staticmethod
     def _key(question: str, answer: str | None) -> tuple[str, frozenset[str], str, str | None]:
         stems = content_stems(_question_key(question), keep_question_words=True)
-        answer_key = " ".join(sorted(content_stems(answer))) if answer else None
+        answer_stems = content_stems(answer) if answer else frozenset()
+        # a long answer shares many words with any other long answer about the same text
+        answer_key = " ".join(sorted(answer_stems)) if 0 < len(answer_stems) <= _SHORT_ANSWER_STEMS else None
         return normalise(question), stems, " ".join(sorted(stems)), answer_key
 
     def add(self, question: str, answer: str | None = None) -> None:
