@@ -59,5 +59,35 @@ def test_dry_run_prints_the_projection(tmp_path, capsys):
     assert p["sampled_documents"] == 2 and p["requests"] == round(t["calls"] * 3886)
     assert p["prompt_tokens"] == round(t["prompt_tokens"] * 3886)
     assert "extrapolated from the 2 this dry run sampled (x3886.0" in out and "on 4 server(s)" in out
+    assert "the judge pass (judge_qa, off) would add" in out and p["judge"]["requests"] > 0
     # the stand-in's answers fill half their budget (defaults: 400 for summaries, 300 for QA)
     assert 150 <= t["completion_tokens"] / t["calls"] <= 215
+
+
+def test_judge_projection_by_hand():
+    """Off: one judge request per accepted QA, prompts as long as the mean QA prompt, 8-token verdicts.
+    On: the judge requests the dry run sent, scaled to the whole run."""
+    stages = {"hierarchical": {"calls": 30, "prompt_tokens": 150_000, "completion_tokens": 4_500},
+              "diverse": {"calls": 70, "prompt_tokens": 250_000, "completion_tokens": 10_500},
+              "summary_chunk": {"calls": 100, "prompt_tokens": 500_000, "completion_tokens": 20_000}}
+    manifest = {"counts": {"documents_written": 2, "hierarchical_qa": 25, "diverse_qa": 50},
+                "totals": {"calls": 200, "prompt_tokens": 900_000, "completion_tokens": 35_000, "cost_usd": 0.0},
+                "this_invocation": {"llm_by_stage": stages}}
+    params = from_mapping(GenerateParams, {"llm_base_url": "http://x/v1", "corpus_documents": 20,
+                                           "server_prompt_tokens_per_s": 10_000, "server_completion_tokens_per_s": 1_000,
+                                           "price_input_per_mtok": 1.0, "price_output_per_mtok": 2.0})
+    judge = project(manifest, params)["judge"]
+    # 75 QA x 10 (scale) = 750 requests; 400,000 / 100 = 4,000 prompt tokens each -> 3,000,000; 750 x 8 = 6,000
+    assert not judge["enabled"] and judge["requests"] == 750
+    assert judge["prompt_tokens"] == 3_000_000 and judge["completion_tokens"] == 6_000
+    assert judge["cost_usd"] == 3.01                               # 3.0 + 0.012
+    # 300 s + 6 s judge vs 9,000,000 / 10,000 + 350,000 / 1,000 = 1,250 s without it
+    assert judge["server_hours"] == pytest.approx(306 / 3600)
+    assert judge["server_time_share"] == pytest.approx(306 / 1250)
+    assert "the judge pass (judge_qa, off) would add: 750 requests" in format_projection(project(manifest, params))
+
+    stages["judge"] = {"calls": 50, "prompt_tokens": 200_000, "completion_tokens": 400}
+    manifest["totals"]["calls"] = 250  # the whole run is this invocation
+    on = project(manifest, from_mapping(GenerateParams, {**{"llm_base_url": "http://x/v1", "corpus_documents": 20},
+                                                         "judge_qa": True}))["judge"]
+    assert on["enabled"] and on["requests"] == 500 and on["prompt_tokens"] == 2_000_000

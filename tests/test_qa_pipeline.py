@@ -47,10 +47,14 @@ def summary_or(answer_qa):
 
 
 def grounded(prompt: str, seed: int) -> dict:
+    """A QA from the passage's words whose answer adds a word the question lacks (an answer made
+    only of the question's words is a restatement, which the gates reject)."""
     words = passage_words(prompt)
     a, b, c, d = [words[(seed >> (4 * k)) % len(words)] for k in range(4)]
+    start = (seed >> 16) % len(words)
+    e = next((w for w in words[start:] + words[:start] if w not in (a, b, c, d)), a)
     return {"question": f"Why does {a} come before {b} while {c} follows {d}?",
-            "answer": f"{a.capitalize()} {b} {c} {d}."}
+            "answer": f"{a.capitalize()} {b} {c} {e}."}
 
 
 BAD = {"question": "What is the answer to the question?", "answer": "N/A"}
@@ -129,6 +133,11 @@ def test_rejects_are_replaced_until_the_counts_are_met(book):
         assert max(q["draw"] for q in record["diverse_qa"]) >= 15  # a replacement draw was used
         assert result.qa_generations["hierarchical"] <= 24 and result.qa_generations["diverse"] <= 30
         assert len(result.rejects) == sum(result.qa_generations.values()) - 27
+        # each reject names its gate and the category of the question it was for (stage.py sums them)
+        assert "placeholder" in {r["gate"] for r in result.rejects}  # BAD, and a few chance restatements of grounded()
+        categories = {r["category"] for r in result.rejects}
+        assert categories & {"global", "section", "chunk"} and categories & set(GenerateParams().diverse_types)
+        assert categories <= {"global", "section", "chunk", *GenerateParams().diverse_types}
     with ScriptedServer(summary_or(qa)) as server:  # a budget too small: the shortfall is reported
         result, _, _, _ = run_document(server, book, n_hierarchical=12, n_diverse=15,
                                        max_qa_attempts=1, qa_budget=1.0)
@@ -215,3 +224,26 @@ def test_stage_2_reads_the_new_type_and_fields(book, tmp_path):
     assert [q.label for q in doc.diverse] == [q["type"] for q in record["diverse_qa"]]
     assert "hierarchical_aware" in {q.label for q in doc.diverse}
     assert [q.question for q in doc.hierarchical] == [q["question"] for q in record["hierarchical_qa"]]
+
+
+def test_manifest_counts_rejections_by_gate_and_category(tmp_path):
+    """stage._assemble sums the documents' rejects by gate and by question category; a reject
+    written before gates were named (no "gate" key) is grouped from its reason."""
+    from longctx.generate.stage import _assemble
+
+    record = {"summaries": {"fallbacks": []}, "n_tokens": 100, "hierarchical_qa": [{"level": "chunk"}],
+              "diverse_qa": [{"type": "multi_hop"}]}
+    rejects = [{"kind": "hierarchical", "category": "chunk", "reason": "answer cut off", "gate": "cut-off"},
+               {"kind": "diverse", "category": "multi_hop", "reason": "duplicate question", "gate": "duplicate"},
+               {"kind": "diverse", "category": "multi_hop", "reason": "answer cut off", "gate": "cut-off"},
+               {"kind": "summary_chunk", "reason": "summary too short"}]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(2):
+        (docs / f"{i}.json").write_text(json.dumps({"id": f"d{i}", "source": "x", "status": "ok", "record": record,
+                                                    "rejects": rejects, "failed_items": []}))
+    counts = _assemble(tmp_path, [docs])["counts"]
+    assert counts["rejected_total"] == 8
+    assert counts["rejected_by_gate"] == {"cut-off": 4, "duplicate": 2, "form": 2}
+    assert counts["rejected_by_category"] == {"chunk": {"cut-off": 2}, "multi_hop": {"duplicate": 2, "cut-off": 2},
+                                              "summary_chunk": {"form": 2}}

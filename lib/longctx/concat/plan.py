@@ -11,7 +11,10 @@ A plan is made before any document is tokenised, from exact token costs (:mod:`l
    a cut loses it. Documents are chosen so that *whole* documents fill the sample
    (:mod:`longctx.concat.select`): ``fill_fraction * target <= length <= target``. A stage with
    ``docs_per_sample`` takes that many; one without adds documents until the window is reached
-   (our choice for the 180K stage). Least-used documents first, no document twice in a sample.
+   (our choice for the 180K stage). Least-used documents first, *before* fit: the documents used
+   fewest times so far are tried on their own (whole, else one cut) and a document used once
+   more joins only when they cannot fill the sample, so within a stage every document that can
+   fill a slot is used once before any is used twice. No document twice in a sample.
 3. **At most one cut.** If no whole-document set lands in the window, the sample cuts one
    document at a chunk boundary: the one whose cut loses the fewest global and section
    questions (then questions, then tokens). A question survives a cut iff all its
@@ -158,11 +161,36 @@ class SamplePlanner(ChunkCuts):
         # The coins are drawn once per sample, not per attempt: retrying after a failed fit must
         # not favour coin outcomes that happen to fit (that would bias the revisit frequency).
         coin_seed = int(rng.integers(2**63))
-        pool = np.array([p for p in self.usable if self.reuse_documents or usage[p] == 0], dtype=np.int64)
-        if docs_per_sample is not None and len(pool) < docs_per_sample:
-            raise SampleFitError(f"only {len(pool)} unused documents left for a sample of "
+        pool_all = np.array([p for p in self.usable if self.reuse_documents or usage[p] == 0], dtype=np.int64)
+        if docs_per_sample is not None and len(pool_all) < docs_per_sample:
+            raise SampleFitError(f"only {len(pool_all)} unused documents left for a sample of "
                                  f"{docs_per_sample} (reuse_documents: false)")
         lo, hi = math.ceil(self.fill_fraction * target), target
+        # Least used first, before fit: the documents used fewest times so far are tried on their
+        # own (a whole fill, else one cut); documents used once more join only when those cannot
+        # fill the sample. So within a stage every document that can fill a slot is used once
+        # before any is used twice, and two samples are not copies while unused documents remain.
+        # (Preferring a whole fill from reused documents would keep more global questions in
+        # a corpus of a few documents, but repeat the same sample: measured, see the tests.)
+        for tier in np.unique(usage[pool_all]):
+            pool = pool_all[usage[pool_all] <= tier]
+            if not self._could_fill(pool, docs_per_sample, lo):
+                continue
+            plan = self._fit_from(pool, usage, target, docs_per_sample, coin_seed, lo, hi, rng)
+            if plan is not None:
+                return plan
+        return self._plan_with_cuts(target, docs_per_sample, usage, rng, coin_seed)
+
+    def _could_fill(self, pool: np.ndarray, docs_per_sample: int | None, lo: int) -> bool:
+        """Whether ``pool`` has enough documents, long enough (estimated), to reach ``lo`` tokens."""
+        if docs_per_sample is not None and len(pool) < docs_per_sample:
+            return False
+        costs = np.sort(self.index.cost(pool, self.n_diverse))[::-1]
+        return self.layout.fixed_tokens + float(costs[:docs_per_sample].sum()) >= lo
+
+    def _fit_from(self, pool: np.ndarray, usage: np.ndarray, target: int, docs_per_sample: int | None,
+                  coin_seed: int, lo: int, hi: int, rng: np.random.Generator) -> SamplePlan | None:
+        """A whole-document or one-cut plan from ``pool``, or None after ``max_attempts`` draws."""
         for attempt in range(1, self.max_attempts + 1):
             chosen = self.index.choose(pool, usage, self.layout.fixed_tokens, target, self.fill_fraction,
                                        docs_per_sample, lambda n: self._coins(coin_seed, n), rng)
@@ -181,7 +209,7 @@ class SamplePlanner(ChunkCuts):
                 kept[one[0]] = one[1]
                 total = self.layout.fixed_tokens + sum(int(c.cost[k - 1]) for c, k in zip(curves, kept))
                 return self._materialise(curves, kept, coins, total, target, attempt, "one_cut")
-        return self._plan_with_cuts(target, docs_per_sample, usage, rng, coin_seed)
+        return None
 
     def _slot_curve(self, position: int, slot: int, coins: np.ndarray, rng: np.random.Generator) -> DocumentCurve:
         doc = self.store.documents[position]

@@ -181,6 +181,7 @@ class Concatenator:
         start = time.perf_counter()
         path = output_dir / f"{spec.name}.parquet"
         fills, answer_fracs, attempts, uses = [], [], [], {}
+        kept_text: dict[str, list[tuple[int, int]]] = {}  # document -> (sample, text tokens it kept)
         totals = {"tokens": 0, "answer_tokens": 0, "hierarchical": 0, "diverse": 0, "revisit": 0,
                   "qa_dropped_truncation": 0, "qa_trimmed": 0, "documents_cut": 0, "tokens_cut": 0,
                   "revisit_pairs": 0, "revisit_drawn": 0, "revisit_shortfall": 0}
@@ -194,8 +195,10 @@ class Concatenator:
                 fills.append(meta["fill_fraction"])
                 answer_fracs.append(plan.n_answer_tokens / plan.n_tokens)
                 attempts.append(plan.attempts)
-                for doc_id in meta["doc_ids"]:
+                for doc_id, d in zip(meta["doc_ids"], plan.documents):
                     uses[doc_id] = uses.get(doc_id, 0) + 1
+                    kept_text.setdefault(doc_id, []).append(
+                        (index, self.store.documents[d.position].n_tokens - d.n_tokens_cut))
                 totals["tokens"] += plan.n_tokens
                 totals["answer_tokens"] += plan.n_answer_tokens
                 for kind in ("hierarchical", "diverse", "revisit"):
@@ -213,6 +216,27 @@ class Concatenator:
                 totals["revisit_shortfall"] += plan.revisit_shortfall
         seconds = time.perf_counter() - start
         reused = {k: v for k, v in uses.items() if v > 1}
+        overlap, pair = _largest_overlap(kept_text)
+        usable = len(self.planner.usable)
+        even = -(-sum(uses.values()) // usable)  # uses per document if every usable one took its turn
+        warnings = []
+        if max(uses.values()) > even + 1:
+            warnings.append(f"heavy reuse: a document is used {max(uses.values())} times in {spec.n_samples} samples "
+                            f"where {usable} usable documents would give at most {even} uses each")
+        for level in ("global", "section"):
+            planned, kept = levels[level]["planned"], levels[level]["kept"]
+            if planned and kept < 0.9 * planned:
+                slot = spec.target_tokens // (spec.docs_per_sample or 1)
+                longer = sum(self.store.documents[p].n_tokens > slot for p in self.planner.usable)
+                warnings.append(
+                    f"only {kept / planned:.0%} of {level} questions kept ({kept:,} of {planned:,}): a cut "
+                    f"document loses every question on its cut chunks (all its global ones), and {longer} of "
+                    f"{usable} usable documents are longer than a slot of ~{slot:,} tokens "
+                    f"({spec.target_tokens:,} / {spec.docs_per_sample or 1} documents); fix: regenerate stage 1 with max_document_tokens <= {slot:,}, or use fewer documents per sample")
+        if overlap > 0.5 * spec.target_tokens:
+            warnings.append(f"samples {pair[0]} and {pair[1]} share {overlap:,} document tokens "
+                            f"({overlap / spec.target_tokens:.0%} of the {spec.target_tokens:,}-token target): "
+                            "add documents, or lower n_samples")
         entry = {
             "name": spec.name, "file": path.name, "target_tokens": spec.target_tokens,
             "n_samples": spec.n_samples, "docs_per_sample": spec.docs_per_sample,
@@ -225,12 +249,31 @@ class Concatenator:
             "revisit_rate": totals["revisit_drawn"] / totals["revisit_pairs"] if totals["revisit_pairs"] else None,
             "documents_used": len(uses), "document_slots": sum(uses.values()),
             "documents_reused": len(reused), "max_uses_of_a_document": max(uses.values()),
+            "uses_if_even": even, "largest_sample_overlap_tokens": overlap,
+            "largest_sample_overlap_pair": list(pair), "warnings": warnings,
             "plan_attempts_max": max(attempts), "seconds": round(seconds, 3),
         }
         log(f"stage {spec.name}: {spec.n_samples} samples, {totals['tokens']:,} tokens, fill "
             f"{entry['fill_min']:.3f}..{entry['fill_max']:.3f}, {len(uses)} documents "
-            f"({len(reused)} reused, at most {entry['max_uses_of_a_document']}x), {seconds:.1f}s -> {path}")
+            f"({len(reused)} reused, at most {entry['max_uses_of_a_document']}x; two samples share at most "
+            f"{overlap:,} document tokens), {seconds:.1f}s -> {path}")
+        for warning in warnings:
+            log(f"WARNING stage {spec.name}: {warning}")
         return entry
+
+
+def _largest_overlap(kept_text: dict[str, list[tuple[int, int]]]) -> tuple[int, tuple[int, int]]:
+    """The most document text two samples share, and which two (sample indices). A sample keeps
+    a prefix of each document, so two samples with one document share the shorter prefix."""
+    shared: dict[tuple[int, int], int] = {}
+    for uses in kept_text.values():
+        for i, (a, tokens_a) in enumerate(uses):
+            for b, tokens_b in uses[i + 1:]:
+                shared[(a, b)] = shared.get((a, b), 0) + min(tokens_a, tokens_b)
+    if not shared:
+        return 0, (-1, -1)
+    pair = max(shared, key=shared.get)
+    return shared[pair], pair
 
 
 def _sha256(path: Path) -> str:
@@ -281,7 +324,7 @@ def stage_summary(manifest: dict[str, Any]):
     cols = ["target_tokens", "n_samples", "docs_per_sample", "fill_min", "fill_mean",
             "answer_token_fraction_mean", "hierarchical", "diverse", "revisit", "revisit_rate", "revisit_shortfall",
             "qa_dropped_truncation", "qa_trimmed", "documents_cut", "tokens_cut", "documents_used",
-            "documents_reused", "max_uses_of_a_document", "seconds"]
+            "documents_reused", "max_uses_of_a_document", "largest_sample_overlap_tokens", "seconds"]
     return pd.DataFrame([{c: s[c] for c in cols} for s in manifest["stages"].values()],
                         index=list(manifest["stages"]))
 

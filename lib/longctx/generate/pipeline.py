@@ -39,7 +39,7 @@ from .chunking import Chunking
 from .corpus import Document
 from .params import GenerateParams
 from .prompts import Prompts
-from .quality import QuestionIndex, qa_problem, summary_problem
+from .quality import QuestionIndex, gate_of, qa_problem, summary_problem
 from .walk import SUMMARY_TYPES, DiverseItem, HierStep, plan_diverse, plan_hierarchical
 
 __all__ = ["DocumentFailed", "DocumentResult", "generate_document", "QA_SCHEMA", "SUMMARY_SCHEMA"]
@@ -104,8 +104,9 @@ class _DocumentRun:
             self.on_request_done()
         return result.data
 
-    def _reject(self, kind: str, key: str, attempt: int, reason: str, data: object) -> None:
-        entry = {"doc_id": self.doc.id, "kind": kind, "item": key, "attempt": attempt, "reason": reason}
+    def _reject(self, kind: str, key: str, attempt: int, reason: str, data: object, category: str = "") -> None:
+        entry = {"doc_id": self.doc.id, "kind": kind, "category": category or kind, "item": key,
+                 "attempt": attempt, "reason": reason, "gate": gate_of(reason)}
         if isinstance(data, dict):
             entry.update({k: v for k, v in data.items() if k in ("question", "answer", "summary")})
         self.result.rejects.append(entry)
@@ -124,15 +125,17 @@ class _DocumentRun:
         return extractive_summary(source_text)
 
     async def _attempt(self, stage: str, key: str, attempt: int, prompt: str, source: str,
-                       seen: QuestionIndex | None) -> dict | str:
-        """One QA generation through the gates (and the judge): the QA, or why it was rejected."""
+                       seen: QuestionIndex | None, category: str) -> dict | str:
+        """One QA generation through the gates (and the judge): the QA, or why it was rejected.
+        Names and numbers are checked against the whole prompt (what the generator was shown)."""
         data = await self._generate(stage, key, attempt, prompt, QA_SCHEMA, self.p.max_qa_tokens)
         reason = data if isinstance(data, str) else qa_problem(
-            data.get("question"), data.get("answer"), seen or QuestionIndex(), source, self.p.min_answer_support)
+            data.get("question"), data.get("answer"), seen or QuestionIndex(), source, self.p.min_answer_support,
+            shown=prompt)
         if reason is None and self.p.judge_qa:
             reason = await self._judge(key, attempt, source, data["question"], data["answer"])
         if reason is not None:
-            self._reject(stage, key, attempt, reason, data)
+            self._reject(stage, key, attempt, reason, data, category)
             return reason
         return {"question": data["question"].strip(), "answer": data["answer"].strip()}
 
@@ -221,7 +224,8 @@ class _DocumentRun:
                                                      "level": step.level, "replaced": True})
                     follow_up = False
                 prompt, source = self._step_prompt(step, follow_up, summaries, previous)
-                outcome = await self._attempt("hierarchical", f"h{step.index}", tries, prompt, source, seen)
+                outcome = await self._attempt("hierarchical", f"h{step.index}", tries, prompt, source, seen,
+                                              step.level)
                 used, tries = used + 1, tries + 1
                 qa = outcome if isinstance(outcome, dict) else None
             last_ok = qa is not None
@@ -229,7 +233,7 @@ class _DocumentRun:
                 self.result.failed_items.append({"kind": "hierarchical", "index": step.index,
                                                  "level": step.level, "replaced": False})
                 continue
-            seen.add(qa["question"])
+            seen.add(qa["question"], qa["answer"])
             previous = qa
             accepted.append({"index": len(accepted), "level": step.level, "section_id": step.section_id,
                              "chunk_ids": list(step.chunk_ids), "follow_up": follow_up,
@@ -257,7 +261,7 @@ class _DocumentRun:
 
     async def _diverse_attempt(self, item: DiverseItem, attempt: int, summaries: asyncio.Future) -> dict | str:
         prompt, source = self._diverse_prompt(item, await summaries if item.type in SUMMARY_TYPES else None)
-        return await self._attempt("diverse", f"d{item.index}", attempt, prompt, source, None)
+        return await self._attempt("diverse", f"d{item.index}", attempt, prompt, source, None, item.type)
 
     async def diverse(self, draws: list[DiverseItem], n: int, hierarchical: asyncio.Future,
                       summaries: asyncio.Future) -> list[dict]:
@@ -274,15 +278,18 @@ class _DocumentRun:
                                               for i in round_slots])
             used += len(round_slots)
             if seen is None:  # dedup against the walk's questions, then in slot order
-                seen = QuestionIndex(q["question"] for q in await hierarchical)
+                seen = QuestionIndex()
+                for q in await hierarchical:
+                    seen.add(q["question"], q["answer"])
             for i, outcome in zip(round_slots, outcomes):
                 item = slots[i][0]
                 slots[i][1] += 1
-                if isinstance(outcome, dict) and seen.duplicates(outcome["question"]):
-                    self._reject("diverse", f"d{item.index}", slots[i][1] - 1, "duplicate question", outcome)
+                if isinstance(outcome, dict) and seen.duplicates(outcome["question"], outcome["answer"]):
+                    self._reject("diverse", f"d{item.index}", slots[i][1] - 1, "duplicate question", outcome,
+                                 item.type)
                     outcome = "duplicate question"
                 if isinstance(outcome, dict):
-                    seen.add(outcome["question"])
+                    seen.add(outcome["question"], outcome["answer"])
                     accepted[i] = {"type": item.type, "chunk_ids": list(item.chunk_ids), "draw": item.index,
                                    **outcome}
                     open_slots.remove(i)

@@ -16,6 +16,12 @@ and that one server spends ``prompt / server_prompt_tokens_per_s`` on prefill pl
 
 Adding the two is the conservative choice: vLLM overlaps them in one batch (chunked prefill), so
 a real run may be somewhat faster.
+
+The judge pass (``judge_qa``) is projected either way (``projection["judge"]``): with it on, from
+the judge requests the dry run sent; with it off, as what turning it on would add: one request
+per QA that passed the gates, whose prompt (the same source text, the QA and a one-line
+question) is taken to be as long as the mean QA prompt of the dry run, and whose verdict
+(``{"supported": true}``) is ~8 tokens.
 """
 
 from __future__ import annotations
@@ -24,7 +30,36 @@ from typing import Any
 
 from .params import GenerateParams
 
-__all__ = ["project", "format_projection"]
+__all__ = ["project", "format_projection", "JUDGE_COMPLETION_TOKENS"]
+
+JUDGE_COMPLETION_TOKENS = 8  # {"supported": true} with the Llama-3.1 tokenizer, end token included
+
+
+def _judge(manifest: dict[str, Any], params: GenerateParams, scale: float, main_server_s: float) -> dict[str, Any]:
+    """What the judge pass costs (on) or would add (off), scaled to the corpus."""
+    stages = manifest.get("this_invocation", {}).get("llm_by_stage", {})
+    counts, totals = manifest["counts"], manifest["totals"]
+    judge = stages.get("judge")
+    if params.judge_qa and judge:
+        # this invocation's share of the run's calls scales its stage counts to the whole run
+        invocation_calls = sum(c.get("calls", 0) for c in stages.values()) or 1
+        whole = totals["calls"] / invocation_calls
+        requests, prompt, completion = (judge.get("calls", 0) * whole, judge.get("prompt_tokens", 0) * whole,
+                                        judge.get("completion_tokens", 0) * whole)
+    else:
+        qa = [stages[k] for k in ("hierarchical", "diverse") if k in stages]
+        qa_calls = sum(c.get("calls", 0) for c in qa)
+        per_prompt = sum(c.get("prompt_tokens", 0) for c in qa) / qa_calls if qa_calls else 0.0
+        requests = counts.get("hierarchical_qa", 0) + counts.get("diverse_qa", 0)
+        prompt, completion = requests * per_prompt, requests * JUDGE_COMPLETION_TOKENS
+    requests, prompt, completion = requests * scale, prompt * scale, completion * scale
+    server_s = prompt / params.server_prompt_tokens_per_s + completion / params.server_completion_tokens_per_s
+    cost = (prompt * params.price_input_per_mtok + completion * params.price_output_per_mtok) / 1e6
+    without = main_server_s - server_s if params.judge_qa else main_server_s
+    return {"enabled": params.judge_qa, "requests": round(requests), "prompt_tokens": round(prompt),
+            "completion_tokens": round(completion), "cost_usd": round(cost, 2),
+            "server_hours": server_s / 3600, "wall_hours": server_s / params.projection_servers / 3600,
+            "server_time_share": server_s / without if without else 0.0}
 
 
 def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
@@ -47,6 +82,7 @@ def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
         "server_prompt_tokens_per_s": params.server_prompt_tokens_per_s,
         "server_completion_tokens_per_s": params.server_completion_tokens_per_s,
         "server_hours": server_s / 3600, "wall_hours": wall_s / 3600, "wall_days": wall_s / 86400,
+        "judge": _judge(manifest, params, scale, server_s),
     }
 
 
@@ -58,11 +94,18 @@ def format_projection(p: dict[str, Any]) -> str:
     else:
         head = (f"Projection for the {p['sampled_documents']:,} documents this dry run saw "
                 "(set corpus_documents to extrapolate to a whole corpus):")
-    return "\n".join([
+    lines = [
         head,
         f"  {p['requests']:,} requests, {p['prompt_tokens']:,} prompt + {p['completion_tokens']:,} completion tokens, "
         f"cost estimate ${p['cost_usd']:,.2f}",
         f"  {p['server_hours']:,.1f} server-hours at {p['server_prompt_tokens_per_s']:,.0f} prompt + "
         f"{p['server_completion_tokens_per_s']:,.0f} completion tokens/s per server; on {p['servers']} server(s): "
         f"{p['wall_hours']:,.1f} h ({p['wall_days']:.2f} days) of wall time",
-    ])
+    ]
+    judge = p.get("judge")
+    if judge:
+        what = "of which the judge pass (judge_qa)" if judge["enabled"] else "the judge pass (judge_qa, off) would add"
+        lines.append(f"  {what}: {judge['requests']:,} requests, {judge['prompt_tokens']:,} prompt tokens, "
+                     f"${judge['cost_usd']:,.2f}, {judge['wall_hours']:,.1f} h of wall time "
+                     f"(+{100 * judge['server_time_share']:.0f} % of the server time without it)")
+    return "\n".join(lines)

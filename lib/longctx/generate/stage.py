@@ -56,6 +56,7 @@ from .params import GenerateParams
 from .pipeline import DocumentFailed, expected_requests, generate_document
 from .projection import format_projection, project
 from .prompts import load_prompts
+from .quality import gate_of
 from .status import CostCap, ShardProgress, run_root
 
 __all__ = ["run", "merge", "main", "shard_dir", "RunStopped"]
@@ -301,6 +302,8 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
     by_level: Counter = Counter()
     by_type: Counter = Counter()
     reasons: Counter = Counter()
+    by_gate: Counter = Counter()
+    by_category: dict[str, Counter] = {}  # question level / diverse type / summary kind -> gate -> rejects
     failed_docs, per_doc = [], []
     book_tokens = 0
     tmp_qa, tmp_rej = out / ".qa.jsonl.tmp", out / ".rejected.jsonl.tmp"
@@ -316,6 +319,9 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
             for reject in entry["rejects"]:
                 rej_out.write(json.dumps(reject, ensure_ascii=False) + "\n")
                 reasons[reject["reason"]] += 1
+                gate = reject.get("gate") or gate_of(reject["reason"])  # files written before gates were named
+                by_gate[gate] += 1
+                by_category.setdefault(reject.get("category") or reject["kind"], Counter())[gate] += 1
             counts["documents_written"] += 1
             counts["failed_questions"] += len(entry["failed_items"])
             for kind in ("hierarchical", "diverse"):  # requested QA still missing when the budget ran out
@@ -330,7 +336,9 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
     return {"counts": {**counts, "documents_failed": len(failed_docs),
                        "hierarchical_qa": sum(by_level.values()), "diverse_qa": sum(by_type.values()),
                        "hierarchical_by_level": dict(by_level), "diverse_by_type": dict(by_type),
-                       "rejected_total": sum(reasons.values()), "rejected_by_reason": dict(reasons)},
+                       "rejected_total": sum(reasons.values()), "rejected_by_reason": dict(reasons),
+                       "rejected_by_gate": dict(by_gate),
+                       "rejected_by_category": {c: dict(g) for c, g in sorted(by_category.items())}},
             "book_tokens": book_tokens, "failed_documents": failed_docs, "per_document": per_doc}
 
 
