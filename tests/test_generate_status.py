@@ -268,9 +268,10 @@ def test_sigterm_stops_a_task_cleanly_and_the_resubmitted_task_loses_nothing(cor
         stopped = progress_of(out)
         assert stopped["state"] == "stopped" and stopped["reason"].startswith("SIGTERM")
         assert "stopped: SIGTERM" in err and "resubmit the task" in err
-        first = {prompt for prompt, _, _ in server.log}
+        # a request is its prompt and seed: a rejected QA is asked again with the same prompt, a new seed
+        first = {(prompt, seed) for prompt, seed, _ in server.log}
         assert len(first) == len(server.log) == stopped["spent"]["requests"]  # every request sent was answered
         manifest = generate.run(params(corpus, out, server.base_url))
-        again = [prompt for prompt, _, _ in server.log[len(first):]]
+        again = [(prompt, seed) for prompt, seed, _ in server.log[len(first):]]
     assert not set(again) & first  # nothing answered before the signal was asked again
     assert manifest["counts"]["documents_written"] == 4
