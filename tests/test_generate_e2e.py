@@ -138,7 +138,7 @@ def test_sigkill_then_faulty_resume_resends_nothing_and_changes_nothing(server, 
     server completed before the kill, survives and counts every fault, and ends with the same
     qa.jsonl and failures as the reference run, which saw neither. One resumed run proves both
     (it used to be two runs: the three llama.cpp runs of this file were half of the suite's time)."""
-    ref_out, ref_manifest, ref_log = reference
+    ref_out, _, ref_log = reference
     # Kill right after a rejected answer (the runs send the same requests in the same order, one
     # at a time): its retry is the request in flight, and the rerun must replay the rejection.
     kill_after = next(i + 1 for i, e in enumerate(ref_log) if i >= 3 and e.fault in ("length", "notjson", "schema"))
@@ -184,6 +184,7 @@ def test_sigkill_then_faulty_resume_resends_nothing_and_changes_nothing(server, 
     retries = this["retries_by_reason"]
     assert retries.get("429") == 1 and retries.get("5xx") == 2 and retries.get("timeout") == 1
     assert retries.get("bad_response") == 1 and retries.get("connection") == 1
-    # and they add no failure: the weak generator's own give-ups (answers still cut at max_tokens
-    # after every attempt) are the reference run's, no more
-    assert manifest["totals"]["failures"] == ref_manifest["totals"]["failures"]
+    # and they add no failure: every transport fault was retried to an answer, none given up on
+    # (the weak generator's own give-ups, answers still cut at max_tokens, are content reasons)
+    given_up = set(this["failures_by_reason"]) & {"429", "5xx", "timeout", "bad_response", "connection"}
+    assert not given_up, this["failures_by_reason"]
