@@ -125,6 +125,11 @@ def test_paper_profile_dry_run_and_sbatch_chain():
     assert len(jobs) == 4 and "--dependency" not in jobs[0]
     assert all(f"--dependency=afterok:$job{i}" in jobs[i] for i in (1, 2, 3))
     assert "--nodes=4" in jobs[3] and "STAGE=1M" in jobs[3]
+    # USR1 margin: 1.5 x (est. step 383 s + save 48 s) + 60 s; a 1M step (4 x 2^20 tokens) by hand:
+    # 6 T x 6.98e9 decoder weights + 6 x 0.42M answers x 0.525e9 head + 6 x 32 x 4096 x 4 x 2^40 attention
+    flops = 6 * 4 * 2**20 * 32 * 218_103_808 + 6 * 0.1 * 4 * 2**20 * 128256 * 4096 + 6 * 32 * 4096 * 4 * 2**40
+    assert rows[3]["step_s_est"] == pytest.approx(flops / (32 * 989e12 * 0.3), abs=0.1)
+    assert "--signal=B:USR1@707 " in jobs[3] and all("--signal=B:USR1@600 " in j for j in jobs[:3])
     assert train.main(["--params", str(ROOT / "params/paper/03_train.yaml"), "--dry-run"]) == 0
 
 

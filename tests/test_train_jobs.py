@@ -3,7 +3,8 @@
 * ``launch_local`` kills torchrun and its workers at the deadline even while they print nothing.
 * ``$LONGCTX_STOP_FILE`` (created by ``slurm/train.sbatch`` on USR1) makes a stage checkpoint
   after its current step and exit 0; the resumed run ends with the uninterrupted loss curve.
-* ``slurm/train.sbatch`` itself, run by bash here, requeues the job after a clean stop.
+* ``slurm/train.sbatch`` itself, run by bash here, requeues the job after a clean stop, whether
+  SLURM's warning or the trainer's own deadline check (the job's end from ``squeue``) stopped it.
 * ``export_hf`` writes bf16 weights and the RoPE in both transformers 5 and 4.x keys; transformers
   4.56 (pyproject's floor), run from a side virtual environment when present, loads it with the
   exact frequencies stage 3 trained with.
@@ -90,6 +91,10 @@ SRUN = """#!/bin/bash
 while [[ "$1" == --* ]]; do shift; done
 exec "$@"
 """
+SQUEUE = """#!/bin/bash
+# squeue -h -j ID -o %e: the job's end, in SLURM's local ISO format, a day from now
+date -d "+1 day" +%Y-%m-%dT%H:%M:%S
+"""
 SCONTROL = """#!/bin/bash
 case "$1 $2" in
     "show hostnames") echo localhost ;;
@@ -99,44 +104,58 @@ esac
 """
 
 
-def test_sbatch_time_limit_warning_checkpoints_and_requeues(tmp_path, one_thread):
+@pytest.mark.parametrize("trigger", ["usr1", "deadline"])
+def test_sbatch_time_limit_checkpoints_and_requeues(tmp_path, one_thread, trigger):
     """slurm/train.sbatch run by bash on this machine (SLURM itself is absent: ``srun`` runs its
-    command locally, ``scontrol`` answers hostnames and records requeues). USR1 mid-stage (the
-    time-limit warning) must end in a checkpoint, exit status 0 and a requeue of the job."""
+    command locally, ``scontrol`` answers hostnames and records requeues, ``squeue`` gives the
+    job's end a day away). usr1: SLURM's time-limit warning mid-stage; deadline: a job end 20 s
+    after the start, which a 20,000-step stage cannot reach, so the trainer stops by itself when the
+    next step and a save no longer fit. Both must end in a checkpoint, exit status 0 and a requeue."""
     import signal
     import subprocess
     import sys
+    import time
 
     from longctx.train.dist import _free_port
     from longctx.train.launch import write_params
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL), ("squeue", SQUEUE)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     samples = write_samples(tmp_path / "samples")
-    cfg = tiny_config(tmp_path, samples, sp=1, output_dir=str(tmp_path / "run"), checkpoint_every=1000,
+    epochs = 50 if trigger == "usr1" else 5000                # 200 steps; 20,000 cannot fit in 20 s
+    cfg = tiny_config(tmp_path, samples, sp=1, output_dir=str(tmp_path / "run"), checkpoint_every=100000,
                       stages=[{"name": "a", "samples": str(samples), "seq_len": 64, "sp": 1, "global_batch": 2,
-                               "epochs": 50, "rope": {"type": "default", "theta": 1e4}}])
+                               "epochs": epochs, "rope": {"type": "default", "theta": 1e4}}])
     params = write_params(cfg, tmp_path / "params.yaml")
+    steps = epochs * 4
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PARAMS": str(params), "STAGE": "a",
            "SLURM_JOB_ID": "4242", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost", "GPUS_PER_NODE": "1",
            "SLURM_SUBMIT_DIR": str(ROOT), "LONGCTX_PYTHON": sys.executable, "RDZV_PORT": str(_free_port()),
            "REQUEUE_LOG": str(tmp_path / "requeued"), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("LONGCTX_DEADLINE", None)
+    if trigger == "deadline":
+        env["LONGCTX_DEADLINE"] = str(int(time.time()) + 20)
     job = subprocess.Popen(["bash", str(ROOT / "slurm/train.sbatch")], env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     lines = []
     for line in job.stdout:
         lines.append(line)
-        if "] step 3/200 " in line:
-            job.send_signal(signal.SIGUSR1)                  # what --signal=B:USR1@1800 sends
+        if trigger == "usr1" and "] step 3/200 " in line:
+            job.send_signal(signal.SIGUSR1)                  # what --signal=B:USR1@N sends
     assert job.wait(timeout=300) == 0, "".join(lines[-30:])
     out = "".join(lines)
-    assert "stop requested" in out and "step 200/200" not in out
+    assert f"step {steps}/{steps}" not in out
+    if trigger == "usr1":
+        assert "stop requested" in out
+        assert "h from now ($LONGCTX_DEADLINE)" in out     # squeue's end time reached the trainer
+    else:
+        assert "s left before the job's end ($LONGCTX_DEADLINE), less than 1.5 x (longest step" in out
     assert (tmp_path / "requeued").read_text().split() == ["4242"]
     saved = read_log(tmp_path / "run/a/train_log.csv")[-1]["step"]
-    assert 3 <= saved < 200
+    assert (3 if trigger == "usr1" else 1) <= saved < steps
     assert (tmp_path / f"run/a/checkpoints/step_{saved:06d}/trainer_state.json").is_file()
     assert not (ROOT / "runs/slurm/stop-4242").exists()
 

@@ -1,4 +1,5 @@
-"""Notebook 03 runs headless: demo profile trains with sp=2 on CPU; paper profile prints the plan."""
+"""Notebook 03 runs headless: demo profile trains with sp=2 on CPU, then plots that run's logs in
+monitor mode (training nothing, as for a cluster run); paper profile prints the plan."""
 
 from __future__ import annotations
 
@@ -40,6 +41,17 @@ def test_demo_profile_trains_with_sp2(tmp_path):
     assert len(records["losses"]) == 4 and all(math.isfinite(x) and 0 < x < 10 for x in records["losses"])
     assert records["sbatch_jobs"] == 0
     assert (tmp_path / "train/s2/final/trainer_state.json").is_file()
+    # monitor: the same run's logs read back and plotted, nothing trained (as for a cluster run)
+    from longctx.train.log import read_log
+
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "train").rglob("*") if p.is_file()}
+    watched = execute(NOTEBOOK, {**params, "monitor": True}, output=tmp_path / "03_monitor.ipynb", timeout=300)
+    rows = [r for s in ("s1", "s2") for r in read_log(tmp_path / f"train/{s}/train_log.csv")]
+    assert watched["monitor"] is True and watched["steps"] == {"s1": 2, "s2": 2} and watched["sbatch_jobs"] == 0
+    assert watched["losses"] == records["losses"] == [r["loss"] for r in rows]
+    assert watched["mfu"] == [r["mfu"] for r in rows] and all(0 < m < 1e-3 for m in watched["mfu"])
+    assert watched["peak_mem_gb"] == [r["peak_mem_gb"] for r in rows]
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "train").rglob("*") if p.is_file()} == before
 
 
 def test_demo_profile_without_stage2_output_says_run_02(tmp_path):

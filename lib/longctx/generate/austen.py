@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..core.config import project_root
 
-__all__ = ["NOVELS", "austen_dir", "fetch_austen", "load_austen"]
+__all__ = ["NOVELS", "AustenUnavailable", "austen_dir", "fetch_austen", "load_austen"]
 
 # id in the R package -> title, in publication order
 NOVELS = {
@@ -38,6 +38,10 @@ NOVELS = {
 DEB_PACKAGE = "r-cran-janeaustenr"
 _RDB_IN_PACKAGE = "usr/lib/R/site-library/janeaustenr/data/Rdata"
 _INSTALLED_R_LIBRARY = Path("/usr/lib/R/site-library/janeaustenr/data/Rdata")
+
+
+class AustenUnavailable(RuntimeError):
+    """The novels are not on disk and this machine has no ``apt-get`` to fetch them (not Debian)."""
 
 
 def austen_dir() -> Path:
@@ -108,7 +112,7 @@ def _extract_from_deb(deb: Path) -> tuple[bytes, bytes]:
 
 def _download_deb(workdir: Path) -> Path:
     if shutil.which("apt-get") is None:
-        raise RuntimeError(
+        raise AustenUnavailable(
             "the embedded Austen corpus comes from Debian's r-cran-janeaustenr package, but apt-get "
             "is not available on this machine. Either run on a Debian/Ubuntu machine, copy the "
             f"novels as .txt files into {austen_dir()}, or set corpus to your own texts.")

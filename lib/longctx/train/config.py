@@ -83,8 +83,19 @@ class TrainConfig:
     keep_checkpoints: int = param(2, "resumable checkpoints kept per stage (oldest deleted)", min=1)
     resume: bool = param(True, "continue a stage from its latest checkpoint")
     log_every: int = param(1, "print a log line every this many steps (the CSV gets every step)", min=1)
-    tensorboard: bool = param(False, "also log to TensorBoard under output_dir (if installed)")
-    wandb_project: str = param("", "also log to this Weights & Biases project (if installed; empty: off)")
+    tensorboard: bool = param(True, "also write TensorBoard event files beside each stage's train_log.csv")
+    wandb_project: str = param("", "also log to this Weights & Biases project (extra 'wandb'; empty: off); "
+                                   "one W&B run per stage, resumed across requeues")
+    peak_flops_per_gpu: float = param(989e12, "nominal peak FLOP/s of one device, the MFU denominator "
+                                      "(H100 SXM bf16 dense: 989e12; on CPU MFU is against this same figure)", min=1.0)
+    monitor: bool = param(False, "notebook 03: plot the train_log.csv of every stage under output_dir (a cluster "
+                          "run, running or done) and train or queue nothing")
+    deadline_safety: float = param(1.5, "stop for a requeue when the time left before the job's end is less than this "
+                                   "x (longest step + longest checkpoint save) measured", min=1.0)
+    planning_mfu: float = param(0.3, "MFU the dry run assumes for its step-time estimate (hours, SLURM warning "
+                                "margin)", min=0.001, max=1.0)
+    checkpoint_write_gbps: float = param(2.0, "write speed of output_dir's file system the dry run assumes for a "
+                                         "checkpoint save (GB/s)", min=0.001)
     seed: int = param(0, "seed of the tiny model's weights and of the sample order")
     gpus_per_node: int = param(8, "ranks per node: GPUs (paper: 8 H100), or CPU processes of a local run", min=1)
     gpu_memory_gb: float = param(80.0, "memory per GPU in GiB: the dry run's fit check and the tiling/offload plan", min=1.0)

@@ -6,15 +6,18 @@
   ``torch.multiprocessing``).
 * :func:`sbatch_commands` renders the job chain of the paper profile: one ``slurm/train.sbatch``
   job per stage, each depending on the previous one (``afterok``), cluster settings from the
-  ignored ``slurm/cluster.env``.
+  ignored ``slurm/cluster.env``, and SLURM's time-limit warning (``--signal=B:USR1@N``) sized
+  from the stage's estimated step and checkpoint times (:func:`usr1_margin_s`).
 * :func:`dry_run` validates a profile without GPUs: world size per stage, sp/dp/grad-accum
   divisibility, Ulysses head layout, padding, samples on disk, the per-GPU memory estimate with
   the tiled MLP and checkpoint offload training will use, the host memory they need, and the
-  RoPE phase gap between training and the float32 phases transformers / vLLM serve with.
+  RoPE phase gap between training and the float32 phases transformers / vLLM serve with, and
+  the estimated time of a step (``longctx.train.flops`` at ``planning_mfu``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shlex
@@ -30,12 +33,14 @@ import yaml
 
 from ..core.config import project_root, resolve_path, to_dict
 from . import rope, ulysses
-from .config import TrainConfig, layout
+from .config import Stage, TrainConfig, layout
+from .flops import checkpoint_gb, sample_step_flops
 from .memory import dims_of, plan_stage
 
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
 
-__all__ = ["write_params", "launch_local", "run_command", "sbatch_commands", "dry_run", "format_table"]
+__all__ = ["write_params", "launch_local", "run_command", "sbatch_commands", "dry_run", "format_table",
+           "estimated_step_s", "estimated_save_s", "usr1_margin_s"]
 
 
 def write_params(cfg: TrainConfig, path: Path | None = None) -> Path:
@@ -115,6 +120,30 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def estimated_step_s(cfg: TrainConfig, stage: Stage) -> float:
+    """Seconds of one optimizer step of ``stage`` at ``cfg.planning_mfu`` of its GPUs' nominal peak."""
+    gpus = stage.nodes * cfg.gpus_per_node
+    return sample_step_flops(dims_of(cfg), stage.seq_len, stage.global_batch) / (
+        gpus * cfg.peak_flops_per_gpu * cfg.planning_mfu)
+
+
+def estimated_save_s(cfg: TrainConfig) -> float:
+    """Seconds to write a resumable checkpoint at ``cfg.checkpoint_write_gbps``."""
+    return checkpoint_gb(dims_of(cfg)) / cfg.checkpoint_write_gbps
+
+
+USR1_FLOOR_S = 600      # never warn later than 10 minutes before the end
+SLURM_SIGNAL_SLACK_S = 60   # SLURM may send the --signal up to a minute late
+
+
+def usr1_margin_s(cfg: TrainConfig, stage: Stage) -> int:
+    """Seconds before the time limit at which SLURM sends USR1: room for the step in flight and a
+    save, estimated, times ``deadline_safety``. The trainer normally stops earlier by itself, from
+    the times it measures (``longctx.train.deadline``); this is the backstop."""
+    need = cfg.deadline_safety * (estimated_step_s(cfg, stage) + estimated_save_s(cfg))
+    return max(USR1_FLOOR_S, math.ceil(need) + SLURM_SIGNAL_SLACK_S)
+
+
 def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
     """Shell lines, run from the project root, that queue every stage as a SLURM job chained with
     ``--dependency=afterok``; ``params_path`` is shown relative to the root when inside it."""
@@ -130,7 +159,8 @@ def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
         dependency = f" --dependency=afterok:$job{previous}" if previous else ""
         lines.append(
             f"job{i}=$(sbatch --parsable --nodes={stage.nodes} --gpus-per-node={cfg.gpus_per_node} "
-            f"--time={stage.slurm_time} --job-name=longctx-{stage.name}{dependency} "
+            f"--time={stage.slurm_time} --signal=B:USR1@{usr1_margin_s(cfg, stage)} "
+            f"--job-name=longctx-{stage.name}{dependency} "
             f"--export=ALL,PARAMS={params_path},STAGE={stage.name} slurm/train.sbatch)")
         previous = i
     return lines
@@ -225,6 +255,7 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "gpu_gib": round(mem["total"], 1), "host_gib": round(mem["host"], 1), "gpu_limit_gib": cfg.gpu_memory_gb,
             "steps": steps or "?", "hours": round(hours, 1) if hours else "?",
             "ckpt_disk_gib": round(12 * dims.params * (cfg.keep_checkpoints + 1) / 2**30),
+            "step_s_est": round(estimated_step_s(cfg, stage), 1), "usr1_s": usr1_margin_s(cfg, stage),
             "fits": memory.fits, "samples_on_disk": on_disk, "notes": "; ".join(notes),
         })
     return rows

@@ -5,8 +5,10 @@ with its own RoPE settings, stage-2 samples, length and ``(dp, sp)`` layout. One
 data-parallel rank per micro-batch, ``global_batch`` samples per optimizer step, AdamW with
 warm-up then constant/cosine/linear decay, a resumable checkpoint every ``checkpoint_every``
 steps (a killed stage resumes with the same data order and loss curve), a CSV log per stage.
-When ``$LONGCTX_STOP_FILE`` appears (SLURM's time-limit warning, ``slurm/train.sbatch``) the
-stage saves a checkpoint after the current step and exits 0.
+When ``$LONGCTX_STOP_FILE`` appears (SLURM's time-limit warning, ``slurm/train.sbatch``), or
+when the time left before the job's end no longer fits another step and a save as measured
+(``longctx.train.deadline``), the stage saves a checkpoint after the current step and exits 0;
+the job script then requeues the job.
 
 Launch::
 
@@ -40,9 +42,10 @@ from typing import Any
 import torch
 
 from ..core.config import load_params, resolve_path
-from . import checkpoint, dist, ulysses
+from . import checkpoint, deadline, dist, ulysses
 from .config import Stage, TrainConfig, layout
 from .data import SampleSet, StepPlan, open_stage_samples, to_batch
+from .flops import mfu, step_flops
 from .log import MetricsLog, peak_memory_gb, read_log
 from .loss import global_answer_tokens
 from .model import build_model
@@ -64,14 +67,48 @@ class Stopped(RuntimeError):
 STOP_FILE_ENV = "LONGCTX_STOP_FILE"
 
 
-def stop_requested(par: dist.Parallel) -> bool:
-    """True on every rank once rank 0 sees ``$LONGCTX_STOP_FILE`` (one decision for all ranks,
-    whatever each node's file-system cache shows)."""
+def _stop_file_seen(par: dist.Parallel) -> bool:
+    """Rank 0 sees ``$LONGCTX_STOP_FILE`` (it alone decides: each node's file-system cache may differ)."""
     path = os.environ.get(STOP_FILE_ENV)
-    if not path:
+    return bool(path) and par.is_main and os.path.exists(path)
+
+
+def stop_requested(par: dist.Parallel) -> bool:
+    """True on every rank once rank 0 sees ``$LONGCTX_STOP_FILE`` (one decision for all ranks)."""
+    if not os.environ.get(STOP_FILE_ENV):
         return False
-    flag = torch.tensor([1 if par.is_main and os.path.exists(path) else 0], dtype=torch.int64, device=par.device)
+    flag = torch.tensor([1 if _stop_file_seen(par) else 0], dtype=torch.int64, device=par.device)
     return bool(dist.all_reduce(flag, "max").item())
+
+
+def _request_requeue(par: dist.Parallel) -> None:
+    """Stopped by the deadline: create the stop file, which tells slurm/train.sbatch to requeue the job."""
+    path = os.environ.get(STOP_FILE_ENV)
+    if path and par.is_main:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).touch()
+
+
+def _eta_s(step: int, steps: int, checkpoint_every: int, step_times: list[float], clock: deadline.Deadline) -> float:
+    """Time to the end of the stage: mean step time of this run x steps left, plus the saves left
+    (resumable ones at multiples of checkpoint_every, and the final one) x the save time."""
+    left = steps - step
+    saves = (steps - 1) // checkpoint_every - step // checkpoint_every + 1 if left else 0
+    recent = step_times[1:] or step_times   # the first step of a run carries start-up costs
+    save_s = sum(clock.saves) / len(clock.saves) if clock.saves else clock.max_save_s
+    return left * sum(recent) / len(recent) + max(saves, 0) * save_s
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def dims_of_model(model):
+    """Architecture of the model being trained (for its FLOPs)."""
+    from .memory import dims_from_config
+
+    return dims_from_config(model.config)
 
 
 def lr_factor(step: int, steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
@@ -139,27 +176,50 @@ def train_stage(cfg: TrainConfig, index: int, stage: Stage, items: Sequence[dict
                      wandb_project=cfg.wandb_project, run_name=f"{Path(cfg.output_dir).name}-{stage.name}")
     dist.print0(f"[{stage.name}] {len(data)} samples, {plan.steps} steps; world {par.world_size} = dp {lay.dp} x "
                 f"sp {lay.sp}, grad_accum {lay.grad_accum}, rope {model.config.rope_parameters}")
+    end, source = deadline.job_end()
+    clock = deadline.Deadline(end, cfg.deadline_safety, folder / "timing.json" if par.is_main else None, source)
+    dist.print0(f"[{stage.name}] {clock.describe()}")
+    dims = dims_of_model(model)
     autocast = getattr(model, "autocast_dtype", None)
+    step_times: list[float] = []
     for step in range(start, plan.steps):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, plan.steps, stage.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
         t0 = time.perf_counter()
         row = _train_step(model, optimizer, params, data, plan.indices(step, par.dp_rank), par, cfg.grad_clip, autocast)
-        row.update(stage=stage.name, step=step + 1, lr=optimizer.param_groups[0]["lr"],
-                   step_s=time.perf_counter() - t0, peak_mem_gb=peak_memory_gb(par.device))
-        row["tokens_per_s"] = row["tokens"] / row["step_s"]
-        log.write(row)
-        if (step + 1) % cfg.log_every == 0 or step + 1 == plan.steps:
-            dist.print0(f"[{stage.name}] step {step + 1}/{plan.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
-                        f"{row['tokens_per_s']:.0f} tok/s peak {row['peak_mem_gb']:.2f} GB")
+        step_s = time.perf_counter() - t0
+        clock.record_step(step_s)
         done = step + 1 == plan.steps
-        stop = not done and stop_requested(par)
+        # one MAX all-reduce per step: the peak memory of the fullest rank, and rank 0's stop decisions
+        out_of_time = "" if done or not par.is_main else clock.check()
+        signals = dist.all_reduce(torch.tensor([peak_memory_gb(par.device), float(_stop_file_seen(par)),
+                                                float(bool(out_of_time))], dtype=torch.float64, device=par.device),
+                                  "max").tolist()
+        step_times.append(step_s)
+        flops = step_flops(dims, row["tokens"], row["answer_tokens"], row.pop("sum_sq_lengths"))
+        row.update(stage=stage.name, step=step + 1, lr=optimizer.param_groups[0]["lr"], step_s=step_s,
+                   peak_mem_gb=signals[0], tokens_per_s=row["tokens"] / step_s,
+                   mfu=mfu(flops, step_s, par.world_size, cfg.peak_flops_per_gpu),
+                   eta_s=_eta_s(step + 1, plan.steps, cfg.checkpoint_every, step_times, clock))
+        log.write(row)
+        if (step + 1) % cfg.log_every == 0 or done:
+            dist.print0(f"[{stage.name}] step {step + 1}/{plan.steps} loss {row['loss']:.4f} lr {row['lr']:.2e} "
+                        f"{row['tokens_per_s']:.0f} tok/s mfu {row['mfu']:.3g} peak {row['peak_mem_gb']:.2f} GB "
+                        f"eta {_hms(row['eta_s'])}")
+        stop = not done and (signals[1] > 0 or signals[2] > 0)
         if ((step + 1) % cfg.checkpoint_every == 0 or stop) and not done:
+            t_save = time.perf_counter()
             checkpoint.save(checkpoint.step_dir(folder, step + 1), model, optimizer,
                             {"stage": stage.name, "step": step + 1, "steps": plan.steps})
             checkpoint.prune(folder, cfg.keep_checkpoints)
+            if par.is_main:
+                clock.record_save(time.perf_counter() - t_save)
         if stop:
             log.close()
+            if signals[2] > 0:
+                _request_requeue(par)
+                raise Stopped(f"[{stage.name}] {out_of_time or 'out of time'}: checkpoint saved at step {step + 1}; "
+                              "stopping for a requeue (run again to continue)")
             raise Stopped(f"[{stage.name}] stop requested (${STOP_FILE_ENV}): checkpoint saved at step {step + 1}; "
                           "run again to continue")
         if cfg.stop_after_steps and step + 1 - start >= cfg.stop_after_steps and not done:
@@ -213,11 +273,11 @@ def _train_step(model, optimizer, params, data: SampleSet, indices: list[int], p
     if count:
         optimizer.step()   # a step without a single answer token leaves the weights alone
     optimizer.zero_grad(set_to_none=True)
-    tokens = torch.tensor([sum(len(s["input_ids"]) for s in samples) if par.sp_rank == 0 else 0],
-                          dtype=torch.float64, device=par.device)
-    totals = dist.all_reduce(torch.stack([loss_sum, tokens[0]]))
+    lengths = [len(s["input_ids"]) for s in samples] if par.sp_rank == 0 else []
+    tokens = torch.tensor([sum(lengths), sum(n * n for n in lengths)], dtype=torch.float64, device=par.device)
+    totals = dist.all_reduce(torch.cat([loss_sum.reshape(1), tokens]))
     return {"loss": float(totals[0]) / count if count else 0.0, "answer_tokens": count,
-            "tokens": int(totals[1]), "grad_norm": float(norm)}
+            "tokens": int(totals[1]), "sum_sq_lengths": float(totals[2]), "grad_norm": float(norm)}
 
 
 def _summary(stage: Stage, log_path: Path, skipped: bool = False) -> dict[str, Any]:
