@@ -31,7 +31,7 @@ def test_sbatch_chain_prepares_runs_and_merges():
                         "--time=24:00:00 --output=runs/slurm/%x-%j.out "
                         f"--wrap='{PY} -m longctx.generate.corpus_shards --params {p} --shards 64')")
     assert lines[3] == ("gen=$(sbatch --parsable --dependency=afterok:$prep --array=0-63%8 --gpus-per-node=8 "
-                        "--time=48:00:00 --export=ALL,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
+                        "--time=48:00:00 --export=ALL,SHARDS=64,MODEL=/m/Qwen2-72B-Instruct,TP=8,PORT=8001 "
                         f"slurm/generate_vllm.sbatch {p})")
     assert lines[4] == ("sbatch --dependency=afterok:$gen --job-name=longctx-merge --cpus-per-task=2 --mem=8G "
                         f"--time=2:00:00 --output=runs/slurm/%x-%j.out --wrap='{PY} -m longctx.generate --params {p} --merge'")
@@ -56,7 +56,7 @@ def dry_lines(out: str) -> dict[str, list[str] | str]:
 
 
 def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
-    got = dry_lines(run_script({"DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MAX": "63",
+    got = dry_lines(run_script({"DRY_RUN": "1", "SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MAX": "63", "SHARDS": "64",
                                 "MODEL": "/m/Qwen2-72B-Instruct", "TP": "4", "PORT": "8123",
                                 "VLLM_ARGS": "--gpu-memory-utilization 0.92",
                                 "GENERATE_ARGS": "--set max_concurrency=64"}).stdout)
@@ -66,7 +66,7 @@ def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
                             "--max-model-len", "32768", "--enable-prefix-caching",
                             "--gpu-memory-utilization", "0.92"]
     assert got["generate"] == [sys.executable, "-m", "longctx.generate", "--params", str(PAPER), "--shard", "5/64",
-                               "--set", "progress=false", "--set", "llm_base_url=http://127.0.0.1:8123/v1",
+                               "--set", "llm_base_url=http://127.0.0.1:8123/v1",
                                "--set", "llm_api_key_env=''", "--set", "llm_model=Qwen/Qwen2-72B-Instruct",
                                "--set", "max_concurrency=64"]
     # a shared server: no vLLM started, its URL used as is
@@ -76,6 +76,22 @@ def test_array_task_dry_run_serves_on_its_node_and_points_the_shard_at_it():
     with pytest.raises(subprocess.CalledProcessError) as err:
         run_script({"DRY_RUN": "1"})
     assert "set MODEL" in err.value.stderr
+
+
+@pytest.mark.parametrize("script", ["generate_vllm.sbatch", "generate.sbatch"])
+def test_a_resubmitted_array_task_keeps_the_shard_count(script):
+    """``sbatch --array=17`` resubmits one failed task: SLURM then says the array's highest index is
+    17, so the count must come from SHARDS (17/64, not 17/18); an array task without SHARDS stops
+    with the reason instead of computing another partition of the corpus."""
+    env = {**os.environ, "LONGCTX_PYTHON": "echo", "SLURM_SUBMIT_DIR": str(ROOT), "PYTHONPATH": str(ROOT / "lib"),
+           "DRY_RUN": "1", "GENERATOR_URL": "http://gpu7:9000/v1", "SERVED_NAME": "m",
+           "SLURM_ARRAY_TASK_ID": "17", "SLURM_ARRAY_TASK_MAX": "17"}
+    run = [str(ROOT / "slurm" / script), str(TINY)]
+    out = subprocess.run(["bash", *run], env={**env, "SHARDS": "64"}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "--shard 17/64" in out.stdout and "17/18" not in out.stdout
+    out = subprocess.run(["bash", *run], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "pass the shard count" in out.stderr
 
 
 @pytest.mark.slow
@@ -92,7 +108,7 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
                "--set n_global_questions=1 --set n_diverse=1 --set max_qa_attempts=1 "
                "--set max_qa_tokens=96 --set max_summary_tokens=96")
     with EmbeddedServer(n_ctx=8192, n_parallel=1, n_threads=os.cpu_count()) as server:
-        result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MAX": "1",
+        result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SHARDS": "2",
                              "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
         base_url = server.base_url
     assert "generator healthy; shard 0/2" in result.stdout

@@ -50,7 +50,7 @@ def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: 
         raise ValueError("sbatch --export splits on commas: model and generate_args cannot contain one")
     servers = servers or params.projection_servers
     path = shlex.quote(_shown(params_path))
-    exports = f"ALL,MODEL={model},TP={tp},PORT={port}" + (f",GENERATE_ARGS={generate_args}" if generate_args else "")
+    exports = f"ALL,SHARDS={shards},MODEL={model},TP={tp},PORT={port}" + (f",GENERATE_ARGS={generate_args}" if generate_args else "")
     lines = ["mkdir -p runs/slurm",
              "set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON (cluster.env.example)"]
     dependency = ""
