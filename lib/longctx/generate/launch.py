@@ -11,6 +11,9 @@ prints shell lines, run from the project root, that queue three jobs chained wit
    node and runs shard ``i/n`` against it; ``--array=0-(n-1)%servers`` keeps ``servers`` nodes busy;
 3. one CPU job: ``python -m longctx.generate --merge`` joins the shards.
 
+``--server llamacpp`` serves the project's embedded llama.cpp model (SmolLM2-135M on CPU) in each
+task instead of vLLM, the stand-in ``./dev rehearse`` submits on a cluster without GPUs.
+
 Cluster settings (partition, account, Python) come from the ignored ``slurm/cluster.env``, as for
 stage 3 (:func:`longctx.train.launch.sbatch_commands`).
 """
@@ -41,16 +44,21 @@ def _shown(path: str | Path) -> str:
 
 def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: int, model: str, tp: int = 8,
                     port: int = 8000, servers: int | None = None, time: str = "48:00:00",
-                    generate_args: str = "") -> list[str]:
+                    generate_args: str = "", server: str = "vllm") -> list[str]:
     """The lines that prepare the corpus, run ``shards`` generation tasks on ``servers`` GPU nodes
-    at once (``tp`` GPUs each, one vLLM server per node), and merge."""
+    at once (``tp`` GPUs each, one vLLM server per node), and merge. ``server="llamacpp"``: each
+    task serves the embedded llama.cpp model instead (``model``: a GGUF file, or empty for SmolLM2)."""
     if shards < 1 or tp < 1 or (servers is not None and servers < 1):
         raise ValueError(f"shards, tp and servers must be >= 1 (got {shards}, {tp}, {servers})")
+    if server not in ("vllm", "llamacpp"):
+        raise ValueError(f"server must be vllm or llamacpp, not {server!r}")
     if "," in model + generate_args:
         raise ValueError("sbatch --export splits on commas: model and generate_args cannot contain one")
     servers = servers or params.projection_servers
     path = shlex.quote(_shown(params_path))
-    exports = f"ALL,SHARDS={shards},MODEL={model},TP={tp},PORT={port}" + (f",GENERATE_ARGS={generate_args}" if generate_args else "")
+    exports = (f"ALL,SHARDS={shards}" + (",SERVER=llamacpp" if server == "llamacpp" else "")
+               + (f",MODEL={model}" if model else "") + f",TP={tp},PORT={port}"
+               + (f",GENERATE_ARGS={generate_args}" if generate_args else ""))
     lines = ["mkdir -p runs/slurm",
              "set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON (cluster.env.example)"]
     dependency = ""
@@ -77,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--servers", type=int, default=0, help="nodes at once (default: projection_servers)")
     parser.add_argument("--time", default="48:00:00", help="time limit of one array task")
     parser.add_argument("--generate-args", default="", help="more longctx.generate flags for every task")
+    parser.add_argument("--server", choices=["vllm", "llamacpp"], default="vllm",
+                        help="what each task serves: vLLM on its GPUs, or the embedded llama.cpp model on CPU "
+                             "(a rehearsal without GPUs)")
     args = parser.parse_args(argv)
     try:
         params = load_params(GenerateParams, args.params)
@@ -85,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         lines = sbatch_commands(params, resolve_path(args.params), shards=args.shards,
-                                model=args.model or params.llm_model, tp=args.tp, port=args.port,
-                                servers=args.servers or None, time=args.time, generate_args=args.generate_args)
+                                model=args.model or ("" if args.server == "llamacpp" else params.llm_model), tp=args.tp, port=args.port,
+                                servers=args.servers or None, time=args.time, generate_args=args.generate_args,
+                                server=args.server)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
