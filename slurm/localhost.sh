@@ -9,7 +9,8 @@
 # slurmdbd.conf with a marker line and refuses to touch files without it, so it never replaces a
 # real cluster's configuration. State and logs: /var/lib/longctx-slurm/ (daemon logs in log/).
 #
-# The node is this machine under its short host name, partition "debug", and advertises
+# The node is this machine under its short host name, partition "debug" (and "held", which
+# queues jobs and never starts them), and advertises
 # $LONGCTX_SLURM_CPUS CPUs (default 64), $LONGCTX_SLURM_GPUS GPUs (default 8, no devices: a
 # count only) and $LONGCTX_SLURM_MEM_MB memory (default 262144), whatever the machine has
 # (SlurmdParameters=config_overrides), so the project's job scripts are accepted with the
@@ -101,6 +102,8 @@ AccountingStorageHost=localhost
 JobCompType=jobcomp/none
 NodeName=$host CPUs=$CPUS RealMemory=$MEM Gres=gpu:$GPUS State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+# Queues and never starts: tests submit there to check what sbatch accepts without running it.
+PartitionName=held Nodes=$host MaxTime=INFINITE State=DOWN
 EOF
     # GPU "devices" for SLURM's bookkeeping: character devices equal to /dev/null (SLURM wants a
     # device file per GPU; a count alone is reported as 0 GPUs and the node is set INVAL).
@@ -153,10 +156,10 @@ start() {
     wait_for 60 MariaDB mysql -u root -e 'select 1'
     running slurmdbd || slurmdbd
     wait_for 60 slurmdbd sacctmgr -n show cluster
-    running slurmctld || slurmctld
+    if running slurmctld; then scontrol reconfigure >/dev/null; else slurmctld; fi
     running slurmd || slurmd
     wait_for 60 "slurmctld and slurmd" node_up
-    echo "SLURM 1 node up: $(sinfo -h -o '%P %D %T %c CPUs %G') (state and logs: $STATE)"
+    echo "SLURM 1 node up: $(sinfo -h -p debug -o '%P %D %T %c CPUs %G') (state and logs: $STATE)"
 }
 
 stop() {  # by the daemons' pid files: only what start started
