@@ -29,7 +29,8 @@ CROSS_STAGE = {
     ("concat.synthetic_books", "generate.walk"): "synthetic QA records follow stage 1's question plan",
     ("eval.haystack", "generate.corpus"): "RULER's essay haystack reads a corpus the way stage 1 does",
     ("eval.backends", "train.rope"): "the HF backend applies a checkpoint's RoPE settings as training wrote them",
-    ("eval.params", "train.rope"): "EvalConfig's rope override has training's type",
+    ("eval.params", "train.rope_settings"): "EvalConfig's rope override has training's type",
+    ("eval.hf_server", "train.rope"): "the CPU stand-in server applies a checkpoint's RoPE as the HF backend does",
     ("train.data", "concat.samples"): "stage 3 reads stage 2's samples (the data contract)",
 }
 COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo"]

@@ -165,6 +165,8 @@ def detect_server(base_url: str, timeout: float = 30.0) -> str:
         for name in ("vllm", "sglang", "llamacpp"):
             if name in owners:
                 return name
+        if "longctx-hf" in owners:  # longctx.eval.hf_server speaks vLLM's dialect (continue_final_message)
+            return "vllm"
     except (urllib.error.URLError, ValueError, TypeError, AttributeError, OSError):
         pass
     try:
@@ -185,15 +187,16 @@ class OpenAIBackend:
     ``stage = "benchmark/task"`` and ``doc_id = "benchmark/task/length/index"`` in
     :attr:`accounting`. With ``cache_dir`` the answers are kept in a
     :class:`~longctx.llm.ResponseCache` there, so an interrupted or repeated evaluation re-sends
-    no finished request. The key is the model *name* sent and the exact request: a different
-    checkpoint served under the same name needs another cache folder. ``server`` says how the
+    no finished request. Within the folder the key is the model name sent and the exact request;
+    the folder itself is named by the served weights' fingerprint (:func:`~longctx.eval.runner.answer_cache`),
+    so a different checkpoint served under the same name has other answers. ``server`` says how the
     answer prefix is continued (the module's table; ``auto`` asks the server).
     """
 
     def __init__(self, base_url: str, model: str, *, tokenizer: str = "server", api_key_env: str = "",
                  context_window: int = 0, template_tokens: int = -1, max_concurrency: int = 4,
                  timeout_s: float = 600.0, name: str = "", cache_dir: str | Path | None = None,
-                 server: str = "auto"):
+                 server: str = "auto", cache_writer: str = "responses"):
         if server not in SERVERS:
             raise ValueError(f"server {server!r} is not one of {list(SERVERS)}")
         self.base_url = base_url.rstrip("/")
@@ -206,6 +209,8 @@ class OpenAIBackend:
         if api_key_env and not os.environ.get(api_key_env):  # fail here, not at the first generate()
             raise LLMSetupError(f"environment variable {api_key_env} is empty or unset")
         self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_writer = cache_writer  # this process's file in cache_dir (one per shard)
+        self.model_fingerprint = ""  # digest of the served weights, set by runner.open_backend
         self.embedded_threads = 0  # set by runner.open_backend when it started the embedded server
         self.accounting = Accounting()  # every call of this backend; the runner's manifest records it
         self.tokenizer = (ServerTokenizer(self.base_url, timeout_s, model) if tokenizer == "server"
@@ -245,6 +250,7 @@ class OpenAIBackend:
                 "context_window": self.context_window, "tokenizer": self.tokenizer.name,
                 "template_tokens": self.template_tokens(),
                 "response_cache": str(self.cache_dir) if self.cache_dir else "",
+                "model_fingerprint": self.model_fingerprint,
                 **({"embedded_threads": self.embedded_threads} if self.embedded_threads else {})}
 
     def choice_logprobs(self, sample: Sample) -> list[float] | None:
@@ -255,7 +261,7 @@ class OpenAIBackend:
 
     async def _generate_all(self, samples: list[Sample]) -> list[Generation]:
         with contextlib.ExitStack() as stack:
-            cache = stack.enter_context(ResponseCache(self.cache_dir)) if self.cache_dir else None
+            cache = stack.enter_context(ResponseCache(self.cache_dir, self.cache_writer)) if self.cache_dir else None
             async with LLMClient(self.llm_config, cache=cache, accounting=self.accounting) as llm:
                 return list(await asyncio.gather(*(self._generate_one(llm, s) for s in samples)))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.config import bad, param
-from ..train.rope import RopeSettings
+from ..train.rope_settings import RopeSettings  # torch-free: the client runs from the base install
 from .backends import SERVERS
 from .fit import POLICIES
 from .infinitebench import IB_TASKS
@@ -38,6 +38,14 @@ class EvalConfig:
     embedded_threads: int = param(0, "CPU threads of the embedded llama.cpp server (0 = all cores but one, "
                                      "safe on a shared machine; the demo uses both: 2x faster prompts when "
                                      "nothing else runs)", min=0)
+    model_path: str = param("", "the served checkpoint (an export's hf/ folder, or a GGUF file): its content "
+                                "fingerprint keys the cached answers, so a retrained model served under "
+                                "the same name gets its own (slurm/evaluate.sbatch sets it)")
+    model_fingerprint: str = param("", "fingerprint of the served weights when model_path cannot be read "
+                                       "here ('' = model_path's, else what the server reports)")
+    reuse_answers_by_name: bool = param(False, "without a fingerprint, reuse cached answers by the served "
+                                               "name (a hosted API whose name pins the model); false = "
+                                               "answers are reused within the same run_id only")
     request_timeout_s: float = param(600.0, "seconds per request before it counts as failed", min=1.0)
     hf_model_path: str = param("", "checkpoint folder or hub name (hf backend); stage 3 writes its RoPE "
                                    "settings into the checkpoint's config, and they are used")

@@ -5,8 +5,12 @@ embedded llama.cpp server when no URL is given); :func:`run_suite` evaluates eve
 task, length) of the config on it, appends one row per group to ``results.csv``, writes every
 prediction with its fit (prompt tokens, truncation, skip reason) to
 ``{output_dir}/{run_id}/predictions.jsonl``, and returns the new rows as a DataFrame.
-Server answers are cached in ``{output_dir}/cache`` (openai backend): a repeated or resumed run
-re-sends no finished request, and its ``manifest.json`` counts requests, cache hits and tokens.
+Server answers are cached under ``{output_dir}/cache/{fingerprint}`` (openai backend), keyed by a
+digest of the served weights (:func:`answer_cache`), never by the served name alone: a repeated
+or resumed run on the same weights re-sends no finished request, a retrained checkpoint served
+under the same name gets its own answers, and ``manifest.json`` counts requests, cache hits and
+tokens. With ``shard="i/n"`` the run evaluates its share of the work list (:mod:`.shards`) into
+``{output_dir}/{run_id}/shards/i-of-n/``; :func:`merge_shards` joins the shards.
 A data set that cannot be loaded becomes a row with ``skipped = "skipped: not reachable (...)"``,
 logged as such; the run goes on.
 """
@@ -36,34 +40,100 @@ from .provenance import data_provenance, scoring_provenance
 from .results import append_rows, row
 from .ruler import RULER_TASKS, RulerContext, prepare_ruler
 from .sample import Sample
+from .shards import WorkItem, assign, parse_shard, work_list
 
-__all__ = ["open_backend", "run_suite", "score_sample"]
+__all__ = ["open_backend", "run_suite", "score_sample", "answer_cache", "merge_shards", "shard_dir"]
 
 log = logging.getLogger("longctx.evaluate")  # the command's name in its log lines
 
 
+def answer_cache(cfg: EvalConfig, base_url: str = "", gguf: str | Path = "") -> tuple[Path, str]:
+    """(folder of the response cache, fingerprint of the served weights) for an openai-backend run.
+
+    The fingerprint is, first found: ``model_fingerprint``; the digest of ``model_path`` (an export
+    folder, :func:`~longctx.core.fingerprint.folder_fingerprint`, or a weights file); the one the
+    server reports (``longctx_fingerprint`` in ``/v1/models``: the project's hf_server) or the
+    export folder it names as ``root`` (vLLM serving a local path); the embedded server's GGUF.
+    Without one the served name cannot be trusted, so answers are kept for this run only
+    (``{output_dir}/{run_id}/cache``, a resumed run with the same run_id still finds them) unless
+    ``reuse_answers_by_name`` opts in to keying them by the name.
+    """
+    from ..core.fingerprint import file_fingerprint, folder_fingerprint
+
+    root = resolve_path(cfg.output_dir)
+    fingerprint = cfg.model_fingerprint
+    if not fingerprint and cfg.model_path:
+        path = resolve_path(cfg.model_path)
+        if path.is_dir():
+            fingerprint = folder_fingerprint(path)
+        elif path.is_file():
+            fingerprint = file_fingerprint(path)
+        else:
+            raise FileNotFoundError(f"model_path {cfg.model_path}: no such checkpoint folder or weights file")
+    if not fingerprint and base_url:
+        fingerprint = _served_fingerprint(base_url, cfg.llm_model)
+    if not fingerprint and gguf:
+        fingerprint = file_fingerprint(gguf)
+    if fingerprint:
+        return root / "cache" / fingerprint.replace("sha256:", "")[:24], fingerprint
+    if cfg.reuse_answers_by_name:
+        log.warning("answers keyed by the served name %r only (reuse_answers_by_name): a different model "
+                    "served under that name would get these answers", cfg.llm_model)
+        return root / "cache" / "by-name", ""
+    log.warning("cannot tell which weights %s serves as %r (set model_path to the served folder, or "
+                "model_fingerprint): its answers are cached for run %s only, not reused by other runs",
+                base_url, cfg.llm_model, cfg.run_id)
+    return root / (cfg.run_id or "unnamed-run") / "cache", ""
+
+
+def _served_fingerprint(base_url: str, name: str) -> str:
+    from .backends import _get
+    from ..core.fingerprint import folder_fingerprint
+
+    try:
+        models = _get(base_url.rstrip("/") + "/models", 30).get("data", [])
+    except (OSError, ValueError, AttributeError):
+        return ""
+    for m in models:
+        if m.get("id") != name and len(models) > 1:
+            continue
+        if m.get("longctx_fingerprint"):
+            return str(m["longctx_fingerprint"])
+        root = Path(str(m.get("root") or ""))
+        if root.is_absolute() and root.is_dir() and (root / "config.json").is_file():
+            return folder_fingerprint(root)
+    return ""
+
+
 @contextlib.contextmanager
-def open_backend(cfg: EvalConfig) -> Iterator[Backend]:
+def open_backend(cfg: EvalConfig, shard: str = "") -> Iterator[Backend]:
     """The configured backend; the embedded llama.cpp server lives as long as the ``with``."""
     if cfg.backend == "hf":
         yield HFBackend(cfg.hf_model_path, name=cfg.model_name, dtype=cfg.hf_dtype, device=cfg.hf_device,
                         attn_implementation=cfg.attn_implementation, rope=cfg.rope,
                         max_position_embeddings=cfg.max_position_embeddings, context_window=cfg.context_window)
         return
+    writer = "responses" + (f"-{shard.replace('/', '-of-')}" if shard else "")  # one SQLite file per shard
     kwargs = dict(tokenizer=cfg.tokenizer or "server", api_key_env=cfg.llm_api_key_env,
                   context_window=cfg.context_window, template_tokens=cfg.template_tokens,
                   max_concurrency=cfg.max_concurrency, timeout_s=cfg.request_timeout_s, name=cfg.model_name,
-                  cache_dir=resolve_path(cfg.output_dir) / "cache")
+                  cache_writer=writer)
     if cfg.llm_base_url:
-        yield OpenAIBackend(cfg.llm_base_url, cfg.llm_model, server=cfg.llm_server, **kwargs)
+        cache_dir, fingerprint = answer_cache(cfg, cfg.llm_base_url)
+        backend = OpenAIBackend(cfg.llm_base_url, cfg.llm_model, server=cfg.llm_server, cache_dir=cache_dir,
+                                **kwargs)
+        backend.model_fingerprint = fingerprint
+        yield backend
         return
-    from ..llm.server import EmbeddedServer
+    from ..llm.server import EmbeddedServer, smollm2_gguf_path
 
     with EmbeddedServer(n_ctx=cfg.context_window or 8192, n_parallel=1,
                         n_threads=cfg.embedded_threads or None) as server:
-        backend = OpenAIBackend(server.base_url, cfg.llm_model, **kwargs,
+        cache_dir, fingerprint = answer_cache(cfg, gguf=server.model_path or smollm2_gguf_path())
+        backend = OpenAIBackend(server.base_url, cfg.llm_model, **kwargs, cache_dir=cache_dir,
                                 server="llamacpp" if cfg.llm_server == "auto" else cfg.llm_server)
         backend.embedded_threads = server.n_threads
+        backend.model_fingerprint = fingerprint
         yield backend
 
 
@@ -84,11 +154,13 @@ def score_sample(sample: Sample, prediction: str) -> tuple[float, str]:
 
 
 class _Suite:
-    def __init__(self, cfg: EvalConfig, backend: Backend, run_id: str, out_dir: Path):
+    def __init__(self, cfg: EvalConfig, backend: Backend, run_id: str, out_dir: Path, run_dir: Path,
+                 shared_results: bool):
         self.cfg, self.backend, self.run_id = cfg, backend, run_id
         self.template = backend.template_tokens()
-        self.results = out_dir / "results.csv"
-        self.predictions = out_dir / run_id / "predictions.jsonl"
+        # the table of all runs (a shard's rows join it when merged), and this run's own table
+        self.results = [run_dir / "results.csv"] + ([out_dir / "results.csv"] if shared_results else [])
+        self.predictions = run_dir / "predictions.jsonl"
         self.predictions.parent.mkdir(parents=True, exist_ok=True)
         self.cache = str(resolve_path(cfg.cache_dir)) if cfg.cache_dir else None
         self.rows: list[dict[str, Any]] = []
@@ -174,31 +246,35 @@ class _Suite:
     def _add(self, base: dict[str, Any], **values: Any) -> None:
         r = row(**base, **values)  # every column present ("" when empty), as in the CSV
         self.rows.append(r)
-        append_rows(self.results, [r])
+        for path in self.results:
+            append_rows(path, [r])
         self.progress.step()  # every group ends in exactly one row
 
 
-def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFrame:
-    """Evaluate every configured (benchmark, task, length) on ``backend``; returns the new rows."""
+def shard_dir(out_dir: Path, run_id: str, shard: str) -> Path:
+    """Where shard ``i/n`` of a run writes its rows, predictions and manifest."""
+    index, count = parse_shard(shard)
+    return Path(out_dir) / run_id / "shards" / f"{index}-of-{count}"
+
+
+def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "", shard: str = "") -> pd.DataFrame:
+    """Evaluate every configured (benchmark, task, length) on ``backend`` (only shard ``i/n``'s
+    share of them when given); returns the new rows."""
     run_id = run_id or cfg.run_id or f"{cfg.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = resolve_path(cfg.output_dir)
-    suite = _Suite(cfg, backend, run_id, out_dir)
+    run_dir = shard_dir(out_dir, run_id, shard) if shard else out_dir / run_id
+    suite = _Suite(cfg, backend, run_id, out_dir, run_dir, shared_results=not shard)
     tok = backend.tokenizer
-    (out_dir / run_id).mkdir(parents=True, exist_ok=True)
-    manifest = {"run_id": run_id, "params": _plain(cfg), "backend": backend.describe()}
-    manifest_path = out_dir / run_id / "manifest.json"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"run_id": run_id, "shard": shard or "0/1", "params": _plain(cfg), "backend": backend.describe()}
+    manifest_path = run_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
-
-    synthetic = [t for t in cfg.infinitebench_tasks if t in IB_SYNTHETIC]
-    suite.progress.add_total(
-        ("ruler" in cfg.benchmarks) * len(cfg.ruler_tasks) * len(cfg.ruler_lengths)
-        + ("infinitebench" in cfg.benchmarks) * (len(synthetic) * len(cfg.infinitebench_lengths)
-                                                 + len(cfg.infinitebench_tasks) - len(synthetic))
-        + ("longbench" in cfg.benchmarks) * len(cfg.longbench_tasks) + ("mmlu" in cfg.benchmarks))
 
     def budget(length: int, max_new: int) -> int:
         return length - suite.max_new(max_new) - suite.template
 
+    jobs: dict[WorkItem, Callable[[], None]] = {}
+    ctx = None
     if "ruler" in cfg.benchmarks:
         ctx = RulerContext(tok, cfg.haystack_corpus, suite.cache, cfg.verify_lengths,
                            str(resolve_path(cfg.squad_path)) if cfg.squad_path else "",
@@ -207,29 +283,45 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
             spec = RULER_TASKS[task]
             note = f"haystack: {cfg.haystack_corpus}" if spec.args.get("haystack") == "essay" else ""
             for length in cfg.ruler_lengths:
-                suite.group("ruler", task, length, lambda t=task, L=length, s=spec: prepare_ruler(
-                    t, L, budget(L, s.tokens_to_generate), cfg.n_samples, cfg.seed, ctx), note)
+                jobs[WorkItem("ruler", task, length)] = lambda t=task, L=length, s=spec, n=note: suite.group(
+                    "ruler", t, L, lambda: prepare_ruler(t, L, budget(L, s.tokens_to_generate), cfg.n_samples,
+                                                         cfg.seed, ctx), n)
     if "infinitebench" in cfg.benchmarks:
         for task in cfg.infinitebench_tasks:
             if task in IB_SYNTHETIC:
                 for length in cfg.infinitebench_lengths:
-                    suite.group("infinitebench", task, length, lambda t=task, L=length: prepare_infinitebench_synthetic(
-                        t, L, lambda m, L=L: budget(L, m), cfg.n_samples, cfg.seed, tok, suite.cache,
-                        cfg.verify_lengths))
+                    jobs[WorkItem("infinitebench", task, length)] = lambda t=task, L=length: suite.group(
+                        "infinitebench", t, L, lambda: prepare_infinitebench_synthetic(
+                            t, L, lambda m: budget(L, m), cfg.n_samples, cfg.seed, tok, suite.cache,
+                            cfg.verify_lengths))
             else:
                 local = cfg.infinitebench_files.get(task, "")
-                suite.group("infinitebench", task, 0, lambda t=task, p=local: load_infinitebench_hub(
-                    t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.seed))
+                jobs[WorkItem("infinitebench", task, 0)] = lambda t=task, p=local: suite.group(
+                    "infinitebench", t, 0, lambda: load_infinitebench_hub(
+                        t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.seed))
     if "longbench" in cfg.benchmarks:
         for task in cfg.longbench_tasks:
             local = cfg.longbench_files.get(task, "")
-            suite.group("longbench", task, 0, lambda t=task, p=local: load_longbench(
-                t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.longbench_hub_id, cfg.seed))
+            jobs[WorkItem("longbench", task, 0)] = lambda t=task, p=local: suite.group(
+                "longbench", t, 0, lambda: load_longbench(
+                    t, cfg.hub_max_rows, str(resolve_path(p)) if p else "", cfg.longbench_hub_id, cfg.seed))
     if "mmlu" in cfg.benchmarks:
-        suite.group("mmlu", "mmlu", 0, lambda: load_mmlu(
+        jobs[WorkItem("mmlu", "mmlu", 0)] = lambda: suite.group("mmlu", "mmlu", 0, lambda: load_mmlu(
             cfg.mmlu_shots, cfg.mmlu_max_questions,
             str(resolve_path(cfg.mmlu_dev_path)) if cfg.mmlu_dev_path else "",
             str(resolve_path(cfg.mmlu_test_path)) if cfg.mmlu_test_path else ""))
+    items = work_list(cfg)
+    assert list(jobs) == items, "runner and shards.work_list disagree on the work list"
+    if shard:
+        index, count = parse_shard(shard)
+        mine = [item for item, s in zip(items, assign(items, count, cfg)) if s == index]
+        log.info("shard %s: %d of %d groups (%s)", shard, len(mine), len(items),
+                 ", ".join(i.label for i in mine) or "none")
+    else:
+        mine = items
+    suite.progress.add_total(len(mine))
+    for item in mine:
+        jobs[item]()
     accounting = getattr(backend, "accounting", None)  # server backends count their requests
     if accounting is not None:
         # since the backend opened: one backend per run in evaluate.py and notebook 04
@@ -238,6 +330,52 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "") -> pd.DataFra
         manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     suite.progress.close()
     return pd.DataFrame(suite.rows)
+
+
+def merge_shards(cfg: EvalConfig, run_id: str) -> pd.DataFrame:
+    """Join the shards of ``run_id`` into ``{output_dir}/{run_id}/results.csv`` and
+    ``predictions.jsonl``, and append their rows to ``{output_dir}/results.csv``; returns the rows.
+
+    Every shard ``0..n-1`` must be there with its rows (a missing or failed shard is an error
+    naming it, so a partial sweep is never merged as complete); merging twice is refused."""
+    import csv
+
+    out_dir = resolve_path(cfg.output_dir)
+    shards_root = out_dir / run_id / "shards"
+    found = sorted(shards_root.glob("*-of-*")) if shards_root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"{shards_root}: no shard of run {run_id!r} to merge")
+    counts = {int(p.name.split("-of-")[1]) for p in found}
+    if len(counts) != 1:
+        raise ValueError(f"{shards_root}: shards of different splits {sorted(p.name for p in found)}")
+    count = counts.pop()
+    items = work_list(cfg)
+    busy = set(assign(items, count, cfg))  # a shard given no group writes no rows
+    missing = [f"{i}-of-{count}" for i in sorted(busy)
+               if not (shards_root / f"{i}-of-{count}" / "results.csv").is_file()]
+    if missing:
+        raise FileNotFoundError(f"run {run_id!r}: shard(s) {missing} have no results.csv under {shards_root} "
+                                "(failed or not run yet); rerun them before merging")
+    merged = out_dir / run_id / "results.csv"
+    if merged.is_file():
+        raise FileExistsError(f"{merged} exists: run {run_id!r} was merged already")
+    records: list[dict[str, Any]] = []
+    for i in range(count):
+        part = shards_root / f"{i}-of-{count}" / "results.csv"
+        if part.is_file():
+            with part.open(newline="", encoding="utf-8") as handle:
+                records += list(csv.DictReader(handle))
+    order = {item.label: k for k, item in enumerate(items)}
+    records.sort(key=lambda r: order.get(WorkItem(r["benchmark"], r["task"], int(r["context_length"] or 0)).label,
+                                         len(order)))
+    with (out_dir / run_id / "predictions.jsonl").open("w", encoding="utf-8") as handle:
+        for i in range(count):
+            part = shards_root / f"{i}-of-{count}" / "predictions.jsonl"
+            if part.is_file():
+                handle.write(part.read_text(encoding="utf-8"))
+    append_rows(out_dir / "results.csv", records)
+    append_rows(merged, records)
+    return pd.DataFrame(records)
 
 
 def _plain(cfg: EvalConfig) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Layout under ``{output_dir}/{stage}/``::
 
     checkpoints/step_000050/   torch.distributed.checkpoint shards + trainer_state.json
     final/                     model shards + trainer_state.json (the next stage starts here)
-    hf/                        optional save_pretrained export of the final weights (bf16)
+    hf/                        optional export of the final weights (bf16), servable as it stands:
+                               save_pretrained + tokenizer, chat template, generation config and
+                               weights fingerprint (:mod:`longctx.train.serving_files`)
 
 ``trainer_state.json`` is written by rank 0 after every rank finished writing its shards, so a
 folder without it (a job killed while saving) is ignored. ``torch.distributed.checkpoint``
@@ -125,8 +127,10 @@ def export_hf(wrapper: nn.Module, out_dir: Path, dtype: torch.dtype = torch.bflo
     stage's RoPE both as transformers 5's ``rope_parameters`` and as the ``rope_theta`` /
     ``rope_scaling`` that transformers 4.x and serving stacks built on it read (without them a
     1M export loads as ``rope_theta = 10000``), and the dtype as ``dtype`` and ``torch_dtype``.
+    Then the files that make it servable (:func:`~longctx.train.serving_files.write_serving_files`).
     """
     from .rope import legacy_rope_keys
+    from .serving_files import write_serving_files
 
     full = get_model_state_dict(wrapper, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.current().is_main:
@@ -143,5 +147,6 @@ def export_hf(wrapper: nn.Module, out_dir: Path, dtype: torch.dtype = torch.bflo
         dtype_name = str(dtype).removeprefix("torch.")
         config.update(legacy_rope_keys(lm.config.rope_parameters), dtype=dtype_name, torch_dtype=dtype_name)
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_serving_files(out_dir)  # tokenizer, chat template, generation config; fingerprint last
     dist.barrier()
     return Path(out_dir) if dist.current().is_main else None

@@ -1,0 +1,94 @@
+"""The evaluation's work list (benchmark x task x length), its split over servers, and its cost.
+
+One run evaluates every (benchmark, task, length) group of its config; a sweep at the paper's
+scale (13 RULER tasks x 9 lengths x 50 samples, up to 1M tokens each) is days on one server, so
+``slurm/evaluate.sbatch`` runs shard ``i/n`` of the list on each of ``n`` servers. Groups are
+assigned longest-processing-time first (the costliest group to the least loaded shard), by the
+projected prompt tokens of :func:`group_cost`, so that the 1M groups do not all land on one
+server; the assignment is a function of the config alone, the same in every task and in the
+launcher's projection (:mod:`longctx.eval.launch`).
+
+Hub data sets have no configured length: their cost uses :data:`HUB_ESTIMATES` (rows, mean
+prompt tokens), rough figures for the projection and the balance only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .infinitebench import IB_SYNTHETIC
+
+__all__ = ["WorkItem", "work_list", "group_cost", "assign", "parse_shard", "HUB_ESTIMATES"]
+
+# (rows, mean prompt tokens before truncation to the window): InfiniteBench's hub tasks are
+# ~100-400 rows of 100K-200K tokens; LongBench v1's data sets 200 rows of ~8K; MMLU 14,042 5-shot
+# prompts of ~600 tokens. Estimates for planning, never used for scoring.
+HUB_ESTIMATES: dict[str, tuple[int, int]] = {"infinitebench": (250, 180_000), "longbench": (200, 8_000),
+                                             "mmlu": (14_042, 600)}
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    benchmark: str
+    task: str
+    length: int          # 0 = the data set's own lengths (hub sets, MMLU)
+
+    @property
+    def label(self) -> str:
+        return f"{self.benchmark}/{self.task}@{self.length}" if self.length else f"{self.benchmark}/{self.task}"
+
+
+def work_list(cfg: Any) -> list[WorkItem]:
+    """Every group the config evaluates, in the order :func:`~longctx.eval.runner.run_suite` runs them."""
+    items: list[WorkItem] = []
+    if "ruler" in cfg.benchmarks:
+        items += [WorkItem("ruler", t, L) for t in cfg.ruler_tasks for L in cfg.ruler_lengths]
+    if "infinitebench" in cfg.benchmarks:
+        for t in cfg.infinitebench_tasks:
+            items += ([WorkItem("infinitebench", t, L) for L in cfg.infinitebench_lengths] if t in IB_SYNTHETIC
+                      else [WorkItem("infinitebench", t, 0)])
+    if "longbench" in cfg.benchmarks:
+        items += [WorkItem("longbench", t, 0) for t in cfg.longbench_tasks]
+    if "mmlu" in cfg.benchmarks:
+        items.append(WorkItem("mmlu", "mmlu", 0))
+    return items
+
+
+def group_cost(item: WorkItem, cfg: Any, window: int = 0) -> tuple[int, int]:
+    """(requests, prompt tokens) one group sends, projected; ``window`` caps a prompt (0 = no cap)."""
+    if item.length:
+        n, tokens = cfg.n_samples, item.length
+    else:
+        rows, tokens = HUB_ESTIMATES[item.benchmark]
+        n = min(rows, cfg.hub_max_rows) if cfg.hub_max_rows and item.benchmark != "mmlu" else rows
+        if item.benchmark == "mmlu" and cfg.mmlu_max_questions:
+            n = min(n, cfg.mmlu_max_questions)
+    if window:
+        tokens = min(tokens, window)
+    return n, n * tokens
+
+
+def assign(items: list[WorkItem], n_shards: int, cfg: Any) -> list[int]:
+    """The shard of each item: longest first onto the least loaded shard (ties: lowest index)."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    load = [0] * n_shards
+    shard_of = [0] * len(items)
+    order = sorted(range(len(items)), key=lambda k: (-group_cost(items[k], cfg)[1], k))
+    for k in order:
+        target = min(range(n_shards), key=lambda s: (load[s], s))
+        shard_of[k] = target
+        load[target] += group_cost(items[k], cfg)[1]
+    return shard_of
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"3/8"`` -> ``(3, 8)``, with a clear error for anything else."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be I/N (e.g. 3/8), got {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: need 0 <= I < N")
+    return index, count
