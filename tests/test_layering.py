@@ -33,7 +33,7 @@ CROSS_STAGE = {
     ("eval.hf_server", "train.rope"): "the CPU stand-in server applies a checkpoint's RoPE as the HF backend does",
     ("train.data", "concat.samples"): "stage 3 reads stage 2's samples (the data contract)",
 }
-COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo"]
+COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo", "rehearse"]
 
 
 def _module_name(path: Path) -> str:
