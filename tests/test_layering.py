@@ -31,6 +31,8 @@ CROSS_STAGE = {
     ("eval.backends", "train.rope"): "the HF backend applies a checkpoint's RoPE settings as training wrote them",
     ("eval.params", "train.rope_settings"): "EvalConfig's rope override has training's type",
     ("eval.hf_server", "train.rope"): "the CPU stand-in server applies a checkpoint's RoPE as the HF backend does",
+    ("eval.launch", "train.config"): "evaluation jobs chain after the training jobs of a stage-3 params file",
+    ("eval.launch", "train.launch"): "... whose sbatch lines come first (--after-train)",
     ("train.data", "concat.samples"): "stage 3 reads stage 2's samples (the data contract)",
 }
 COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo", "rehearse"]

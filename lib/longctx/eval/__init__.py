@@ -17,7 +17,11 @@ paper's figures. ``python -m longctx.evaluate`` and ``python -m longctx.figures`
 ``backends``           local HF model and OpenAI-compatible server behind one interface
 ``hub``                ``datasets`` loading (whole sets, or marked subsets), "skipped: not reachable"
 ``results``            the tidy results table and the paper's reported numbers
-``runner``             prepare -> fit -> generate -> score -> append rows
+``runner``             prepare -> fit -> generate -> score -> append rows; answer cache by fingerprint; merge
+``shards``             the task x length work list and its balanced split over servers
+``sample_keys``        prepared samples keyed by generator code, corpus and data file digests
+``launch``             SLURM chain per checkpoint (slurm/evaluate.sbatch), TP choice, projection
+``hf_server``          OpenAI-compatible stand-in for vLLM on CPU (transformers), SERVER=transformers
 ``params``             :class:`EvalConfig`
 ``stage``              the stage's command: parameters -> backend -> results table
 ``figures``            the paper's figures and tables from results tables

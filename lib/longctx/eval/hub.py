@@ -51,7 +51,11 @@ def _open(dataset: str, config: str | None, split: str, local_path: str | Path |
         if not path.exists():
             raise Unavailable(f"skipped: local file {path} not found")
         kind = "parquet" if path.suffix == ".parquet" else "json"
-        return datasets.load_dataset(kind, data_files=str(path), split="train")
+        try:
+            return datasets.load_dataset(kind, data_files=str(path), split="train")
+        except Exception as err:  # a malformed file: name it, not a datasets traceback mid-run
+            raise Unavailable(f"skipped: cannot read local file {path} as {dataset} rows "
+                              f"({type(err).__name__}: {str(err)[:160]})") from err
     ok, detail = hub_reachable()
     if not ok:
         raise Unavailable(f"skipped: not reachable ({dataset}: {detail})")

@@ -35,6 +35,7 @@ from .haystack import PromptFrame, count_tokens
 from .hub import load_subset
 from .infinitebench_synth import MATH_FIND_TARGETS, SYNTHETIC, make_synthetic
 from .sample import Sample, read_samples, write_samples
+from .sample_keys import generator_version
 
 __all__ = ["IB_TASKS", "IB_SYNTHETIC", "IB_HUB", "IB_NAMES", "prepare_infinitebench_synthetic",
            "load_infinitebench_hub", "score_infinitebench", "HUB_ID"]
@@ -108,7 +109,8 @@ def prepare_infinitebench_synthetic(task: str, length: int, budget_for: Any, n_s
     path = None
     if cache_dir:
         tok = re.sub(r"[^A-Za-z0-9_.-]+", "_", tokenizer.name)[-60:]
-        path = Path(cache_dir) / "infinitebench" / f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n_samples}.jsonl"
+        version = generator_version("infinitebench")  # the code that writes them (sample_keys)
+        path = Path(cache_dir) / "infinitebench" / f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n_samples}-{version}.jsonl"
         if path.is_file():
             return read_samples(path)
     template, prefix_t = TEMPLATES[task]

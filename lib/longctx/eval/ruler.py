@@ -26,7 +26,8 @@ model's tokenizer to the budget ``context_length - max_new_tokens - chat templat
 vocabulary instead of the ``wonderwords`` lists.
 
 Prepared samples are cached as JSONL under ``cache_dir`` keyed by task, length, budget,
-tokenizer, seed and sample count (:func:`prepare_ruler`).
+tokenizer, seed and sample count, and by the generator's code, the corpus text and the QA data
+file (:mod:`longctx.eval.sample_keys`; :func:`prepare_ruler`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from ..core.tokenizer import Tokenizer
 from . import ruler_qa, ruler_tasks
 from .ruler_spec import ANSWER_PREFIXES, RULER_TASKS, TEMPLATES, RulerContext, RulerTask, ruler_metric
 from .sample import Sample, read_samples, write_samples
+from .sample_keys import corpus_digest, data_digest, generator_version, samples_key
 
 # The task table and templates are defined in ruler_spec and offered here with the preparation.
 __all__ = ["RULER_TASKS", "RulerTask", "TEMPLATES", "ANSWER_PREFIXES", "prepare_ruler", "ruler_metric",
@@ -46,10 +48,20 @@ __all__ = ["RULER_TASKS", "RulerTask", "TEMPLATES", "ANSWER_PREFIXES", "prepare_
 
 
 def _cache_name(task: str, length: int, budget: int, tokenizer: Tokenizer, seed: int, n: int,
-                corpus: str) -> str:
+                corpus: str, sources: str = "") -> str:
     tok = re.sub(r"[^A-Za-z0-9_.-]+", "_", tokenizer.name)[-60:]
     src = re.sub(r"[^A-Za-z0-9_.-]+", "_", corpus)[-40:]
-    return f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n}-{src}.jsonl"
+    return f"{task}-L{length}-B{budget}-{tok}-seed{seed}-n{n}-{src}-{sources}.jsonl"
+
+
+def _sources(spec: RulerTask, ctx: RulerContext) -> str:
+    """Generator code, corpus text and (QA) data file behind a task's samples (:mod:`.sample_keys`)."""
+    parts = [generator_version("ruler"), corpus_digest(ctx.haystack_corpus)]
+    if spec.kind == "qa":
+        dataset = spec.args["dataset"]
+        local = ctx.squad_path if dataset == "squad" else ctx.hotpotqa_path
+        parts.append(data_digest(local, ruler_qa.SOURCES[dataset][0]))
+    return samples_key(*parts)
 
 
 def prepare_ruler(task: str, length: int, budget: int, n_samples: int, seed: int,
@@ -62,7 +74,7 @@ def prepare_ruler(task: str, length: int, budget: int, n_samples: int, seed: int
     path = None
     if ctx.cache_dir:
         path = Path(ctx.cache_dir) / "ruler" / _cache_name(task, length, budget, ctx.tokenizer, seed,
-                                                           n_samples, ctx.haystack_corpus)
+                                                           n_samples, ctx.haystack_corpus, _sources(spec, ctx))
         if path.is_file():
             return read_samples(path)
     make = {"niah": ruler_tasks.make_niah, "vt": ruler_tasks.make_vt, "cwe": ruler_tasks.make_cwe,

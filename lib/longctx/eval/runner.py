@@ -52,8 +52,9 @@ def answer_cache(cfg: EvalConfig, base_url: str = "", gguf: str | Path = "") -> 
 
     The fingerprint is, first found: ``model_fingerprint``; the digest of ``model_path`` (an export
     folder, :func:`~longctx.core.fingerprint.folder_fingerprint`, or a weights file); the one the
-    server reports (``longctx_fingerprint`` in ``/v1/models``: the project's hf_server) or the
-    export folder it names as ``root`` (vLLM serving a local path); the embedded server's GGUF.
+    server reports (``longctx_fingerprint`` in ``/v1/models``: the project's hf_server), the
+    export folder it names as ``root`` (vLLM serving a local path) or the GGUF file of llama.cpp's
+    ``/props``; the embedded server's GGUF.
     Without one the served name cannot be trusted, so answers are kept for this run only
     (``{output_dir}/{run_id}/cache``, a resumed run with the same run_id still finds them) unless
     ``reuse_answers_by_name`` opts in to keying them by the name.
@@ -87,22 +88,29 @@ def answer_cache(cfg: EvalConfig, base_url: str = "", gguf: str | Path = "") -> 
 
 
 def _served_fingerprint(base_url: str, name: str) -> str:
-    from .backends import _get
-    from ..core.fingerprint import folder_fingerprint
+    """The weights behind ``base_url`` when the server says where they are: ``longctx_fingerprint``
+    (hf_server), ``root`` (vLLM: the folder it serves, readable when it runs on this node) or
+    llama.cpp's ``/props`` ``model_path``; "" when it does not say."""
+    from ..core.fingerprint import file_fingerprint, folder_fingerprint
+    from .backends import _get, _server_root
 
     try:
         models = _get(base_url.rstrip("/") + "/models", 30).get("data", [])
     except (OSError, ValueError, AttributeError):
-        return ""
+        models = []
     for m in models:
         if m.get("id") != name and len(models) > 1:
             continue
         if m.get("longctx_fingerprint"):
             return str(m["longctx_fingerprint"])
         root = Path(str(m.get("root") or ""))
-        if root.is_absolute() and root.is_dir() and (root / "config.json").is_file():
+        if m.get("root") and root.is_dir() and (root / "config.json").is_file():
             return folder_fingerprint(root)
-    return ""
+    try:
+        gguf = Path(str(_get(_server_root(base_url) + "/props", 30).get("model_path") or ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return file_fingerprint(gguf) if gguf.name and gguf.is_file() else ""
 
 
 @contextlib.contextmanager
@@ -266,6 +274,8 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "", shard: str = 
     suite = _Suite(cfg, backend, run_id, out_dir, run_dir, shared_results=not shard)
     tok = backend.tokenizer
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (run_dir / "results.csv", run_dir / "predictions.jsonl"):
+        stale.unlink(missing_ok=True)  # a rerun of this run (or shard) rewrites them; its answers are cached
     manifest = {"run_id": run_id, "shard": shard or "0/1", "params": _plain(cfg), "backend": backend.describe()}
     manifest_path = run_dir / "manifest.json"
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
@@ -314,20 +324,23 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "", shard: str = 
     assert list(jobs) == items, "runner and shards.work_list disagree on the work list"
     if shard:
         index, count = parse_shard(shard)
-        mine = [item for item, s in zip(items, assign(items, count, cfg)) if s == index]
+        mine = [item for item, s in zip(items, assign(items, count, cfg, backend.context_window)) if s == index]
         log.info("shard %s: %d of %d groups (%s)", shard, len(mine), len(items),
                  ", ".join(i.label for i in mine) or "none")
     else:
         mine = items
+    manifest["groups"] = [item.label for item in mine]
+    manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     suite.progress.add_total(len(mine))
     for item in mine:
         jobs[item]()
+    manifest["finished"] = True  # what --merge checks: a shard killed half-way is not merged
     accounting = getattr(backend, "accounting", None)  # server backends count their requests
     if accounting is not None:
         # since the backend opened: one backend per run in evaluate.py and notebook 04
         llm = accounting.to_dict()
         manifest.update(llm_total=llm["llm_total"], llm_by_stage=llm["llm_by_stage"])
-        manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
+    manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     suite.progress.close()
     return pd.DataFrame(suite.rows)
 
@@ -336,8 +349,9 @@ def merge_shards(cfg: EvalConfig, run_id: str) -> pd.DataFrame:
     """Join the shards of ``run_id`` into ``{output_dir}/{run_id}/results.csv`` and
     ``predictions.jsonl``, and append their rows to ``{output_dir}/results.csv``; returns the rows.
 
-    Every shard ``0..n-1`` must be there with its rows (a missing or failed shard is an error
-    naming it, so a partial sweep is never merged as complete); merging twice is refused."""
+    Every shard ``0..n-1`` must have finished (its manifest says so): a missing, failed or killed
+    shard is an error naming it, so a partial sweep is never merged as complete; merging twice
+    is refused."""
     import csv
 
     out_dir = resolve_path(cfg.output_dir)
@@ -350,12 +364,18 @@ def merge_shards(cfg: EvalConfig, run_id: str) -> pd.DataFrame:
         raise ValueError(f"{shards_root}: shards of different splits {sorted(p.name for p in found)}")
     count = counts.pop()
     items = work_list(cfg)
-    busy = set(assign(items, count, cfg))  # a shard given no group writes no rows
-    missing = [f"{i}-of-{count}" for i in sorted(busy)
-               if not (shards_root / f"{i}-of-{count}" / "results.csv").is_file()]
-    if missing:
-        raise FileNotFoundError(f"run {run_id!r}: shard(s) {missing} have no results.csv under {shards_root} "
-                                "(failed or not run yet); rerun them before merging")
+    unfinished = []
+    for i in range(count):
+        try:
+            done = json.loads((shards_root / f"{i}-of-{count}" / "manifest.json").read_text()).get("finished")
+        except (OSError, ValueError):
+            done = False
+        if not done:
+            unfinished.append(f"{i}-of-{count}")
+    if unfinished:
+        raise FileNotFoundError(f"run {run_id!r}: shard(s) {unfinished} under {shards_root} did not finish "
+                                "(failed, killed or not run yet); rerun them (answers already given are "
+                                "cached) before merging")
     merged = out_dir / run_id / "results.csv"
     if merged.is_file():
         raise FileExistsError(f"{merged} exists: run {run_id!r} was merged already")

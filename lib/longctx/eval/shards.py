@@ -3,8 +3,10 @@
 One run evaluates every (benchmark, task, length) group of its config; a sweep at the paper's
 scale (13 RULER tasks x 9 lengths x 50 samples, up to 1M tokens each) is days on one server, so
 ``slurm/evaluate.sbatch`` runs shard ``i/n`` of the list on each of ``n`` servers. Groups are
-assigned longest-processing-time first (the costliest group to the least loaded shard), by the
-projected prompt tokens of :func:`group_cost`, so that the 1M groups do not all land on one
+assigned longest-processing-time first (the costliest group to the least loaded shard), by
+:func:`group_weight`: prompt tokens weighted by ``1 + L / ATTENTION_BALANCE`` for ``L``-token
+prompts, since attention makes a token of a long prompt dearer (for Llama-3.1-8B, attention
+FLOPs equal the linear layers' at ~32K tokens), so that the 1M groups do not all land on one
 server; the assignment is a function of the config alone, the same in every task and in the
 launcher's projection (:mod:`longctx.eval.launch`).
 
@@ -19,7 +21,9 @@ from typing import Any
 
 from .infinitebench import IB_SYNTHETIC
 
-__all__ = ["WorkItem", "work_list", "group_cost", "assign", "parse_shard", "HUB_ESTIMATES"]
+__all__ = ["WorkItem", "work_list", "group_cost", "group_weight", "assign", "parse_shard", "HUB_ESTIMATES"]
+
+ATTENTION_BALANCE = 32768  # prompt length at which attention costs as much as the rest (8B: 2*8e9 = 4*32*4096*L/2)
 
 # (rows, mean prompt tokens before truncation to the window): InfiniteBench's hub tasks are
 # ~100-400 rows of 100K-200K tokens; LongBench v1's data sets 200 rows of ~8K; MMLU 14,042 5-shot
@@ -69,17 +73,29 @@ def group_cost(item: WorkItem, cfg: Any, window: int = 0) -> tuple[int, int]:
     return n, n * tokens
 
 
-def assign(items: list[WorkItem], n_shards: int, cfg: Any) -> list[int]:
-    """The shard of each item: longest first onto the least loaded shard (ties: lowest index)."""
+def group_weight(item: WorkItem, cfg: Any, window: int = 0) -> float:
+    """The balance weight of one group: prompt tokens x (1 + mean prompt length / ATTENTION_BALANCE);
+    0 for a length beyond the server's ``window`` (the runner skips it without a request)."""
+    if window and item.length > window:
+        return 0.0
+    n, tokens = group_cost(item, cfg, window)
+    return tokens * (1 + (tokens / n if n else 0) / ATTENTION_BALANCE)
+
+
+def assign(items: list[WorkItem], n_shards: int, cfg: Any, window: int = 0) -> list[int]:
+    """The shard of each item: costliest first onto the least loaded shard (ties: lowest index),
+    for a server of ``window`` tokens (the runner's is the one the server reports, the launcher's
+    the ``MAX_MODEL_LEN`` it gives the server: the same number)."""
     if n_shards < 1:
         raise ValueError(f"n_shards must be >= 1, got {n_shards}")
-    load = [0] * n_shards
+    load = [0.0] * n_shards
     shard_of = [0] * len(items)
-    order = sorted(range(len(items)), key=lambda k: (-group_cost(items[k], cfg)[1], k))
+    weight = [group_weight(item, cfg, window) for item in items]
+    order = sorted(range(len(items)), key=lambda k: (-weight[k], k))
     for k in order:
         target = min(range(n_shards), key=lambda s: (load[s], s))
         shard_of[k] = target
-        load[target] += group_cost(items[k], cfg)[1]
+        load[target] += weight[k]
     return shard_of
 
 
