@@ -16,12 +16,13 @@ that caused it, with the job's log:
    ``--server llamacpp`` of the launcher (``SERVER=llamacpp`` of ``slurm/generate_vllm.sbatch``);
 2. concatenation, as a job;
 3. two training stages chained ``afterok`` (CPU, gloo, 2 processes, Ulysses sp=2). Once the
-   second has logged step 20 of 120 it gets SLURM's time-limit warning, USR1 to its batch shell
+   second has logged step 10 of 40 it gets SLURM's time-limit warning, USR1 to its batch shell
    (``scancel --batch --signal=USR1``: what ``--signal=B:USR1@1800`` makes SLURM send; sent on
    progress rather than on the clock so it lands mid-stage on a machine of any speed):
    checkpoint, ``scontrol requeue``, resume. Each stage exports ``hf/``;
-4. one evaluation job per checkpoint (``slurm/evaluate.sbatch``) serving the tiny export with the
-   project's CPU stand-in for vLLM (``SERVER=transformers``);
+4. per checkpoint, what ``python -m longctx.eval.launch`` prints: an array of 2 shards of
+   ``slurm/evaluate.sbatch`` serving the tiny export with the project's CPU stand-in for vLLM
+   (the switch ``SERVER=transformers``) and a merge job;
 5. figures, as a job.
 
 Then it checks that ``sacct`` reports every job COMPLETED and the second training stage
@@ -52,7 +53,7 @@ __all__ = ["main", "RUN", "Job", "sacct", "submit", "wait"]
 
 RUN = "runs/rehearse"        # relative to the project root: the jobs run from there
 LOGS = "runs/slurm"
-WARN_AT_STEP = 20            # s2 gets SLURM's time-limit warning once it has logged this step
+WARN_AT_STEP = 10            # s2 gets SLURM's time-limit warning once it has logged this step
 
 GENERATE = {
     "corpus": "austen", "max_documents": 2, "max_document_tokens": 256,
@@ -67,18 +68,21 @@ CONCATENATE = {
     "stages": [{"name": "s1", "target_tokens": 512, "n_samples": 4, "docs_per_sample": 1},
                {"name": "s2", "target_tokens": 1024, "n_samples": 4, "docs_per_sample": 2}],
     "n_diverse_per_doc": 1, "n_revisit": 1, "revisit_probability": 0.6, "seed": 0,
+    "fill_fraction": 0.5,        # documents of ~256 tokens with a few questions: whole ones fill half a sample
 }
 TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 128256}
+# slurm_time above train.sbatch's 30-minute warning margin (--signal=B:USR1@1800): a shorter limit
+# gets the warning at its start and stops after every step
 TRAIN = {
     "profile": "paper", "model": "tiny", "tiny": TINY, "output_dir": f"{RUN}/03_train",
     "stages": [
         {"name": "s1", "samples": f"{RUN}/02_concatenate", "samples_stage": "s1", "seq_len": 512,
          "rope": {"type": "default", "theta": 10000.0}, "sp": 2, "nodes": 1, "global_batch": 2, "epochs": 1,
-         "warmup_steps": 1, "slurm_time": "00:10:00"},
+         "warmup_steps": 1, "slurm_time": "01:00:00"},
         {"name": "s2", "samples": f"{RUN}/02_concatenate", "samples_stage": "s2", "seq_len": 1024,
          "rope": {"type": "default", "theta": 30000.0}, "sp": 2, "nodes": 1, "global_batch": 2, "epochs": 100,
-         "max_steps": 120, "warmup_steps": 1, "slurm_time": "00:30:00"},
+         "max_steps": 40, "warmup_steps": 1, "slurm_time": "01:00:00"},
     ],
     "lr": 0.003, "loss_chunk_tokens": 256, "checkpoint_every": 1000, "log_every": 10, "gpus_per_node": 2,
     "export_hf": True, "seed": 0,
@@ -86,7 +90,7 @@ TRAIN = {
 EVALUATE = {
     "model_name": "rehearse", "backend": "openai", "llm_base_url": "http://127.0.0.1:1/v1", "llm_model": "rehearse",
     "llm_server": "auto", "tokenizer": "llama3", "benchmarks": ["ruler"], "ruler_tasks": ["niah_single_1"],
-    "ruler_lengths": [512], "n_samples": 1, "max_new_tokens_cap": 8, "output_dir": f"{RUN}/04_evaluate",
+    "ruler_lengths": [256, 512], "n_samples": 1, "max_new_tokens_cap": 8, "output_dir": f"{RUN}/04_evaluate",
     "cache_dir": f"{RUN}/04_evaluate/samples",
 }
 FIGURES = {"results": [f"{RUN}/04_evaluate/results.csv"], "include_reported": True,
@@ -149,6 +153,11 @@ def wait(ids: list[str], what: str, timeout_s: float, during=None) -> None:
             return
         if during is not None:
             during()
+        stuck = [line for line in queued if "DependencyNeverSatisfied" in line]
+        if stuck:   # an earlier job of the chain failed: its dependants would wait forever
+            subprocess.run(["scancel", *ids], check=False)
+            print(f"    {what}: {'; '.join(stuck)}: cancelled the rest of the chain", flush=True)
+            return
         state = "; ".join(queued)
         if state != shown:
             print(f"    [{time.strftime('%H:%M:%S')}] {what}: {state}", flush=True)
@@ -361,22 +370,26 @@ def check_resume_equals_uninterrupted(run: Path, root: Path, params_path: str) -
 
 
 def evaluation_lines(root: Path, params_path: str) -> list[str]:
-    """One ``slurm/evaluate.sbatch`` job per training checkpoint, serving its ``hf/`` export with the
-    CPU stand-in for vLLM (``SERVER=transformers``), then the figures once both have finished."""
-    py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
-    lines = [f"mkdir -p {LOGS}", "set -a; source slurm/cluster.env; set +a"]
-    names = []
+    """What ``python -m longctx.eval.launch`` prints for the two checkpoints (an array of 2 shards
+    of ``slurm/evaluate.sbatch`` and a merge job each), with ``SERVER=transformers``: the CPU
+    stand-in for vLLM serving the tiny export. On this one node every job takes the whole node
+    (``SBATCH_EXCLUSIVE``), as the tasks of a cluster each hold their own node and port."""
+    cmd = [sys.executable, "-m", "longctx.eval.launch", "--params", params_path, "--shards", "2", "--tp", "1",
+           "--port", str(_free_port()), "--time", "0:30:00"]
     for stage in TRAIN["stages"]:
-        name = stage["name"]
-        exports = (f"ALL,SERVER=transformers,MODEL={RUN}/03_train/{name}/hf,RUN_ID=rehearse-{name},"
-                   f"SERVED_NAME=rehearse-{name},PORT={_free_port()},STARTUP_TIMEOUT=600")
-        lines.append(f"eval_{name}=$(sbatch --parsable --job-name=longctx-evaluate-{name} --export={exports} "
-                     f"slurm/evaluate.sbatch {params_path})")
-        names.append(f"$eval_{name}")
-    lines.append(f"sbatch --parsable --dependency=afterok:{':'.join(names)} --job-name=longctx-figures "
-                 f"--cpus-per-task=1 --mem=4G --time=0:30:00 --output={LOGS}/%x-%j.out "
-                 f"--wrap='{py} -m longctx.figures --params {RUN}/05_figures.yaml'")
+        cmd += ["--checkpoint", f"{RUN}/03_train/{stage['name']}/hf=rehearse-{stage['name']}"]
+    print("  $ " + " ".join(cmd[1:]), flush=True)
+    lines = _run(cmd, cwd=root).splitlines()
+    lines.insert(2, "export SERVER=transformers SBATCH_EXCLUSIVE=exclusive   # rehearsal: CPU stand-in server, "
+                    "one job per node")
     return lines
+
+
+def figures_lines() -> list[str]:
+    py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+    return [f"mkdir -p {LOGS}", "set -a; source slurm/cluster.env; set +a",
+            f"sbatch --parsable --job-name=longctx-figures --cpus-per-task=1 --mem=4G --time=0:30:00 "
+            f"--output={LOGS}/%x-%j.out --wrap='{py} -m longctx.figures --params {RUN}/05_figures.yaml'"]
 
 
 def check_evaluation(run: Path) -> str:
@@ -397,6 +410,9 @@ def check_evaluation(run: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longctx.rehearse", description=__doc__.split("\n")[0])
     parser.add_argument("--timeout", type=float, default=1800, help="seconds one stage's jobs may take")
+    parser.add_argument("--from", dest="first", type=int, default=1, choices=(1, 2, 3, 4),
+                        help="start at this stage, keeping the earlier stages' outputs of the last rehearsal "
+                             "(their contracts are checked again; the summary says they were not rerun)")
     args = parser.parse_args(argv)
     root = project_root()
     if shutil.which("sbatch") is None or subprocess.run(["sinfo"], capture_output=True).returncode:
@@ -404,11 +420,26 @@ def main(argv: list[str] | None = None) -> int:
               "Debian)", file=sys.stderr)
         return 2
     run = root / RUN
-    shutil.rmtree(run, ignore_errors=True)
+    if args.first == 1:
+        shutil.rmtree(run, ignore_errors=True)
+    else:
+        for stage in range(args.first, 5):
+            for name in {2: ["02_concatenate"], 3: ["03_train", "03_train_uninterrupted"],
+                         4: ["04_evaluate", "figures"]}.get(stage, []):
+                shutil.rmtree(run / name, ignore_errors=True)
     _settings(root, run)
     (root / LOGS).mkdir(parents=True, exist_ok=True)
     r = Rehearsal(root, args.timeout)
+    try:
+        return _rehearse(r, args.first, root, run)
+    except (AssertionError, RuntimeError, TimeoutError, FileNotFoundError) as err:
+        print(f"\nREHEARSAL FAILED after {time.monotonic() - r.started:.0f} s: {err}", file=sys.stderr)
+        for name, outputs, logs in r.report:
+            print(f"  passed: {name}\n      outputs: {outputs}\n      logs:    {logs}", file=sys.stderr)
+        return 1
 
+
+def _rehearse(r: Rehearsal, first: int, root: Path, run: Path) -> int:
     from .core.config import load_params
     from .generate import launch as generate_launch
     from .generate.params import GenerateParams
@@ -417,55 +448,63 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. corpus preparation -> generation array (llama.cpp stand-in) -> merge
     gen_path = r.write("01_generate_qa.yaml", GENERATE)
-    lines = generate_launch.sbatch_commands(load_params(GenerateParams, root / gen_path), root / gen_path, shards=2,
-                                            model="", tp=1, servers=1, time="00:30:00", server="llamacpp")
-    r.stage("1 generate (prepare -> array of 2 -> merge)", lines, f"{RUN}/corpus_shards, {RUN}/01_generate_qa")
+    if first > 1:
+        print(f"stages 1-{first - 1}: outputs of the last rehearsal, not rerun", flush=True)
+        r.report.append((f"stages 1-{first - 1}", "NOT RERUN: kept from the last rehearsal (--from)", ""))
+    if first <= 1:
+        lines = generate_launch.sbatch_commands(load_params(GenerateParams, root / gen_path), root / gen_path,
+                                                shards=2, model="", tp=1, port=_free_port(), servers=1, time="00:30:00",
+                                                server="llamacpp")
+        r.stage("1 generate (prepare -> array of 2 -> merge)", lines, f"{RUN}/corpus_shards, {RUN}/01_generate_qa")
     print("  contract:", check_generation(run), flush=True)
 
     # 2. concatenation (no launcher: one job)
-    cat_path = r.write("02_concatenate.yaml", CONCATENATE)
-    py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
-    lines = [f"mkdir -p {LOGS}", "set -a; source slurm/cluster.env; set +a",
-             f"sbatch --parsable --job-name=longctx-concatenate --cpus-per-task=2 --mem=8G --time=1:00:00 "
-             f"--output={LOGS}/%x-%j.out --wrap='{py} -m longctx.concatenate --params {cat_path}'"]
-    r.stage("2 concatenate", lines, f"{RUN}/02_concatenate")
+    if first <= 2:
+        cat_path = r.write("02_concatenate.yaml", CONCATENATE)
+        py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+        lines = [f"mkdir -p {LOGS}", "set -a; source slurm/cluster.env; set +a",
+                 f"sbatch --parsable --job-name=longctx-concatenate --cpus-per-task=2 --mem=8G --time=1:00:00 "
+                 f"--output={LOGS}/%x-%j.out --wrap='{py} -m longctx.concatenate --params {cat_path}'"]
+        r.stage("2 concatenate", lines, f"{RUN}/02_concatenate")
     print("  contract:", check_concatenation(run), flush=True)
 
     # 3. two training stages chained afterok; s2 meets its time limit's warning mid-stage
-    train_path = r.write("03_train.yaml", TRAIN)
-    cfg = load_params(TrainConfig, root / train_path)
-    lines = train_launch.sbatch_commands(cfg, train_path)
-    warned = []
+    if first <= 3:
+        train_path = r.write("03_train.yaml", TRAIN)
+        cfg = load_params(TrainConfig, root / train_path)
+        lines = train_launch.sbatch_commands(cfg, train_path)
+        warned = []
 
-    def warn_mid_stage(ids: list[str]) -> None:
-        """SLURM's time-limit warning for s2 once it has logged step WARN_AT_STEP: USR1 to the
-        job's batch shell, as ``#SBATCH --signal=B:USR1@1800`` makes SLURM send it."""
-        log = Path(_log_of(ids[1]))
-        log = log if log.is_absolute() else root / log
-        if not warned and log.is_file() and f"] step {WARN_AT_STEP}/" in log.read_text(errors="replace"):
-            _run(["scancel", "--batch", "--signal=USR1", ids[1]])
-            warned.append(time.strftime("%H:%M:%S"))
-            print(f"    [{warned[0]}] s2 logged step {WARN_AT_STEP}: sent it the time-limit warning "
-                  f"(scancel --batch --signal=USR1 {ids[1]})", flush=True)
+        def warn_mid_stage(ids: list[str]) -> None:
+            """SLURM's time-limit warning for s2 once it has logged step WARN_AT_STEP: USR1 to the
+            job's batch shell, as ``#SBATCH --signal=B:USR1@1800`` makes SLURM send it."""
+            log = Path(_log_of(ids[1]))
+            log = log if log.is_absolute() else root / log
+            if not warned and log.is_file() and f"] step {WARN_AT_STEP}/" in log.read_text(errors="replace"):
+                _run(["scancel", "--batch", "--signal=USR1", ids[1]])
+                warned.append(time.strftime("%H:%M:%S"))
+                print(f"    [{warned[0]}] s2 logged step {WARN_AT_STEP}: sent it the time-limit warning "
+                      f"(scancel --batch --signal=USR1 {ids[1]})", flush=True)
 
-    ids = r.stage("3 train (s1 -> s2 afterok; s2 warned, checkpointed, requeued, resumed)", lines,
-                  f"{RUN}/03_train", during=warn_mid_stage)
-    runs = sacct(ids)
-    s2 = runs[ids[1]]
-    print(f"  sacct: s1 {' -> '.join(runs[ids[0]].states)}, s2 {' -> '.join(s2.states)}", flush=True)
-    assert warned, f"s2 finished before it logged step {WARN_AT_STEP}: the warning was never sent"
-    assert s2.states.count("REQUEUED") >= 1, f"s2 was never requeued: sacct {s2.states}"
-    s2_log = Path(_log_of(ids[1])).read_text(errors="replace") if Path(_log_of(ids[1])).is_file() else ""
-    assert "stop requested" in s2_log and "resumed from" in s2_log, \
-        f"s2's log ({_log_of(ids[1])}) shows no checkpoint-and-stop followed by a resume"
+        ids = r.stage("3 train (s1 -> s2 afterok; s2 warned, checkpointed, requeued, resumed)", lines,
+                      f"{RUN}/03_train", during=warn_mid_stage)
+        runs = sacct(ids)
+        s2 = runs[ids[1]]
+        print(f"  sacct: s1 {' -> '.join(runs[ids[0]].states)}, s2 {' -> '.join(s2.states)}", flush=True)
+        assert warned, f"s2 finished before it logged step {WARN_AT_STEP}: the warning was never sent"
+        assert s2.states.count("REQUEUED") >= 1, f"s2 was never requeued: sacct {s2.states}"
+        s2_log = Path(_log_of(ids[1])).read_text(errors="replace") if Path(_log_of(ids[1])).is_file() else ""
+        assert "stop requested" in s2_log and "resumed from" in s2_log, \
+            f"s2's log ({_log_of(ids[1])}) shows no checkpoint-and-stop followed by a resume"
+        print("  resume:", check_resume_equals_uninterrupted(run, root, train_path), flush=True)
     print("  contract:", check_training(run, root), flush=True)
-    print("  resume:", check_resume_equals_uninterrupted(run, root, train_path), flush=True)
 
     # 4. one evaluation job per checkpoint (CPU stand-in server for vLLM) -> 5. figures
     eval_path = r.write("04_evaluate.yaml", EVALUATE)
     r.write("05_figures.yaml", FIGURES)
-    r.stage("4 evaluate (one job per checkpoint) -> 5 figures", evaluation_lines(root, eval_path),
-            f"{RUN}/04_evaluate, {RUN}/figures")
+    r.stage("4 evaluate (per checkpoint: array of 2 shards -> merge)", evaluation_lines(root, eval_path),
+            f"{RUN}/04_evaluate")
+    r.stage("5 figures", figures_lines(), f"{RUN}/figures")
     print("  contract:", check_evaluation(run), flush=True)
 
     print(f"\n== rehearsal: {time.monotonic() - r.started:.0f} s")
