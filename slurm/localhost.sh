@@ -145,19 +145,21 @@ start() {
     if ! running munged; then
         mkdir -p /run/munge && chown munge:munge /run/munge
         [ -s /etc/munge/munge.key ] || { mungekey --create --force 2>/dev/null || /usr/sbin/create-munge-key -f; chown munge:munge /etc/munge/munge.key; }
-        runuser -u munge -- /usr/sbin/munged
+        runuser -u munge -- /usr/sbin/munged </dev/null >>"$STATE/log/start.out" 2>&1
     fi
     wait_for 30 munged munge -n
     if ! running mariadbd && ! running mysqld; then
         mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
-        (cd / && nohup mysqld_safe >"$STATE/log/mariadb.out" 2>&1 &)
+        # exec: no shell stays behind holding the caller's stdout (a test's pipe would never close)
+        (cd / && exec setsid mysqld_safe) >"$STATE/log/mariadb.out" 2>&1 </dev/null &
     fi
     # MariaDB's root logs in through its unix socket: slurmdbd runs as root, no password anywhere.
     wait_for 60 MariaDB mysql -u root -e 'select 1'
-    running slurmdbd || slurmdbd
+    # daemons log to $STATE/log/; their own stdout must not hold the caller's pipe open
+    running slurmdbd || slurmdbd </dev/null >>"$STATE/log/start.out" 2>&1
     wait_for 60 slurmdbd sacctmgr -n show cluster
-    if running slurmctld; then scontrol reconfigure >/dev/null; else slurmctld; fi
-    running slurmd || slurmd
+    if running slurmctld; then scontrol reconfigure >/dev/null; else slurmctld </dev/null >>"$STATE/log/start.out" 2>&1; fi
+    running slurmd || slurmd </dev/null >>"$STATE/log/start.out" 2>&1
     wait_for 60 "slurmctld and slurmd" node_up
     echo "SLURM 1 node up: $(sinfo -h -p debug -o '%P %D %T %c CPUs %G') (state and logs: $STATE)"
 }
