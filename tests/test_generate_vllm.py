@@ -194,3 +194,21 @@ def test_a_finished_shard_starts_no_server(tmp_path):
     (shard / "manifest.json").write_text("{}")
     done = run_script(env)
     assert "nothing to do: shard 2/4 has finished" in done.stdout and not (tmp_path / "started").exists()
+
+
+def test_llamacpp_stand_in_is_one_switch():
+    """``--server llamacpp`` (``SERVER=llamacpp``): the task serves the embedded llama.cpp model on
+    its port instead of vLLM; the health wait and the shard's command are those of a vLLM task."""
+    tiny = load_params(GenerateParams, TINY)
+    lines = sbatch_commands(tiny, TINY, shards=2, model="", tp=1, servers=1, server="llamacpp")
+    [gen] = [line for line in lines if line.startswith("gen=")]
+    assert "--export=ALL,SHARDS=2,SERVER=llamacpp,TP=1,PORT=8000 slurm/generate_vllm.sbatch" in gen
+    got = dry_lines(run_script({"DRY_RUN": "1", "SERVER": "llamacpp", "SLURM_ARRAY_TASK_ID": "1", "SHARDS": "2",
+                                "PORT": "8124", "LLAMACPP_ARGS": "--threads 1"}, params=TINY).stdout)
+    assert got["serve"][:8] == [sys.executable, "-m", "longctx.llm.server", "--host", "127.0.0.1", "--port", "8124",
+                                "--parent-pid"] and got["serve"][-2:] == ["--threads", "1"]
+    assert got["health"] == "http://127.0.0.1:8124/health" and got["shard"] == "1/2"
+    assert "llm_base_url=http://127.0.0.1:8124/v1" in got["generate"] and "llm_model=SmolLM2-135M-Instruct" in got["generate"]
+    with pytest.raises(subprocess.CalledProcessError) as err:
+        run_script({"DRY_RUN": "1", "SERVER": "sglang"}, params=TINY)
+    assert "use vllm or llamacpp" in err.value.stderr

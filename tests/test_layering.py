@@ -35,7 +35,7 @@ CROSS_STAGE = {
     ("eval.launch", "train.launch"): "... whose sbatch lines come first (--after-train)",
     ("train.data", "concat.samples"): "stage 3 reads stage 2's samples (the data contract)",
 }
-COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo"]
+COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo", "rehearse"]
 
 
 def _module_name(path: Path) -> str:

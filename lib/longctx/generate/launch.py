@@ -18,6 +18,9 @@ prints shell lines, run from the project root, that queue three jobs chained wit
    the limits are per server;
 3. one CPU job: ``python -m longctx.generate --merge`` joins the shards.
 
+``--server llamacpp`` serves the project's embedded llama.cpp model (SmolLM2-135M on CPU) in each
+task instead of vLLM, the stand-in ``./dev rehearse`` submits on a cluster without GPUs.
+
 Cluster settings (partition, account, Python, ``LONGCTX_RUNS``, memory and CPUs of the tasks)
 come from the ignored ``slurm/cluster.env``, as for stage 3 (:func:`longctx.train.launch.sbatch_commands`);
 ``python -m longctx.generate.status`` follows the array while it runs.
@@ -52,13 +55,17 @@ def _shown(path: str | Path) -> str:
 
 def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: int, model: str = "", tp: int = 8,
                     port: int = 8000, servers: int | None = None, time: str = "48:00:00",
-                    generate_args: str = "", api: bool = False) -> list[str]:
+                    generate_args: str = "", api: bool = False,
+                    server: str = "vllm") -> list[str]:
     """The lines that prepare the corpus, run ``shards`` generation tasks, ``servers`` at once,
     and merge. ``api``: CPU-only tasks against the params' endpoint, sharing its limits;
-    otherwise one vLLM server of ``model`` on ``tp`` GPUs per task."""
+    otherwise one vLLM server of ``model`` on ``tp`` GPUs per task; ``server="llamacpp"``: each
+    task serves the embedded llama.cpp model instead (``model``: a GGUF file, or empty for SmolLM2)."""
     servers = servers or params.projection_servers
     if shards < 1 or tp < 1 or servers < 1:
         raise ValueError(f"shards, tp and servers must be >= 1 (got {shards}, {tp}, {servers})")
+    if server not in ("vllm", "llamacpp"):
+        raise ValueError(f"server must be vllm or llamacpp, not {server!r}")
     if "," in model + generate_args:
         raise ValueError("sbatch --export splits on commas: model and generate_args cannot contain one")
     if api and not params.llm_base_url:
@@ -93,7 +100,9 @@ def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: 
         resources = '--cpus-per-task="${GENERATE_CPUS:-4}" --mem="${GENERATE_MEM:-16G}"'
         script = "slurm/generate.sbatch"
     else:
-        exports = f"ALL,SHARDS={shards},MODEL={model or params.llm_model},TP={tp},PORT={port}" + extra
+        model = model if server == "llamacpp" else (model or params.llm_model)  # llamacpp: "" = SmolLM2
+        exports = (f"ALL,SHARDS={shards}" + (",SERVER=llamacpp" if server == "llamacpp" else "")
+                   + (f",MODEL={model}" if model else "") + f",TP={tp},PORT={port}" + extra)
         resources = (f'--gpus-per-node={tp} --cpus-per-task="${{GENERATE_CPUS:-16}}" --mem="${{GENERATE_MEM:-0}}"'
                      ' ${GENERATE_EXCLUSIVE:+--exclusive}')
         script = "slurm/generate_vllm.sbatch"
@@ -120,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks (nodes, servers) at once, the array's %%N (default: projection_servers)")
     parser.add_argument("--time", default="48:00:00", help="time limit of one array task")
     parser.add_argument("--generate-args", default="", help="more longctx.generate flags for every task")
+    parser.add_argument("--server", choices=["vllm", "llamacpp"], default="vllm",
+                        help="what each task serves: vLLM on its GPUs, or the embedded llama.cpp model on CPU "
+                             "(a rehearsal without GPUs)")
     args = parser.parse_args(argv)
     try:
         params = load_params(GenerateParams, args.params)
@@ -129,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lines = sbatch_commands(params, resolve_path(args.params), shards=args.shards, model=args.model,
                                 tp=args.tp, port=args.port, servers=args.servers or None, time=args.time,
-                                generate_args=args.generate_args, api=args.api)
+                                generate_args=args.generate_args, api=args.api,
+                                server=args.server)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
