@@ -30,7 +30,8 @@ from longctx.train.log import COLUMNS, WANDB_ID_FILE, read_log
 from longctx.train.memory import dims_of
 from test_train import TINY, one_thread, tiny_config, write_samples  # noqa: F401 (one_thread: fixture)
 
-BALLAST_GIB = 1.0          # extra resident memory on rank 1 only
+BALLAST_GIB = 3.0          # extra resident memory on rank 1 only: above a rank's own peak (~1.4 GiB
+                           # resident here: torch, transformers, tensorboard), so only a max over ranks sees it
 FAR, NEAR = 1e6, 1e-3      # seconds to the fake job end: plenty, and not enough for anything
 
 
@@ -70,8 +71,9 @@ def test_step_flops_match_torch_flop_counter():
     dims = dims_from_config(model.config)
     assert dims == dims_of(cfg) and answers > 0
     sum_sq = 40**2 + 57**2
-    recomputed_head = 2 * answers * dims.vocab * dims.hidden
-    assert counter.get_total_flops() == step_flops(dims, 97, answers, 2 * sum_sq) + recomputed_head
+    # exactly the model FLOPs: the answer loss computes each chunk's logits gradient in its forward
+    # (written into one buffer), so its backward recomputes no logits
+    assert counter.get_total_flops() == step_flops(dims, 97, answers, 2 * sum_sq)
 
 
 # --------------------------------------------------------------------------- the deadline decision
