@@ -151,3 +151,15 @@ def test_base_cycles_and_missing_bases_are_errors_naming_the_file(tmp_path, file
     # the file whose base: line closes the cycle or names the missing file, then the key
     assert re.match(rf"^{tmp_path}/[ab].yaml:\d+: key 'base': ", message), message
     assert fragment in message
+
+
+def test_set_flags_parse_as_yaml_and_a_flag_without_a_value_is_an_error():
+    """Every command's --set KEY=VALUE goes through one parser: YAML values, the key stripped,
+    and 'KEY' alone refused (it used to become None in two commands)."""
+    from longctx.core.config import ParamsError, parse_overrides
+
+    assert parse_overrides(["seed=1", " name = x ", "lengths=[4096, 8192]", "url="]) == {
+        "seed": 1, "name": "x", "lengths": [4096, 8192], "url": None}
+    for bad_flag in ("seed", "=1"):
+        with pytest.raises(ParamsError, match="--set expects KEY=VALUE"):
+            parse_overrides([bad_flag])

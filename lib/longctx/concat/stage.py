@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core.config import bad, load_params, param, resolve_path, to_dict
+from ..core.config import ParamsError, bad, load_params, param, parse_overrides, resolve_path, to_dict
 from .layout import LAYOUTS, SampleLayout
 from .plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError
 from .qa_store import QAStore, read_qa_store
@@ -350,14 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one parameter (VALUE parsed as YAML), e.g. --set seed=1")
     args = parser.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ParamsError as err:
+        parser.error(str(err))
     cfg = load_params(ConcatConfig, args.params, overrides or None)
     try:
         run(cfg)

@@ -37,6 +37,7 @@ __all__ = [
     "bad",
     "from_mapping",
     "load_params",
+    "parse_overrides",
     "read_params_file",
     "from_notebook",
     "to_dict",
@@ -279,6 +280,20 @@ def load_params(cls: type[T], path: str | Path | None = None,
         data = {**data, **overrides}
         source = f"{source} + overrides" if path is not None else "<overrides>"
     return from_mapping(cls, data, source=source, lines=lines if not overrides else None)
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` flags of a command line -> ``{key: value}``, each value parsed as YAML
+    (``--set seed=1`` gives an int); the result is checked like a file by :func:`load_params`."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ParamsError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def from_notebook(cls: type[T], namespace: dict[str, Any], before: typing.Iterable[str]) -> T:

@@ -22,9 +22,7 @@ import sys
 import time
 from dataclasses import replace
 
-import yaml
-
-from ..core.config import load_params
+from ..core.config import ParamsError, load_params, parse_overrides
 from .params import EvalConfig
 from .runner import merge_shards, open_backend, run_suite
 from .shards import parse_shard
@@ -53,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", default="", metavar="RUN_ID", help="join the shards of RUN_ID into its results "
                         "table and the output folder's; sends nothing")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ParamsError as err:
+        parser.error(str(err))
     if args.quick:
         overrides.setdefault("hub_max_rows", QUICK_ROWS)
     cfg = load_params(EvalConfig, args.params, overrides or None)

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..core.config import ParamsError, load_params, resolve_path
+from ..core.config import ParamsError, load_params, parse_overrides, resolve_path
 from .corpus import Document, Skipped, iter_corpus, open_lines
 from .params import GenerateParams
 
@@ -192,8 +192,6 @@ def assigned_documents(params: GenerateParams) -> Iterator[tuple[int, Document |
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
     parser = argparse.ArgumentParser(prog="python -m longctx.generate.corpus_shards", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="YAML file of GenerateParams (stage 1)")
     parser.add_argument("--shards", type=int, required=True, help="number of shard files (the array size, or a multiple)")
@@ -201,12 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.shards < 1:
         parser.error("--shards must be >= 1")
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ParamsError as err:
+        parser.error(str(err))
     try:
         params = load_params(GenerateParams, args.params, overrides)
     except ParamsError as err:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .. import __version__
-from ..core.config import ParamsError, load_params, resolve_path, to_dict
+from ..core.config import ParamsError, load_params, parse_overrides, resolve_path, to_dict
 from ..core.progress import Progress
 from ..core.tokenizer import Tokenizer, load_tokenizer
 from ..llm.accounting import Accounting
@@ -464,12 +464,6 @@ def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
     return manifest
 
 
-def _parse_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longctx.generate", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="YAML file of GenerateParams")
@@ -480,12 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one parameter (YAML value), checked like the file")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = _parse_value(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ParamsError as err:
+        parser.error(str(err))
     if args.shard:
         try:
             index, count = (int(x) for x in args.shard.split("/"))

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core.config import ParamsError, load_params, resolve_path
+from ..core.config import ParamsError, load_params, parse_overrides, resolve_path
 from ..core.progress import Progress, format_duration
 from ..llm.accounting import Accounting
 from .corpus_shards import assigned_count
@@ -288,14 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only say whether shard I/N has finished (its manifest.json exists): exit 0 if "
                              "so, 1 if not (the vLLM array script skips starting a server for a finished shard)")
     args = parser.parse_args(argv)
-    import yaml
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ParamsError as err:
+        parser.error(str(err))
     try:
         params = load_params(GenerateParams, args.params, overrides)
     except ParamsError as err:

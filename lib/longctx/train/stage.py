@@ -41,7 +41,7 @@ from typing import Any
 
 import torch
 
-from ..core.config import load_params, resolve_path
+from ..core.config import ParamsError, load_params, parse_overrides, resolve_path
 from . import checkpoint, deadline, dist, ulysses
 from .config import Stage, TrainConfig, layout
 from .data import SampleSet, StepPlan, open_stage_samples, to_batch
@@ -287,18 +287,16 @@ def _summary(stage: Stage, log_path: Path, skipped: bool = False) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    import yaml
-
     parser = argparse.ArgumentParser(prog="python -m longctx.train", description="Stage 3: long-context fine-tuning.")
     parser.add_argument("--params", required=True, help="YAML file of TrainConfig (params/*/03_train.yaml)")
     parser.add_argument("--stage", help="train only this stage (the previous one must be finished)")
     parser.add_argument("--dry-run", action="store_true", help="validate layout and memory per GPU; no training")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.set)
+    except ParamsError as err:
+        parser.error(str(err))
     cfg = load_params(TrainConfig, args.params, overrides or None)
     if args.dry_run:
         from .launch import dry_run, format_table
