@@ -181,12 +181,6 @@ def _fitting_layout(cfg: TrainConfig, stage, dims, bytes_per: int) -> str:
     return ""
 
 
-# Stated throughput for the dry run's hours: tokens per GPU per second of 8B training at these
-# lengths (ALST reports ~1.2-3K tok/s per H100 for Llama-8B at 0.5-1M with sp; our GPU benchmark has
-# not run yet). Hours scale inversely with it.
-ASSUMED_TOKENS_PER_GPU_S = 1500.0
-
-
 def _planned_steps(stage, parquet: Path) -> int:
     """Optimizer steps of ``stage``: ``max_steps``, else epochs x samples / global batch (samples
     counted from the Parquet footer when the file exists; 0 when unknown)."""
@@ -203,7 +197,7 @@ def _planned_steps(stage, parquet: Path) -> int:
 def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
     cannot run (with the numbers), reports memory that does not fit as ``fits: False`` and names
-    a layout that does. ``steps`` and ``hours`` (at :data:`ASSUMED_TOKENS_PER_GPU_S`), and
+    a layout that does. ``steps`` and ``hours`` (steps x :func:`estimated_step_s`, the step time the USR1 margin uses), and
     ``ckpt_disk_gib``: the resumable checkpoints kept plus the final one (fp32 weights and AdamW's
     two moments, 12 bytes per parameter each). Tiled MLP and checkpoint offload are those training will choose
     (``longctx.train.memory.plan_stage``); memory is in GiB, host memory per GPU."""
@@ -235,8 +229,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         on_disk = samples.is_file() or (samples / f"{stage.samples_stage or stage.name}.parquet").is_file()
         steps = _planned_steps(stage, samples if samples.is_file() else
                                samples / f"{stage.samples_stage or stage.name}.parquet")
-        tokens_per_step = stage.global_batch * stage.seq_len
-        hours = steps * tokens_per_step / (ASSUMED_TOKENS_PER_GPU_S * world) / 3600 if steps else None
+        step_s = estimated_step_s(cfg, stage)
+        hours = steps * step_s / 3600 if steps else None
         if world == 1 and memory.gib["phase"] == "optimizer step":
             notes.append(f"one rank with fp32 weights + AdamW needs {mem['total']:.0f} GiB at the optimizer step "
                          "whatever the length (16 N + 4 N bytes): no single GPU holds an 8B model so; use several "
@@ -255,7 +249,7 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "gpu_gib": round(mem["total"], 1), "host_gib": round(mem["host"], 1), "gpu_limit_gib": cfg.gpu_memory_gb,
             "steps": steps or "?", "hours": round(hours, 1) if hours else "?",
             "ckpt_disk_gib": round(12 * dims.params * (cfg.keep_checkpoints + 1) / 2**30),
-            "step_s_est": round(estimated_step_s(cfg, stage), 1), "usr1_s": usr1_margin_s(cfg, stage),
+            "step_s_est": round(step_s, 1), "usr1_s": usr1_margin_s(cfg, stage),
             "fits": memory.fits, "samples_on_disk": on_disk, "notes": "; ".join(notes),
         })
     return rows
