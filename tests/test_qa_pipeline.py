@@ -285,3 +285,40 @@ def test_manifest_counts_rejections_by_gate_and_category(tmp_path):
     assert counts["rejected_by_gate"] == {"cut-off": 4, "duplicate": 2, "form": 2}
     assert counts["rejected_by_category"] == {"chunk": {"cut-off": 2}, "multi_hop": {"duplicate": 2, "cut-off": 2},
                                               "summary_chunk": {"form": 2}}
+
+
+def test_manifest_reports_the_walk_planned_and_kept(book, tmp_path):
+    """Each document records walk_summary of its planned walk and of the QA it kept; stage._assemble
+    averages them into the manifest's "walk" (a document file from before has none and is left out)."""
+    from longctx.generate.pipeline import walk_summary
+    from longctx.generate.stage import _assemble
+
+    sections = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    planned = [("global", None, list(range(11)), False), ("section", 1, [3, 4, 5], False),
+               ("chunk", 1, [4], False), ("chunk", 1, [4], True), ("chunk", 3, [10], False)]
+    kept = planned[:2] + planned[4:]  # the chunk-4 question and its follow-up failed
+    assert walk_summary(sections, planned) == {"sections": 0.5, "chunks": 2 / 11, "largest_gap": 4 / 5.5,
+                                               "follow_ups": 1}
+    assert walk_summary(sections, kept)["follow_ups"] == 0 and walk_summary(sections, kept)["chunks"] == 1 / 11
+    one = {"planned": walk_summary(sections, planned), "kept": walk_summary(sections, kept)}
+    other = {"planned": walk_summary(sections, planned[:2]), "kept": walk_summary(sections, planned[:2])}
+    record = {"summaries": {"fallbacks": []}, "n_tokens": 100, "hierarchical_qa": [], "diverse_qa": []}
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i, walk in enumerate([one, other, None]):
+        entry = {"id": f"d{i}", "source": "x", "status": "ok", "record": record, "rejects": [], "failed_items": []}
+        (docs / f"{i}.json").write_text(json.dumps({**entry, **({"walk": walk} if walk else {})}))
+    walk = _assemble(tmp_path, [docs])["walk"]
+    assert walk["documents"] == 2
+    # the second document asks about section 1 only: chunks 6-10 uncovered, over an even spacing of 11
+    assert walk["planned"] == {"sections": 0.375, "chunks": round(1 / 11, 4), "follow_ups": 0.5,
+                               "largest_gap": round((4 / 5.5 + 5 / 11) / 2, 4), "largest_gap_max": round(4 / 5.5, 4)}
+    assert walk["kept"]["follow_ups"] == 0 and walk["kept"]["chunks"] == round(1 / 22, 4)
+
+    # a real document: what was planned and what was kept, side by side
+    with ScriptedServer(summary_or(grounded)) as server:
+        result, chunking, _, _ = run_document(server, book, n_hierarchical=12, n_diverse=0)
+    steps = plan_hierarchical(12, 2, [s.chunk_ids for s in chunking.sections], 0.5, 2, random.Random(f"0:{book.id}"))
+    assert result.walk["planned"] == walk_summary([s.chunk_ids for s in chunking.sections],
+                                                  [(s.level, s.section_id, s.chunk_ids, s.follow_up) for s in steps])
+    assert 0 < result.walk["kept"]["sections"] and result.walk["kept"]["follow_ups"] <= result.walk["planned"]["follow_ups"]

@@ -12,9 +12,12 @@ concurrency and caches every validated response):
 Every QA passes :func:`longctx.generate.quality.qa_problem` (with the support check against the text the
 question was asked from) and, with ``judge_qa``, a judge request. Counts: each kind may spend
 ``qa_budget`` x its requested count in generations. A rejected QA is asked again with a new seed
-up to ``max_qa_attempts``; then it is replaced (a diverse question by a fresh draw, a walk step
-by a new, non-follow-up question on the same part) while the budget lasts, so the requested
-counts are met unless the budget runs out; what is missing is reported as ``shortfall``.
+up to ``max_qa_attempts``; then it is replaced (a diverse question by a fresh draw; a walk step
+that was a follow-up by a new question on the same part, else by a new question on the nearest
+chunk or section no step asks about, ``walk.alternatives``, at most ``MAX_STEP_ROUNDS`` rounds, so a
+contents page or an index costs a few generations, not the document's budget) while the budget
+lasts, so the requested counts are met unless the budget runs out; what is missing is reported
+as ``shortfall``. The follow-ups planned after a step that moved on follow it where it went.
 
 A follow-up is generated against the QA it is recorded to follow (``follows``, the record just
 before it); when the step before it failed, it is asked as a new question instead.
@@ -40,7 +43,8 @@ from .corpus import Document
 from .params import GenerateParams
 from .prompts import Prompts
 from .quality import QuestionIndex, gate_of, qa_problem, summary_problem
-from .walk import SUMMARY_TYPES, DiverseItem, HierStep, alternatives, plan_diverse, plan_hierarchical
+from .walk import (SUMMARY_TYPES, DiverseItem, HierStep, alternatives, coverage, plan_diverse,
+                   plan_hierarchical)
 
 __all__ = ["DocumentFailed", "DocumentResult", "generate_document", "QA_SCHEMA", "SUMMARY_SCHEMA"]
 
@@ -67,6 +71,7 @@ class DocumentResult:
     summary_fallbacks: list[str] = field(default_factory=list)  # summaries replaced by opening sentences
     shortfall: dict[str, int] = field(default_factory=dict)  # kind -> requested QA still missing
     qa_generations: dict[str, int] = field(default_factory=dict)  # kind -> QA generations spent
+    walk: dict[str, dict] = field(default_factory=dict)  # "planned" / "kept" -> walk_summary of the walk
 
 
 def extractive_summary(text: str, max_words: int = 80) -> str:
@@ -382,6 +387,11 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
         raise
     hierarchical_done.set_result(hierarchical)
     diverse = await diverse_task
+    sections = [s.chunk_ids for s in chunking.sections]
+    run.result.walk = {"planned": walk_summary(sections, [(s.level, s.section_id, s.chunk_ids, s.follow_up)
+                                                          for s in steps]),
+                       "kept": walk_summary(sections, [(q["level"], q["section_id"], q["chunk_ids"], q["follow_up"])
+                                                       for q in hierarchical])}
     spans = chunking.spans()
     run.result.record = {
         "id": doc.id, "source": doc.source, "title": doc.title, "text": doc.text,
@@ -390,6 +400,13 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
         "hierarchical_qa": hierarchical, "diverse_qa": diverse,
     }
     return run.result
+
+
+def walk_summary(sections: list[list[int]], asked: list[tuple]) -> dict:
+    """One document's walk (planned steps or kept QA) as (level, section_id, chunk_ids, follow_up):
+    ``walk.coverage`` and the chunk-level follow-ups; stage.py averages it into the manifest."""
+    return {**coverage(sections, [a[:3] for a in asked]),
+            "follow_ups": sum(1 for level, _, _, follow_up in asked if level == "chunk" and follow_up)}
 
 
 def expected_requests(params: GenerateParams, chunking: Chunking) -> int:
