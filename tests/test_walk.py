@@ -224,3 +224,14 @@ def test_alternatives_move_to_the_nearest_part_no_step_asks_about():
     sections_moves = alternatives(planned[1], sections, planned)
     assert [(m.section_id, m.chunk_ids) for m in sections_moves] == [(0, (0, 1, 2)), (2, (6, 7))]
     assert alternatives(planned[0], sections, planned) == []
+
+
+@pytest.mark.parametrize("sections", [[[0, 1, 2]], [[0, 1, 2], [3, 4, 5], [6, 7]], SECTIONS])
+def test_a_new_pass_opens_with_a_section_question_followed_by_a_chunk_question(sections):
+    # a second pass's section question with nothing asked below it would waste a question
+    for seed in range(200):
+        steps = plan_hierarchical(25, 2, sections, 0.5, 2, random.Random(seed))
+        assert len(steps) == 25
+        for before, step, after in zip(steps[2:], steps[3:], steps[4:]):
+            if step.level == "section" and before.section_id == step.section_id:  # a second pass
+                assert after.level == "chunk" and after.section_id == step.section_id, (seed, steps)

@@ -88,12 +88,18 @@ def _visit_shape(n_chunks: int, most: int, share: float, p: float, max_follow_up
     while len(kinds) < most:
         if kinds[-1] != "section" and chain < max_follow_ups and rng.random() < p:
             kind = "follow"
+        elif kinds[-1] == "section" and len(kinds) > 1:
+            kind = "stop"  # a second pass's section question opens it
         else:
             room = 1.0 if last else (share - len(kinds)) / cost
             if rng.random() >= room:
                 break  # move on to the next section
-            # every chunk of this pass asked: go back up for a new pass
-            kind = "stop" if stops_in_pass < n_chunks else "section"
+            if stops_in_pass < n_chunks:
+                kind = "stop"
+            elif most - len(kinds) >= 2 or last:
+                kind = "section"  # every chunk of this pass asked: go back up for a new pass
+            else:
+                break
         stops_in_pass = 0 if kind == "section" else stops_in_pass + (kind == "stop")
         chain = chain + 1 if kind == "follow" else 0
         kinds.append(kind)
