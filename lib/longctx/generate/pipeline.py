@@ -230,10 +230,10 @@ class _DocumentRun:
             # A follow-up of a failed step would be asked against an older QA than the one it is
             # recorded to follow: ask a new question on the same part instead.
             follow_up = step.follow_up and last is not None
-            moves = iter(alternatives(step, sections, steps))
+            moves = _alternatives_when_needed(step, sections, steps)
             qa, tries, rounds = None, 0, 0
             if not follow_up and (part.level, part.chunk_ids) in dead:  # known to fail: no tries wasted
-                part = self._move(step, part, moves, dead)
+                part = self._move(part, moves, dead)
                 self.result.failed_items.append({"kind": "hierarchical", "index": step.index, "level": step.level,
                                                  "replaced": True, "moved_to": self._where(part)})
             # Until accepted or out of budget (every later step keeps one generation in reserve).
@@ -250,7 +250,7 @@ class _DocumentRun:
                         moved = None
                     else:
                         dead.add((part.level, part.chunk_ids))
-                        part = moved = self._move(step, part, moves, dead)
+                        part = moved = self._move(part, moves, dead)
                     self.result.failed_items.append({
                         "kind": "hierarchical", "index": step.index, "level": step.level, "replaced": True,
                         "moved_to": None if moved is None else self._where(moved)})
@@ -280,7 +280,7 @@ class _DocumentRun:
         return {"section_id": part.section_id, "chunk_ids": list(part.chunk_ids)}
 
     @staticmethod
-    def _move(step: HierStep, part: HierStep, moves, dead: set[tuple]) -> HierStep:
+    def _move(part: HierStep, moves, dead: set[tuple]) -> HierStep:
         """The next alternative part not known to fail; a global step (or one out of
         alternatives) stays where it is, as a new question."""
         for alternative in moves:
@@ -400,6 +400,11 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
         "hierarchical_qa": hierarchical, "diverse_qa": diverse,
     }
     return run.result
+
+
+def _alternatives_when_needed(step: HierStep, sections: list[list[int]], steps: list[HierStep]):
+    """``walk.alternatives``, computed at the step's first move (most steps never move)."""
+    yield from alternatives(step, sections, steps)
 
 
 def walk_summary(sections: list[list[int]], asked: list[tuple]) -> dict:
