@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from longctx.generate.params import GenerateParams
-from longctx.generate.walk import DIVERSE_TYPES, plan_diverse, plan_hierarchical
+from longctx.generate.walk import DIVERSE_TYPES, coverage, plan_diverse, plan_hierarchical
 
 SECTIONS = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11], [12, 13]]  # 14 chunks in 5 sections
 
@@ -51,9 +51,13 @@ def test_walk_is_in_document_order_and_descends():
 
 def test_fewer_questions_than_sections_still_span_the_document():
     many = [[i] for i in range(40)]
-    steps = plan(n=10, n_global=1, sections=many)
-    visited = sorted({s.section_id for s in steps if s.level == "section"})
-    assert visited[0] == 0 and visited[-1] == 39 and len(visited) == 3
+    for seed in range(20):
+        steps = plan(n=10, n_global=1, sections=many, seed=seed)
+        visited = sorted({s.section_id for s in steps if s.level == "section"})
+        # 9 questions, 3 per visit: 3 visits, a systematic sample (one every 13.3 sections)
+        assert len(visited) == 3
+        gaps = [b - a for a, b in zip([-1] + visited, visited + [40])]
+        assert max(gaps) <= 14, visited
 
 
 def _longest_follow_up_chain(steps):
@@ -117,11 +121,53 @@ def test_long_books_spread_sections_and_chunk_positions(n_tokens, min_coverage):
         assert len(steps) == 25
         visited = {s.section_id for s in steps if s.section_id is not None}
         assert len(visited) / len(sections) >= min_coverage
-        assert 0 in visited and len(sections) - 1 in visited  # from the first section to the last
+        # from the start of the book to its end: no stretch longer than the even spacing
+        assert coverage(sections, [(s.level, s.section_id, s.chunk_ids) for s in steps])["largest_gap"] <= 1.0
         assert _longest_follow_up_chain(steps) <= 2
     # every chunk position of a section equally likely (the old walk: 68 % / 29 % / 3 %)
     for share in _position_shares(sections, walks):
         assert 0.28 <= share <= 0.39, _position_shares(sections, walks)
+
+
+def _follow_up_rate(walks, max_follow_ups=2):
+    """Of the chunk questions after which the walk goes on and may still follow up, the share
+    whose next step is a follow-up: what follow_up_probability asks for."""
+    eligible = follow_ups = 0
+    for steps in walks:
+        chain = 0
+        for step, after in zip(steps, steps[1:]):
+            chain = chain + 1 if step.follow_up else 0
+            if step.level == "chunk" and chain < max_follow_ups:
+                eligible += 1
+                follow_ups += after.follow_up
+    return follow_ups / eligible
+
+
+@pytest.mark.parametrize("n_tokens", [102_400, 184_320, 512_000, 1_048_576])
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_follow_ups_take_effect_and_the_walk_stays_spread_at_every_length(n_tokens, p):
+    # issue 19: from ~130K up the old walk spent 2 questions per visit, so a chunk question was
+    # followed by a move to the next section: 0.05 follow-ups per chance instead of 0.5
+    d = GenerateParams()
+    sections = _default_sections(n_tokens)
+    walks = [plan_hierarchical(d.n_hierarchical, d.n_global_questions, sections, p, d.questions_per_section,
+                               random.Random(seed), d.max_follow_ups) for seed in range(300)]
+    assert abs(_follow_up_rate(walks) - p) <= 0.2 * p
+    for steps in walks:
+        assert len(steps) == d.n_hierarchical
+        cover = coverage(sections, [(s.level, s.section_id, s.chunk_ids) for s in steps])
+        assert cover["largest_gap"] <= 1.5
+        # as many sections as the budget allows (2 questions a visit), follow-ups or not
+        assert cover["sections"] == min(1.0, 11 / len(sections))
+
+
+def test_coverage_by_hand():
+    sections = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]  # 11 chunks
+    asked = [("global", None, tuple(range(11))), ("section", 1, (3, 4, 5)), ("chunk", 1, (4,)),
+             ("chunk", 1, (4,)), ("chunk", 3, (10,))]
+    # sections 1 and 3 asked (even spacing 11 / 2 = 5.5 chunks); uncovered runs 0-2 and 6-9: 4 chunks
+    assert coverage(sections, asked) == {"sections": 0.5, "chunks": 2 / 11, "largest_gap": 4 / 5.5}
+    assert coverage(sections, asked[:1]) == {"sections": 0.0, "chunks": 0.0, "largest_gap": 1.0}
 
 
 def test_short_document_spreads_over_its_chunks_with_bounded_chains():
@@ -161,3 +207,31 @@ def test_single_chunk_document_gets_no_multi_hop():
     assert "multi_hop" not in {i.type for i in items}
     with pytest.raises(ValueError, match="no usable diverse question type"):
         plan_diverse(3, 1, ["multi_hop"], random.Random(0))
+
+
+def test_alternatives_move_to_the_nearest_part_no_step_asks_about():
+    from longctx.generate.walk import HierStep, alternatives
+    sections = [[0, 1, 2], [3, 4, 5], [6, 7]]
+    planned = [HierStep(0, "global", None, tuple(range(8)), False),
+               HierStep(1, "section", 1, (3, 4, 5), False), HierStep(2, "chunk", 1, (4,), False),
+               HierStep(3, "chunk", 1, (4,), True), HierStep(4, "chunk", 1, (5,), False),
+               HierStep(5, "section", 2, (6, 7), False)]
+    moves = alternatives(planned[2], sections, planned)
+    # unasked chunks nearest first, the later one first at equal distance; asked ones last
+    assert [m.chunk_ids[0] for m in moves] == [3, 6, 2, 7, 1, 0, 5]
+    assert all(m.index == 2 and m.level == "chunk" and not m.follow_up for m in moves)
+    assert [m.section_id for m in moves] == [1, 2, 0, 2, 0, 0, 1]  # the section each chunk is in
+    sections_moves = alternatives(planned[1], sections, planned)
+    assert [(m.section_id, m.chunk_ids) for m in sections_moves] == [(0, (0, 1, 2)), (2, (6, 7))]
+    assert alternatives(planned[0], sections, planned) == []
+
+
+@pytest.mark.parametrize("sections", [[[0, 1, 2]], [[0, 1, 2], [3, 4, 5], [6, 7]], SECTIONS])
+def test_a_new_pass_opens_with_a_section_question_followed_by_a_chunk_question(sections):
+    # a second pass's section question with nothing asked below it would waste a question
+    for seed in range(200):
+        steps = plan_hierarchical(25, 2, sections, 0.5, 2, random.Random(seed))
+        assert len(steps) == 25
+        for before, step, after in zip(steps[2:], steps[3:], steps[4:]):
+            if step.level == "section" and before.section_id == step.section_id:  # a second pass
+                assert after.level == "chunk" and after.section_id == step.section_id, (seed, steps)

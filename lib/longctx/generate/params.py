@@ -50,10 +50,13 @@ class GenerateParams:
     n_hierarchical: int = param(25, "hierarchical questions per document (paper: 25)", min=0)
     n_diverse: int = param(50, "diverse questions per document (paper: 50)", min=0)
     n_global_questions: int = param(2, "of the hierarchical questions, how many are about the whole document", min=0)
-    questions_per_section: int = param(2, "hierarchical questions the walk spends per section visit (fewer: more "
-                                          "sections get a question; 2 visits 11 of a 180K book's 15 sections)", min=1)
-    follow_up_probability: float = param(0.5, "chance that the next chunk question goes deeper on the same chunk "
-                                              "(exploit) rather than moving to the next chunk (explore)", min=0.0, max=1.0)
+    questions_per_section: int = param(2, "hierarchical questions the walk spends per section visit on average "
+                                          "(fewer: more sections get a question; 2 visits 11 of a 180K book's 15 "
+                                          "sections; a visit ends when the walk moves on, not after a fixed count)",
+                                       min=1)
+    follow_up_probability: float = param(0.5, "chance that the next question after a chunk question goes deeper on "
+                                              "the same chunk (exploit) rather than moving on to a new chunk or the "
+                                              "next section (explore), at every book length", min=0.0, max=1.0)
     max_follow_ups: int = param(2, "longest run of follow-up questions; the walk then moves on", min=0)
     diverse_types: list[str] = param(list(DIVERSE_TYPES), "pool of diverse question types, drawn uniformly")
     multi_hop_min_chunks: int = param(2, "fewest chunks a multi-hop question spans", min=2)

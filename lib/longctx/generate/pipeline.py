@@ -12,9 +12,12 @@ concurrency and caches every validated response):
 Every QA passes :func:`longctx.generate.quality.qa_problem` (with the support check against the text the
 question was asked from) and, with ``judge_qa``, a judge request. Counts: each kind may spend
 ``qa_budget`` x its requested count in generations. A rejected QA is asked again with a new seed
-up to ``max_qa_attempts``; then it is replaced (a diverse question by a fresh draw, a walk step
-by a new, non-follow-up question on the same part) while the budget lasts, so the requested
-counts are met unless the budget runs out; what is missing is reported as ``shortfall``.
+up to ``max_qa_attempts``; then it is replaced (a diverse question by a fresh draw; a walk step
+that was a follow-up by a new question on the same part, else by a new question on the nearest
+chunk or section no step asks about, ``walk.alternatives``, at most ``MAX_STEP_ROUNDS`` rounds, so a
+contents page or an index costs a few generations, not the document's budget) while the budget
+lasts, so the requested counts are met unless the budget runs out; what is missing is reported
+as ``shortfall``. The follow-ups planned after a step that moved on follow it where it went.
 
 A follow-up is generated against the QA it is recorded to follow (``follows``, the record just
 before it); when the step before it failed, it is asked as a new question instead.
@@ -30,7 +33,7 @@ import asyncio
 import hashlib
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from ..llm.client import LLMCallFailed, LLMClient
@@ -40,13 +43,18 @@ from .corpus import Document
 from .params import GenerateParams
 from .prompts import Prompts
 from .quality import QuestionIndex, gate_of, qa_problem, summary_problem
-from .walk import SUMMARY_TYPES, DiverseItem, HierStep, plan_diverse, plan_hierarchical
+from .walk import (SUMMARY_TYPES, DiverseItem, HierStep, alternatives, coverage, plan_diverse,
+                   plan_hierarchical)
 
 __all__ = ["DocumentFailed", "DocumentResult", "generate_document", "QA_SCHEMA", "SUMMARY_SCHEMA"]
 
 QA_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
              "required": ["question", "answer"]}
 SUMMARY_SCHEMA = {"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}
+# A walk step gets max_qa_attempts generations on its planned part, then as many on each part it
+# moves on to (a new question on the same part for a follow-up, else another chunk or section),
+# this many rounds in all: a part that can never pass costs a few generations, not the budget.
+MAX_STEP_ROUNDS = 3
 JUDGE_SCHEMA = {"type": "object", "properties": {"supported": {"type": "boolean"}}, "required": ["supported"]}
 
 
@@ -63,6 +71,7 @@ class DocumentResult:
     summary_fallbacks: list[str] = field(default_factory=list)  # summaries replaced by opening sentences
     shortfall: dict[str, int] = field(default_factory=dict)  # kind -> requested QA still missing
     qa_generations: dict[str, int] = field(default_factory=dict)  # kind -> QA generations spent
+    walk: dict[str, dict] = field(default_factory=dict)  # "planned" / "kept" -> walk_summary of the walk
 
 
 def extractive_summary(text: str, max_words: int = 80) -> str:
@@ -207,41 +216,77 @@ class _DocumentRun:
     async def hierarchical(self, steps: list[HierStep], summaries: dict) -> list[dict]:
         n, max_attempts = len(steps), self.p.max_qa_attempts
         budget, used = math.ceil(self.p.qa_budget * n), 0
+        sections = [s.chunk_ids for s in self.chunking.sections]
         accepted: list[dict] = []
         seen = QuestionIndex()
         previous = None
-        last_ok = False  # whether the step just before was accepted (a follow-up needs it)
+        last: HierStep | None = None  # the part the step just before was accepted on (None: it failed)
+        dead: set[tuple] = set()  # parts where a new question failed max_qa_attempts times
         for pos, step in enumerate(steps):
+            part = step
+            if step.follow_up and last is not None and last.chunk_ids != step.chunk_ids:
+                # the step before moved on from a part that kept failing: the chain follows it there
+                part = replace(step, section_id=last.section_id, chunk_ids=last.chunk_ids)
             # A follow-up of a failed step would be asked against an older QA than the one it is
             # recorded to follow: ask a new question on the same part instead.
-            follow_up = step.follow_up and last_ok
-            qa, tries = None, 0
-            # Until accepted or out of budget (every later step keeps one generation in reserve);
-            # after max_qa_attempts the step is replaced by a new, non-follow-up question.
+            follow_up = step.follow_up and last is not None
+            moves = _alternatives_when_needed(step, sections, steps)
+            qa, tries, rounds = None, 0, 0
+            if not follow_up and (part.level, part.chunk_ids) in dead:  # known to fail: no tries wasted
+                part = self._move(part, moves, dead)
+                self.result.failed_items.append({"kind": "hierarchical", "index": step.index, "level": step.level,
+                                                 "replaced": True, "moved_to": self._where(part)})
+            # Until accepted or out of budget (every later step keeps one generation in reserve).
+            # After max_qa_attempts a follow-up becomes a new question on the same part; a new
+            # question moves on to another chunk or section (walk.alternatives), at most
+            # MAX_STEP_ROUNDS rounds in all, as a diverse slot moves on to a fresh draw.
             while qa is None and used < budget - (n - pos - 1):
                 if tries == max_attempts:
-                    self.result.failed_items.append({"kind": "hierarchical", "index": step.index,
-                                                     "level": step.level, "replaced": True})
-                    follow_up = False
-                prompt, source = self._step_prompt(step, follow_up, summaries, previous)
-                outcome = await self._attempt("hierarchical", f"h{step.index}", tries, prompt, source, seen,
-                                              step.level)
+                    rounds += 1
+                    if rounds == MAX_STEP_ROUNDS:
+                        break
+                    if follow_up:
+                        follow_up = False
+                        moved = None
+                    else:
+                        dead.add((part.level, part.chunk_ids))
+                        part = moved = self._move(part, moves, dead)
+                    self.result.failed_items.append({
+                        "kind": "hierarchical", "index": step.index, "level": step.level, "replaced": True,
+                        "moved_to": None if moved is None else self._where(moved)})
+                    tries = 0
+                prompt, source = self._step_prompt(part, follow_up, summaries, previous)
+                outcome = await self._attempt("hierarchical", f"h{step.index}", rounds * max_attempts + tries,
+                                              prompt, source, seen, step.level)
                 used, tries = used + 1, tries + 1
                 qa = outcome if isinstance(outcome, dict) else None
-            last_ok = qa is not None
+            last = part if qa is not None else None
             if qa is None:
                 self.result.failed_items.append({"kind": "hierarchical", "index": step.index,
                                                  "level": step.level, "replaced": False})
                 continue
             seen.add(qa["question"], qa["answer"])
             previous = qa
-            accepted.append({"index": len(accepted), "level": step.level, "section_id": step.section_id,
-                             "chunk_ids": list(step.chunk_ids), "follow_up": follow_up,
+            accepted.append({"index": len(accepted), "level": step.level, "section_id": part.section_id,
+                             "chunk_ids": list(part.chunk_ids), "follow_up": follow_up,
                              "follows": len(accepted) - 1 if follow_up else None,
                              "walk_step": step.index, **qa})
         self.result.shortfall["hierarchical"] = n - len(accepted)
         self.result.qa_generations["hierarchical"] = used
         return accepted
+
+    @staticmethod
+    def _where(part: HierStep) -> dict:
+        return {"section_id": part.section_id, "chunk_ids": list(part.chunk_ids)}
+
+    @staticmethod
+    def _move(part: HierStep, moves, dead: set[tuple]) -> HierStep:
+        """The next alternative part not known to fail; a global step (or one out of
+        alternatives) stays where it is, as a new question."""
+        for alternative in moves:
+            if (alternative.level, alternative.chunk_ids) not in dead:
+                return alternative
+        return replace(part, follow_up=False)
 
     # ------------------------------------------------------------------ diverse questions
     def _diverse_prompt(self, item: DiverseItem, summaries: dict | None) -> tuple[str, str]:
@@ -317,7 +362,9 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
                               params.questions_per_section, rng, params.max_follow_ups)
     # the requested draws, then replacements: as many as the budget could ever try
     n_draws = params.n_diverse + math.ceil(params.qa_budget * params.n_diverse)
-    draws = plan_diverse(n_draws, len(chunking.chunks), params.diverse_types, rng,
+    # a seed of their own: a change of the walk (how many draws it takes) leaves the diverse draws as they are
+    draws = plan_diverse(n_draws, len(chunking.chunks), params.diverse_types,
+                         random.Random(f"{params.seed}:{doc.id}:diverse"),
                          (params.multi_hop_min_chunks, params.multi_hop_max_chunks))
     loop = asyncio.get_running_loop()
     summaries_done: asyncio.Future = loop.create_future()
@@ -340,6 +387,11 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
         raise
     hierarchical_done.set_result(hierarchical)
     diverse = await diverse_task
+    sections = [s.chunk_ids for s in chunking.sections]
+    run.result.walk = {"planned": walk_summary(sections, [(s.level, s.section_id, s.chunk_ids, s.follow_up)
+                                                          for s in steps]),
+                       "kept": walk_summary(sections, [(q["level"], q["section_id"], q["chunk_ids"], q["follow_up"])
+                                                       for q in hierarchical])}
     spans = chunking.spans()
     run.result.record = {
         "id": doc.id, "source": doc.source, "title": doc.title, "text": doc.text,
@@ -348,6 +400,18 @@ async def generate_document(llm: LLMClient, prompts: Prompts, params: GeneratePa
         "hierarchical_qa": hierarchical, "diverse_qa": diverse,
     }
     return run.result
+
+
+def _alternatives_when_needed(step: HierStep, sections: list[list[int]], steps: list[HierStep]):
+    """``walk.alternatives``, computed at the step's first move (most steps never move)."""
+    yield from alternatives(step, sections, steps)
+
+
+def walk_summary(sections: list[list[int]], asked: list[tuple]) -> dict:
+    """One document's walk (planned steps or kept QA) as (level, section_id, chunk_ids, follow_up):
+    ``walk.coverage`` and the chunk-level follow-ups; stage.py averages it into the manifest."""
+    return {**coverage(sections, [a[:3] for a in asked]),
+            "follow_ups": sum(1 for level, _, _, follow_up in asked if level == "chunk" and follow_up)}
 
 
 def expected_requests(params: GenerateParams, chunking: Chunking) -> int:

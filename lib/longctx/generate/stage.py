@@ -212,7 +212,7 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, limits: 
                 result = await generate_document(llm, prompts, params, doc, chunking, progress.step)
                 entry.update(status="ok", record=result.record, rejects=result.rejects,
                              failed_items=result.failed_items, shortfall=result.shortfall,
-                             qa_generations=result.qa_generations)
+                             qa_generations=result.qa_generations, walk=result.walk)
             except DocumentFailed as err:
                 entry.update(status="failed", reason=str(err), rejects=[])
                 documents["failed"] += 1
@@ -305,6 +305,7 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
     by_gate: Counter = Counter()
     by_category: dict[str, Counter] = {}  # question level / diverse type / summary kind -> gate -> rejects
     failed_docs, per_doc = [], []
+    walks: dict[str, list[dict]] = {"planned": [], "kept": []}  # per document (files written since issue 19)
     book_tokens = 0
     tmp_qa, tmp_rej = out / ".qa.jsonl.tmp", out / ".rejected.jsonl.tmp"
     with open(tmp_qa, "w", encoding="utf-8") as qa_out, open(tmp_rej, "w", encoding="utf-8") as rej_out:
@@ -328,6 +329,9 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
                 counts[f"shortfall_{kind}"] += entry.get("shortfall", {}).get(kind, 0)
                 counts[f"qa_generations_{kind}"] += entry.get("qa_generations", {}).get(kind, 0)
             counts["summary_fallbacks"] += len(record["summaries"].get("fallbacks", []))
+            for key in walks:
+                if key in entry.get("walk", {}):
+                    walks[key].append(entry["walk"][key])
             book_tokens += record["n_tokens"]
             by_level.update(q["level"] for q in record["hierarchical_qa"])
             by_type.update(q["type"] for q in record["diverse_qa"])
@@ -339,7 +343,21 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
                        "rejected_total": sum(reasons.values()), "rejected_by_reason": dict(reasons),
                        "rejected_by_gate": dict(by_gate),
                        "rejected_by_category": {c: dict(g) for c, g in sorted(by_category.items())}},
-            "book_tokens": book_tokens, "failed_documents": failed_docs, "per_document": per_doc}
+            "book_tokens": book_tokens, "failed_documents": failed_docs, "per_document": per_doc,
+            "walk": _walk_means(walks)}
+
+
+def _walk_means(walks: dict[str, list[dict]]) -> dict[str, Any]:
+    """The hierarchical walk over the documents, planned and kept: mean shares of sections and
+    chunks with a question, mean chunk-level follow-ups, and the mean and largest ``largest_gap``
+    (pipeline.walk_summary)."""
+    out: dict[str, Any] = {"documents": len(walks["planned"])}
+    for key, rows in walks.items():
+        if rows:
+            mean = {k: round(sum(r[k] for r in rows) / len(rows), 4)
+                    for k in ("sections", "chunks", "largest_gap", "follow_ups")}
+            out[key] = {**mean, "largest_gap_max": round(max(r["largest_gap"] for r in rows), 4)}
+    return out
 
 
 def _totals(per_doc: list[dict], book_tokens: int) -> dict[str, Any]:
@@ -407,7 +425,7 @@ def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = F
                       "limits_of_this_task": limits, "limits_shared_by": params.limits_shared_by},
         "tokenizer": params.tokenizer,
         "shard": f"{params.shard_index}/{params.shard_count}",
-        **{k: assembled[k] for k in ("counts", "book_tokens")},
+        **{k: assembled[k] for k in ("counts", "book_tokens", "walk")},
         "skipped_documents": live["skipped"], "failed_documents": assembled["failed_documents"],
         "totals": _totals(assembled["per_document"], assembled["book_tokens"]),
         "this_invocation": {"resumed_documents": live["resumed_documents"], **accounting.to_dict()},
@@ -452,7 +470,7 @@ def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         "stage": "generate", "longctx_version": __version__, "merged_shards": len(shards),
         "params": {**manifests[0]["params"], "shard_index": 0, "shard_count": 1},
         "generator": manifests[0]["generator"], "tokenizer": manifests[0]["tokenizer"],
-        **{k: assembled[k] for k in ("counts", "book_tokens")},
+        **{k: assembled[k] for k in ("counts", "book_tokens", "walk")},
         "skipped_documents": [d for m in manifests for d in m["skipped_documents"]],
         "failed_documents": assembled["failed_documents"],
         "totals": _totals(assembled["per_document"], assembled["book_tokens"]),

@@ -4,15 +4,20 @@ Hierarchical walk (our reading of the paper's Algorithm 1; the exact walk is not
 
 1. ``n_global`` questions about the whole document (global summary + section summaries); each
    one after the first is a follow-up of the one before, at most ``max_follow_ups`` in a row.
-2. The remaining budget is spread over ``min(sections, remaining // questions_per_section)``
-   *visits*: evenly spaced sections in document order (first and last always), so the questions
-   span the whole book; the budget is split evenly between visits.
-3. A visit opens with a section-level question (section + chunk summaries) and descends to
-   chunk-level questions (chunk text). Each further step *exploits* (with
-   ``follow_up_probability``: a follow-up on the chunk just asked about, at most
-   ``max_follow_ups`` in a row) or *explores* (moves on to a new chunk of the section). A visit
-   with more stops than its section has chunks goes back up: a new section question opens a
-   second pass over the chunks. No step is ever a forced follow-up.
+2. The remaining budget goes to ``min(sections, remaining // questions_per_section)`` *visits*:
+   a systematic sample of the sections with a random phase (evenly spread over the whole book,
+   in document order, every section equally likely), each visit spending the remaining budget
+   over the remaining visits *on average* (the last one spends what is left; every later visit
+   keeps one question in reserve).
+3. A visit opens with a section-level question and may descend to chunk-level questions (chunk
+   text). After a chunk question the walk *exploits* (with ``follow_up_probability``: a follow-up
+   on the chunk just asked about, at most ``max_follow_ups`` in a row) or *explores*: a new chunk
+   of the section, or on to the next section. Exploring (and descending) stays in the section with
+   probability (share left) / (expected cost of a chunk stop with its follow-ups), so the budget,
+   not a fixed number of steps per visit, ends a visit: follow-ups keep their probability at
+   every length (on long books some visits are a section question alone). A visit with more
+   stops than its section has chunks goes back up: a new section question opens a second pass.
+   No step is ever a forced follow-up.
 4. Which chunks a pass stops at: ``m`` stops among ``n`` chunks are a systematic sample with a
    random phase (stop ``i`` at ``floor((i + u) * n / m)``), so stops are distinct, in document
    order, evenly spread, and every chunk position is equally likely (a visit with one stop is
@@ -32,9 +37,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
-__all__ = ["HierStep", "DiverseItem", "plan_hierarchical", "plan_diverse", "DIVERSE_TYPES",
+__all__ = ["HierStep", "DiverseItem", "plan_hierarchical", "plan_diverse", "alternatives", "coverage", "DIVERSE_TYPES",
            "SUMMARY_TYPES"]
 
 DIVERSE_TYPES = ("temporal", "thematic", "character", "local_detail", "cause_effect", "multi_hop",
@@ -58,39 +63,52 @@ class DiverseItem:
     chunk_ids: tuple[int, ...]
 
 
-def _evenly_spaced(n_items: int, k: int) -> list[int]:
-    if k >= n_items:
-        return list(range(n_items))
-    if k == 1:
-        return [0]
-    return sorted({round(i * (n_items - 1) / (k - 1)) for i in range(k)})
-
-
 def _stops(n_chunks: int, m: int, rng: random.Random) -> list[int]:
     """``m <= n_chunks`` distinct positions, a systematic sample with a random phase."""
     u = rng.random()
     return [math.floor((i + u) * n_chunks / m) for i in range(m)]
 
 
-def _visit(chunks: Sequence[int], budget: int, p: float, max_follow_ups: int,
-           rng: random.Random) -> list[tuple[str, int | None, bool]]:
-    """One visit of ``budget`` steps as (level, chunk id or None, follow_up)."""
-    # First the shape: which steps are section questions, new chunk stops or follow-ups.
-    kinds: list[str] = ["section"]
-    chain, stops_in_pass = 0, 0
-    for _ in range(budget - 1):
-        if kinds[-1] == "section":
-            kind = "stop"
-        elif chain < max_follow_ups and rng.random() < p:
+def _stop_cost(p: float, max_follow_ups: int) -> float:
+    """Expected questions one chunk stop costs: the stop and its run of follow-ups."""
+    return sum(p ** k for k in range(max_follow_ups + 1))
+
+
+def _visit_shape(n_chunks: int, most: int, share: float, p: float, max_follow_ups: int, last: bool,
+                 rng: random.Random) -> list[str]:
+    """The kinds of one visit's steps ("section", "stop", "follow"), at most ``most`` of them.
+
+    After a chunk question the walk exploits (a follow-up, with ``p``, at most ``max_follow_ups``
+    in a row) or explores. Exploring (and descending from a section question) goes to a new chunk
+    of this section with probability ``(share - spent) / stop_cost`` (so a visit spends ``share``
+    questions on average) or leaves the section; the last visit spends whatever is left.
+    """
+    cost = _stop_cost(p, max_follow_ups)
+    kinds, chain, stops_in_pass = ["section"], 0, 0
+    while len(kinds) < most:
+        if kinds[-1] != "section" and chain < max_follow_ups and rng.random() < p:
             kind = "follow"
-        elif stops_in_pass < len(chunks):
-            kind = "stop"
+        elif kinds[-1] == "section" and len(kinds) > 1:
+            kind = "stop"  # a second pass's section question opens it
         else:
-            kind = "section"  # every chunk of this pass asked: go back up for a new pass
+            room = 1.0 if last else (share - len(kinds)) / cost
+            if rng.random() >= room:
+                break  # move on to the next section
+            if stops_in_pass < n_chunks:
+                kind = "stop"
+            elif most - len(kinds) >= 2 or last:
+                kind = "section"  # every chunk of this pass asked: go back up for a new pass
+            else:
+                break
         stops_in_pass = 0 if kind == "section" else stops_in_pass + (kind == "stop")
         chain = chain + 1 if kind == "follow" else 0
         kinds.append(kind)
-    # Then the places: each pass's stops spread over the section's chunks.
+    return kinds
+
+
+def _place(chunks: Sequence[int], kinds: list[str], rng: random.Random) -> list[tuple[str, int | None, bool]]:
+    """A visit's kinds as (level, chunk id or None, follow_up): each pass's stops spread over the
+    section's chunks."""
     out: list[tuple[str, int | None, bool]] = []
     positions: list[int] = []
     for i, kind in enumerate(kinds):
@@ -119,17 +137,76 @@ def plan_hierarchical(n_questions: int, n_global: int, sections: Sequence[Sequen
     for i in range(n_global):
         follow_up = i % (max_follow_ups + 1) != 0  # a new global question after each full chain
         steps.append(HierStep(len(steps), "global", None, all_chunks, follow_up))
-    remaining = n_questions - n_global
-    if remaining <= 0 or not sections:
+    budget = n_questions - n_global
+    if budget <= 0 or not sections:
         return steps
-    visit = _evenly_spaced(len(sections), max(1, min(len(sections), remaining // questions_per_section)))
-    budgets = [remaining // len(visit) + (1 if i < remaining % len(visit) else 0) for i in range(len(visit))]
-    for section_id, budget in zip(visit, budgets):
+    n_visits = max(1, min(len(sections), budget // questions_per_section))
+    phase = rng.random()  # a systematic sample of sections: evenly spread, each equally likely
+    visits = [math.floor((j + phase) * len(sections) / n_visits) for j in range(n_visits)]
+    for j, section_id in enumerate(visits):
+        later = n_visits - j - 1  # each later visit keeps one question in reserve
         chunks = list(sections[section_id])
-        for level, chunk, follow_up in _visit(chunks, budget, follow_up_probability, max_follow_ups, rng):
+        kinds = _visit_shape(len(chunks), budget - later, budget / (later + 1), follow_up_probability,
+                             max_follow_ups, later == 0, rng)
+        budget -= len(kinds)
+        for level, chunk, follow_up in _place(chunks, kinds, rng):
             grounding = tuple(chunks) if level == "section" else (chunk,)
             steps.append(HierStep(len(steps), level, section_id, grounding, follow_up))
     return steps
+
+
+def alternatives(step: HierStep, sections: Sequence[Sequence[int]], planned: Iterable[HierStep]) -> list[HierStep]:
+    """Where a step that keeps failing moves on to (a contents page, an index, a follow-up that
+    keeps coming back as a duplicate), best first: another chunk (for a chunk step) or section
+    (for a section step) that no step of the walk plans to ask about, nearest first (later
+    before earlier at the same distance), then the planned ones. A global step has none.
+    Each alternative is a new question (``follow_up`` false) under the same walk index.
+    """
+    if step.level == "global":
+        return []
+    planned = list(planned)
+    if step.level == "section":
+        asked = {s.section_id for s in planned if s.level == "section"}
+        order = sorted((i for i in range(len(sections)) if i != step.section_id),
+                       key=lambda i: (i in asked, abs(i - step.section_id), i < step.section_id))
+        return [HierStep(step.index, "section", i, tuple(sections[i]), False) for i in order]
+    here = step.chunk_ids[0]
+    section_of = {c: i for i, s in enumerate(sections) for c in s}
+    asked = {s.chunk_ids[0] for s in planned if s.level == "chunk"}
+    order = sorted((c for c in section_of if c != here),
+                   key=lambda c: (c in asked, abs(c - here), c < here))
+    return [HierStep(step.index, "chunk", section_of[c], (c,), False) for c in order]
+
+
+def coverage(sections: Sequence[Sequence[int]], asked: Iterable[tuple[str, int | None, Sequence[int]]]
+             ) -> dict[str, float]:
+    """How a walk's questions spread over a document: ``asked`` holds (level, section_id, chunk_ids).
+
+    ``sections`` / ``chunks``: share of sections with a section or chunk question, and of chunks
+    with a chunk question. ``largest_gap``: the longest run of chunks inside no asked section or
+    chunk (the document's start and end included), over the even spacing ``chunks / sections
+    asked``: at most 1 when the asked sections are evenly spread, whatever their number.
+    """
+    n_chunks = sum(len(s) for s in sections)
+    asked_sections: set[int] = set()
+    asked_chunks: set[int] = set()
+    covered: set[int] = set()
+    for level, section_id, chunk_ids in asked:
+        if level == "global":
+            continue
+        asked_sections.add(section_id)
+        covered.update(chunk_ids)
+        if level == "chunk":
+            asked_chunks.update(chunk_ids)
+    order = [c for s in sections for c in s]
+    gap = run = 0
+    for c in order:
+        run = 0 if c in covered else run + 1
+        gap = max(gap, run)
+    spacing = n_chunks / len(asked_sections) if asked_sections else float(n_chunks)
+    return {"sections": len(asked_sections) / len(sections) if sections else 0.0,
+            "chunks": len(asked_chunks) / n_chunks if n_chunks else 0.0,
+            "largest_gap": gap / spacing if n_chunks else 0.0}
 
 
 def plan_diverse(n_questions: int, n_chunks: int, types: Sequence[str], rng: random.Random,
