@@ -151,6 +151,11 @@ class _DocumentRun:
     def _chunk_text(self, cid: int) -> str:
         return self.chunking.chunk_text(self.doc.text, cid).strip()
 
+    def _passage(self, cid: int) -> str:
+        """The chunk as the one block (``prompts/passage.txt``) every prompt about it opens with,
+        so a server's prefix cache computes it once for all of them."""
+        return self.prompts.render("passage", title=self.doc.title, text=self._chunk_text(cid))
+
     @staticmethod
     def _numbered(texts: list[str], label: str) -> str:
         return "\n\n".join(f"{label} {i + 1}: {t}" for i, t in enumerate(texts))
@@ -165,12 +170,13 @@ class _DocumentRun:
         title = self.doc.title
         chunk_summaries = await asyncio.gather(*[
             self._summary("summary_chunk", f"chunk-{c.chunk_id}",
-                          self.prompts.render("summarize_chunk", title=title, text=self._chunk_text(c.chunk_id)),
+                          self.prompts.render("summarize_chunk", title=title, text=self._chunk_text(c.chunk_id),
+                                              passage=self._passage(c.chunk_id)),
                           self._chunk_text(c.chunk_id))
             for c in self.chunking.chunks])
         section_summaries = await asyncio.gather(*[
             self._summary("summary_section", f"section-{s.section_id}", self.prompts.render(
-                "summarize_section", title=title,
+                "summarize_section", title=title, section_number=s.section_id + 1,
                 chunk_summaries=self._numbered([chunk_summaries[c] for c in s.chunk_ids], "Passage")),
                 " ".join(chunk_summaries[c] for c in s.chunk_ids))
             for s in self.chunking.sections])
@@ -201,7 +207,8 @@ class _DocumentRun:
                     f"{summaries['sections'][step.section_id]}\n{passages}")
         text = self._chunk_text(step.chunk_ids[0])
         return (self.prompts.render("question_chunk", section_number=step.section_id + 1,
-                                    section_summary=summaries["sections"][step.section_id], text=text, **common),
+                                    section_summary=summaries["sections"][step.section_id], text=text,
+                                    passage=self._passage(step.chunk_ids[0]), **common),
                 text)
 
     async def hierarchical(self, steps: list[HierStep], summaries: dict) -> list[dict]:
@@ -252,11 +259,15 @@ class _DocumentRun:
             section_summary = summaries["sections"][section_id]
             return (self.prompts.render("question_hierarchical_aware", title=self.doc.title,
                                         global_summary=summaries["global"], section_number=section_id + 1,
-                                        section_summary=section_summary, text=texts[0]),
+                                        section_summary=section_summary, text=texts[0],
+                                        passage=self._passage(item.chunk_ids[0])),
                     f"{summaries['global']}\n{section_summary}\n{texts[0]}")
         kind = self.prompts.diverse_type(item.type)
-        text = texts[0] if len(texts) == 1 else self._numbered(texts, "Passage")
-        return (self.prompts.render("question_diverse", title=self.doc.title, text=text,
+        # each passage as its own block, in document order: a multi-hop prompt opens with the
+        # same block as every other prompt on its first chunk
+        passages = "\n\n".join(self._passage(c) for c in item.chunk_ids)
+        text = "\n\n".join(texts)
+        return (self.prompts.render("question_diverse", title=self.doc.title, text=text, passages=passages,
                                     type_name=kind["name"], type_instruction=kind["instruction"]), text)
 
     async def _diverse_attempt(self, item: DiverseItem, attempt: int, summaries: asyncio.Future) -> dict | str:
@@ -274,8 +285,15 @@ class _DocumentRun:
         seen: QuestionIndex | None = None
         while open_slots and used < budget:
             round_slots = open_slots[:budget - used]
-            outcomes = await asyncio.gather(*[self._diverse_attempt(slots[i][0], slots[i][1], summaries)
-                                              for i in round_slots])
+            # sent in document order (first chunk, then slot), so the requests on one passage
+            # reach the server together and find it in its prefix cache; outcomes are still
+            # judged in slot order below
+            send_order = sorted(range(len(round_slots)), key=lambda k: (slots[round_slots[k]][0].chunk_ids, k))
+            sent = await asyncio.gather(*[self._diverse_attempt(slots[round_slots[k]][0], slots[round_slots[k]][1],
+                                                                summaries) for k in send_order])
+            outcomes: list = [None] * len(round_slots)
+            for k, outcome in zip(send_order, sent):
+                outcomes[k] = outcome
             used += len(round_slots)
             if seen is None:  # dedup against the walk's questions, then in slot order
                 seen = QuestionIndex()

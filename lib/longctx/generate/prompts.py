@@ -17,7 +17,7 @@ import yaml
 
 __all__ = ["Prompts", "load_prompts", "TEMPLATE_NAMES"]
 
-TEMPLATE_NAMES = ("system", "summarize_chunk", "summarize_section", "summarize_global",
+TEMPLATE_NAMES = ("system", "passage", "summarize_chunk", "summarize_section", "summarize_global",
                   "question_global", "question_section", "question_chunk", "question_diverse",
                   "question_hierarchical_aware", "judge_qa")
 
