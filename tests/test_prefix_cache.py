@@ -102,3 +102,19 @@ def test_stage1_prompts_of_a_tiny_run_share_their_source_prefix(tmp_path):
     assert projected["prefill_tokens_left"] == pytest.approx(
         manifest["projection"]["prompt_tokens"] * (1 - cache["bounded_shared_share"]), rel=1e-6)
     assert projected["wall_hours"] < manifest["projection"]["wall_hours"]
+
+
+def test_judge_requests_open_with_the_block_their_question_was_asked_from(tmp_path):
+    manifest = _tiny(tmp_path, "judge", judge_qa=True)
+    # the stand-in approves every answer: nothing is lost to the judge, one verdict per QA
+    assert manifest["counts"]["shortfall_hierarchical"] == manifest["counts"]["shortfall_diverse"] == 0
+    judge = manifest["this_invocation"]["llm_by_stage"]["judge"]["calls"]
+    assert judge == manifest["counts"]["hierarchical_qa"] + manifest["counts"]["diverse_qa"]
+    # a verdict reuses the passage its question was asked from; the judge template before
+    # (its source in <source> tags first) reused none of it
+    assert manifest["prefix_cache"]["shared_share"] >= 0.6
+    old_judge = tmp_path / "old-judge"
+    old_judge.mkdir()
+    (old_judge / "judge_qa.txt").write_text((BEFORE / "judge_qa.txt").read_text())
+    before = _tiny(tmp_path, "judge-before", judge_qa=True, prompts_dir=str(old_judge))["prefix_cache"]
+    assert manifest["prefix_cache"]["shared_share"] > before["shared_share"] + 0.05

@@ -41,6 +41,8 @@ def _answer(body: dict, count_tokens) -> dict:
     words = _WORDS.findall(user) or ["text"]
     pick = " ".join(rng.choice(words) for _ in range(8))
     schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+    if "supported" in schema.get("properties", {}):  # a judge verdict (judge_qa): the stand-in approves
+        return _completion(body, json.dumps({"supported": True}), count_tokens)
     if "summary" in schema.get("properties", {}):
         key, content = "summary", {"summary": f"The passage tells how {pick} matter to the story and to its people."}
     else:
@@ -49,7 +51,10 @@ def _answer(body: dict, count_tokens) -> dict:
     target = int(body.get("max_tokens") or 0) // 2
     while count_tokens(json.dumps(content)) < target:  # grow to the assumed length, ten words at a time
         content[key] += " Then " + " ".join(rng.choice(words) for _ in range(10)) + "."
-    text = json.dumps(content)
+    return _completion(body, json.dumps(content), count_tokens)
+
+
+def _completion(body: dict, text: str, count_tokens) -> dict:
     prompt_tokens = sum(count_tokens(m["content"]) + 4 for m in body["messages"]) + 1
     completion_tokens = count_tokens(text)
     return {"id": "dry-run", "object": "chat.completion", "model": body.get("model", "dry-run"),
