@@ -118,3 +118,42 @@ def test_judge_requests_open_with_the_block_their_question_was_asked_from(tmp_pa
     (old_judge / "judge_qa.txt").write_text((BEFORE / "judge_qa.txt").read_text())
     before = _tiny(tmp_path, "judge-before", judge_qa=True, prompts_dir=str(old_judge))["prefix_cache"]
     assert manifest["prefix_cache"]["shared_share"] > before["shared_share"] + 0.05
+
+
+def test_a_diverse_round_is_sent_in_document_order():
+    """Requests on one passage go out together, so a bounded cache still holds it (the answers
+    are still judged in slot order: the record does not depend on the send order)."""
+    import asyncio
+
+    from fixtures.austen_qa import austen_documents
+    from scripted_llm import ScriptedServer, grounded_qa
+
+    from longctx.generate.chunking import chunk_document
+    from longctx.generate.corpus import Document
+    from longctx.generate.pipeline import generate_document
+    from longctx.generate.prompts import load_prompts
+    from longctx.llm.client import LLMClient, LLMConfig
+
+    doc_id, title, text = next(iter(austen_documents()))
+    doc = Document(doc_id, title, f"test:{doc_id}", text[:12000])
+    chunking = chunk_document(doc.text, load_tokenizer("llama3"), 256, 768)
+    params = from_mapping(GenerateParams, {"small_chunk_tokens": 256, "medium_chunk_tokens": 768,
+                                           "n_hierarchical": 0, "n_global_questions": 0, "n_diverse": 12,
+                                           "diverse_types": ["temporal", "thematic", "character"],
+                                           "llm_base_url": "http://scripted/v1", "progress": False})
+
+    def answer(prompt: str, seed: int) -> dict:
+        return {"summary": "Emma Woodhouse lives with her father at Hartfield."} if '{"summary"' in prompt \
+            else grounded_qa(prompt, seed)
+
+    with ScriptedServer(answer) as server:
+        async def go():  # one request at a time: the server's log is the send order
+            config = LLMConfig(base_url=server.base_url, model="scripted", max_concurrency=1, max_attempts=1)
+            async with LLMClient(config) as llm:
+                return await generate_document(llm, load_prompts(), params, doc, chunking)
+        result = asyncio.run(go())
+        diverse = [p for p, _, _ in server.log if "question about these passages" in p]
+    chunks = [chunking.chunk_text(doc.text, c.chunk_id).strip() for c in chunking.chunks]
+    first_round = [next(i for i, t in enumerate(chunks) if f"\n{t}\n</passage>" in p) for p in diverse[:12]]
+    assert len(set(first_round)) > 3 and first_round == sorted(first_round)
+    assert len(result.record["diverse_qa"]) == 12
