@@ -22,6 +22,11 @@ before it); when the step before it failed, it is asked as a new question instea
 Diverse questions run in rounds of one attempt per open slot; duplicate detection and budget
 decisions happen in slot order after each round, so the result does not depend on which request
 finished first: same seed and same cache give the same record.
+
+For a server's prefix cache, every prompt about a chunk opens with the chunk's one passage block
+(``prompts/passage.txt``; the judge's verdict too) and a diverse round is sent in document order,
+so requests on one passage arrive together; the dry run measures the reuse
+(``manifest["prefix_cache"]``, :mod:`longctx.llm.prefix_cache`).
 """
 
 from __future__ import annotations
