@@ -123,6 +123,11 @@ class GenerateParams:
         1800.0, "completion (decode) tokens per second one server sustains across its batch; default: "
                 "Qwen2-72B at TP 8 on H100, weights read once per step (145 GB / (8 x 3.35 TB/s x 60 %) ~ 9 ms) "
                 "x ~32 sequences decoding ~ 3,550, halved for KV-cache reads and prefill interleaving", min=1.0)
+    prefix_cache_tokens: int = param(
+        1_000_000, "KV-cache tokens one server keeps for prefix reuse, for the dry run's bounded-cache measure "
+                   "(0 = measure only an unbounded cache); default: Qwen2-72B at TP 8 on H100, 90 % of 640 GB "
+                   "less 145 GB of weights and ~40 GB of activations ~ 390 GB, at 320 KiB per token "
+                   "(80 layers x 8 KV heads x 128 x K,V x 2 bytes) ~ 1.2 M, rounded down", min=0)
     # --- embedded server (used when llm_base_url is empty)
     embedded_n_ctx: int = param(8192, "context of the embedded llama.cpp server, shared by its slots", min=512)
     embedded_parallel: int = param(1, "request slots of the embedded server (each gets n_ctx / parallel tokens); "

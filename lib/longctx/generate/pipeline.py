@@ -25,6 +25,11 @@ before it); when the step before it failed, it is asked as a new question instea
 Diverse questions run in rounds of one attempt per open slot; duplicate detection and budget
 decisions happen in slot order after each round, so the result does not depend on which request
 finished first: same seed and same cache give the same record.
+
+For a server's prefix cache, every prompt about a chunk opens with the chunk's one passage block
+(``prompts/passage.txt``; the judge's verdict too) and a diverse round is sent in document order,
+so requests on one passage arrive together; the dry run measures the reuse
+(``manifest["prefix_cache"]``, :mod:`longctx.llm.prefix_cache`).
 """
 
 from __future__ import annotations
@@ -134,15 +139,18 @@ class _DocumentRun:
         return extractive_summary(source_text)
 
     async def _attempt(self, stage: str, key: str, attempt: int, prompt: str, source: str,
-                       seen: QuestionIndex | None, category: str) -> dict | str:
+                       seen: QuestionIndex | None, category: str, judge_source: str = "") -> dict | str:
         """One QA generation through the gates (and the judge): the QA, or why it was rejected.
-        Names and numbers are checked against the whole prompt (what the generator was shown)."""
+        Names and numbers are checked against the whole prompt (what the generator was shown).
+        The judge is shown ``judge_source`` (``source`` laid out as the prompt opens, so the
+        server's prefix cache serves it), else ``source``."""
         data = await self._generate(stage, key, attempt, prompt, QA_SCHEMA, self.p.max_qa_tokens)
         reason = data if isinstance(data, str) else qa_problem(
             data.get("question"), data.get("answer"), seen or QuestionIndex(), source, self.p.min_answer_support,
             shown=prompt)
         if reason is None and self.p.judge_qa:
-            reason = await self._judge(key, attempt, source, data["question"], data["answer"])
+            reason = await self._judge(key, attempt, judge_source or f"<source>\n{source}\n</source>",
+                                       data["question"], data["answer"])
         if reason is not None:
             self._reject(stage, key, attempt, reason, data, category)
             return reason
@@ -160,6 +168,11 @@ class _DocumentRun:
     def _chunk_text(self, cid: int) -> str:
         return self.chunking.chunk_text(self.doc.text, cid).strip()
 
+    def _passage(self, cid: int) -> str:
+        """The chunk as the one block (``prompts/passage.txt``) every prompt about it opens with,
+        so a server's prefix cache computes it once for all of them."""
+        return self.prompts.render("passage", title=self.doc.title, text=self._chunk_text(cid))
+
     @staticmethod
     def _numbered(texts: list[str], label: str) -> str:
         return "\n\n".join(f"{label} {i + 1}: {t}" for i, t in enumerate(texts))
@@ -174,12 +187,13 @@ class _DocumentRun:
         title = self.doc.title
         chunk_summaries = await asyncio.gather(*[
             self._summary("summary_chunk", f"chunk-{c.chunk_id}",
-                          self.prompts.render("summarize_chunk", title=title, text=self._chunk_text(c.chunk_id)),
+                          self.prompts.render("summarize_chunk", title=title, text=self._chunk_text(c.chunk_id),
+                                              passage=self._passage(c.chunk_id)),
                           self._chunk_text(c.chunk_id))
             for c in self.chunking.chunks])
         section_summaries = await asyncio.gather(*[
             self._summary("summary_section", f"section-{s.section_id}", self.prompts.render(
-                "summarize_section", title=title,
+                "summarize_section", title=title, section_number=s.section_id + 1,
                 chunk_summaries=self._numbered([chunk_summaries[c] for c in s.chunk_ids], "Passage")),
                 " ".join(chunk_summaries[c] for c in s.chunk_ids))
             for s in self.chunking.sections])
@@ -191,8 +205,9 @@ class _DocumentRun:
 
     # ------------------------------------------------------------------ hierarchical walk
     def _step_prompt(self, step: HierStep, follow_up: bool, summaries: dict, previous: dict | None
-                     ) -> tuple[str, str]:
-        """The step's prompt and the text its answer must be supported by."""
+                     ) -> tuple[str, str, str]:
+        """The step's prompt, the text its answer must be supported by and the judge's view of
+        that text (empty: the text itself)."""
         hier = self.instr["hierarchical"]
         instruction = hier["first"] if previous is None else (hier["follow_up"] if follow_up else hier["next"])
         common = dict(title=self.doc.title, previous=self._previous(previous), instruction=instruction)
@@ -200,18 +215,19 @@ class _DocumentRun:
             parts = self._numbered(summaries["sections"], "Part")
             return (self.prompts.render("question_global", global_summary=summaries["global"],
                                         section_summaries=parts, **common),
-                    f"{summaries['global']}\n{parts}")
+                    f"{summaries['global']}\n{parts}", "")
         section = self.chunking.sections[step.section_id]
         if step.level == "section":
             passages = self._numbered([summaries["chunks"][c] for c in section.chunk_ids], "Passage")
             return (self.prompts.render("question_section", section_number=step.section_id + 1,
                                         section_summary=summaries["sections"][step.section_id],
                                         chunk_summaries=passages, **common),
-                    f"{summaries['sections'][step.section_id]}\n{passages}")
-        text = self._chunk_text(step.chunk_ids[0])
+                    f"{summaries['sections'][step.section_id]}\n{passages}", "")
+        text, passage = self._chunk_text(step.chunk_ids[0]), self._passage(step.chunk_ids[0])
         return (self.prompts.render("question_chunk", section_number=step.section_id + 1,
-                                    section_summary=summaries["sections"][step.section_id], text=text, **common),
-                text)
+                                    section_summary=summaries["sections"][step.section_id], text=text,
+                                    passage=passage, **common),
+                text, passage)
 
     async def hierarchical(self, steps: list[HierStep], summaries: dict) -> list[dict]:
         n, max_attempts = len(steps), self.p.max_qa_attempts
@@ -255,9 +271,9 @@ class _DocumentRun:
                         "kind": "hierarchical", "index": step.index, "level": step.level, "replaced": True,
                         "moved_to": None if moved is None else self._where(moved)})
                     tries = 0
-                prompt, source = self._step_prompt(part, follow_up, summaries, previous)
+                prompt, source, judge_source = self._step_prompt(part, follow_up, summaries, previous)
                 outcome = await self._attempt("hierarchical", f"h{step.index}", rounds * max_attempts + tries,
-                                              prompt, source, seen, step.level)
+                                              prompt, source, seen, step.level, judge_source)
                 used, tries = used + 1, tries + 1
                 qa = outcome if isinstance(outcome, dict) else None
             last = part if qa is not None else None
@@ -289,24 +305,30 @@ class _DocumentRun:
         return replace(part, follow_up=False)
 
     # ------------------------------------------------------------------ diverse questions
-    def _diverse_prompt(self, item: DiverseItem, summaries: dict | None) -> tuple[str, str]:
-        """The item's prompt and the text its answer must be supported by."""
+    def _diverse_prompt(self, item: DiverseItem, summaries: dict | None) -> tuple[str, str, str]:
+        """The item's prompt, the text its answer must be supported by and the judge's view of it."""
         texts = [self._chunk_text(c) for c in item.chunk_ids]
         if item.type == "hierarchical_aware":
             section_id = self.chunking.chunks[item.chunk_ids[0]].section_id
-            section_summary = summaries["sections"][section_id]
+            section_summary, passage = summaries["sections"][section_id], self._passage(item.chunk_ids[0])
             return (self.prompts.render("question_hierarchical_aware", title=self.doc.title,
                                         global_summary=summaries["global"], section_number=section_id + 1,
-                                        section_summary=section_summary, text=texts[0]),
-                    f"{summaries['global']}\n{section_summary}\n{texts[0]}")
+                                        section_summary=section_summary, text=texts[0], passage=passage),
+                    f"{summaries['global']}\n{section_summary}\n{texts[0]}",
+                    f"{passage}\n\n{section_summary}\n\n{summaries['global']}")
         kind = self.prompts.diverse_type(item.type)
-        text = texts[0] if len(texts) == 1 else self._numbered(texts, "Passage")
-        return (self.prompts.render("question_diverse", title=self.doc.title, text=text,
-                                    type_name=kind["name"], type_instruction=kind["instruction"]), text)
+        # each passage as its own block, in document order: a multi-hop prompt opens with the
+        # same block as every other prompt on its first chunk
+        passages = "\n\n".join(self._passage(c) for c in item.chunk_ids)
+        text = "\n\n".join(texts)
+        return (self.prompts.render("question_diverse", title=self.doc.title, text=text, passages=passages,
+                                    type_name=kind["name"], type_instruction=kind["instruction"]), text, passages)
 
     async def _diverse_attempt(self, item: DiverseItem, attempt: int, summaries: asyncio.Future) -> dict | str:
-        prompt, source = self._diverse_prompt(item, await summaries if item.type in SUMMARY_TYPES else None)
-        return await self._attempt("diverse", f"d{item.index}", attempt, prompt, source, None, item.type)
+        prompt, source, judge_source = self._diverse_prompt(
+            item, await summaries if item.type in SUMMARY_TYPES else None)
+        return await self._attempt("diverse", f"d{item.index}", attempt, prompt, source, None, item.type,
+                                   judge_source)
 
     async def diverse(self, draws: list[DiverseItem], n: int, hierarchical: asyncio.Future,
                       summaries: asyncio.Future) -> list[dict]:
@@ -319,8 +341,15 @@ class _DocumentRun:
         seen: QuestionIndex | None = None
         while open_slots and used < budget:
             round_slots = open_slots[:budget - used]
-            outcomes = await asyncio.gather(*[self._diverse_attempt(slots[i][0], slots[i][1], summaries)
-                                              for i in round_slots])
+            # sent in document order (first chunk, then slot), so the requests on one passage
+            # reach the server together and find it in its prefix cache; outcomes are still
+            # judged in slot order below
+            send_order = sorted(range(len(round_slots)), key=lambda k: (slots[round_slots[k]][0].chunk_ids, k))
+            sent = await asyncio.gather(*[self._diverse_attempt(slots[round_slots[k]][0], slots[round_slots[k]][1],
+                                                                summaries) for k in send_order])
+            outcomes: list = [None] * len(round_slots)
+            for k, outcome in zip(send_order, sent):
+                outcomes[k] = outcome
             used += len(round_slots)
             if seen is None:  # dedup against the walk's questions, then in slot order
                 seen = QuestionIndex()

@@ -17,6 +17,14 @@ and that one server spends ``prompt / server_prompt_tokens_per_s`` on prefill pl
 Adding the two is the conservative choice: vLLM overlaps them in one batch (chunked prefill), so
 a real run may be somewhat faster.
 
+Prefix caching (``projection["prefix_cache"]``, from the manifest's ``prefix_cache``: the dry
+run's prompts measured in their send order, :mod:`longctx.llm.prefix_cache`): the share of prompt
+tokens a server's prefix cache serves, token-exact (unbounded), in vLLM's 16-token blocks
+(unbounded) and in blocks within a cache of ``prefix_cache_tokens``; the wall time with caching
+counts only the prefill left by the bounded cache (``P x (1 - share)``). It applies to one
+server's stream: a fleet of servers keeps it only if requests on one document reach the same
+server (a prefix-aware router, or one document's requests per server).
+
 The judge pass (``judge_qa``) is projected either way (``projection["judge"]``): with it on, from
 the judge requests the dry run sent; with it off, as what turning it on would add: one request
 per QA that passed the gates, whose prompt (the same source text, the QA and a one-line
@@ -62,6 +70,21 @@ def _judge(manifest: dict[str, Any], params: GenerateParams, scale: float, main_
             "server_time_share": server_s / without if without else 0.0}
 
 
+def _prefix_cache(manifest: dict[str, Any], params: GenerateParams, prompt: float, completion: float
+                  ) -> dict[str, Any] | None:
+    """Prefill left after prefix caching, at the shares the dry run measured."""
+    measured = manifest.get("prefix_cache")
+    if not measured or not measured.get("prompt_tokens"):
+        return None
+    share = measured.get("bounded_shared_share", measured["block_shared_share"])
+    left = prompt * (1 - share)
+    server_s = left / params.server_prompt_tokens_per_s + completion / params.server_completion_tokens_per_s
+    return {"shared_share": measured["shared_share"], "block_shared_share": measured["block_shared_share"],
+            "bounded_shared_share": measured.get("bounded_shared_share"), "cache_tokens": measured.get("cache_tokens"),
+            "prefill_tokens_left": round(left), "server_hours": server_s / 3600,
+            "wall_hours": server_s / params.projection_servers / 3600}
+
+
 def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
     """The projection of a dry run's ``manifest`` (from :func:`longctx.generate.stage.run`) to the corpus."""
     counts, totals = manifest["counts"], manifest["totals"]
@@ -83,6 +106,7 @@ def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
         "server_completion_tokens_per_s": params.server_completion_tokens_per_s,
         "server_hours": server_s / 3600, "wall_hours": wall_s / 3600, "wall_days": wall_s / 86400,
         "judge": _judge(manifest, params, scale, server_s),
+        "prefix_cache": _prefix_cache(manifest, params, prompt, completion),
     }
 
 
@@ -102,6 +126,13 @@ def format_projection(p: dict[str, Any]) -> str:
         f"{p['server_completion_tokens_per_s']:,.0f} completion tokens/s per server; on {p['servers']} server(s): "
         f"{p['wall_hours']:,.1f} h ({p['wall_days']:.2f} days) of wall time",
     ]
+    cache = p.get("prefix_cache")
+    if cache:
+        bounded = (f", {100 * cache['bounded_shared_share']:.1f} % in a {cache['cache_tokens']:,}-token cache"
+                   if cache.get("bounded_shared_share") is not None else "")
+        lines.append(f"  prefix caching: {100 * cache['shared_share']:.1f} % of prompt tokens repeat an earlier "
+                     f"prompt's prefix ({100 * cache['block_shared_share']:.1f} % in 16-token blocks{bounded}); "
+                     f"{cache['prefill_tokens_left']:,} prefill tokens left, {cache['wall_hours']:,.1f} h of wall time")
     judge = p.get("judge")
     if judge:
         what = "of which the judge pass (judge_qa)" if judge["enabled"] else "the judge pass (judge_qa, off) would add"

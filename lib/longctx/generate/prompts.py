@@ -4,6 +4,12 @@ The built-in set lives in ``longctx/generate/prompts/``: one ``string.Template``
 (``$name`` placeholders) plus ``instructions.yaml`` with the small wording pieces (follow-up
 phrasing, the diverse question types). Point ``prompts_dir`` at a folder of your own to override
 any subset: a file there replaces the built-in file of the same name.
+
+Layout, for a server's prefix cache (vLLM, SGLang): every prompt opens with its source and ends
+with its instruction. Every request about one chunk (its summary, chunk and diverse questions,
+the judge of their answers) opens with the same block, ``passage.txt``; section and global
+requests open with the same block of summaries. Keep that order in templates of your own, or the
+server computes each passage again for every request (the dry run reports the reusable share).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import yaml
 
 __all__ = ["Prompts", "load_prompts", "TEMPLATE_NAMES"]
 
-TEMPLATE_NAMES = ("system", "summarize_chunk", "summarize_section", "summarize_global",
+TEMPLATE_NAMES = ("system", "passage", "summarize_chunk", "summarize_section", "summarize_global",
                   "question_global", "question_section", "question_chunk", "question_diverse",
                   "question_hierarchical_aware", "judge_qa")
 

@@ -89,7 +89,7 @@ _NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurre
                        "limits_shared_by", "max_cost_usd", "progress_interval_s",
                        # where the corpus is read from and what the dry run projects: not the records
                        "corpus_shards_dir", "corpus_documents", "projection_servers",
-                       "server_prompt_tokens_per_s", "server_completion_tokens_per_s"}
+                       "server_prompt_tokens_per_s", "server_completion_tokens_per_s", "prefix_cache_tokens"}
 
 
 # Parameters added after documents were fingerprinted, left out at the value that behaves as
@@ -395,7 +395,7 @@ def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = F
     accounting = Accounting()
     with contextlib.ExitStack() as stack:
         if dry_run:
-            server = stack.enter_context(DryRunServer(params.tokenizer))
+            server = stack.enter_context(DryRunServer(params.tokenizer, cache_tokens=params.prefix_cache_tokens))
             base_url, model, concurrency = server.base_url, params.llm_model, params.max_concurrency
             generator = f"dry run (stand-in for {params.llm_base_url or 'the embedded server'})"
         elif params.uses_embedded_server:
@@ -416,6 +416,8 @@ def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = F
                   file=sys.stderr, flush=True)
         live = run_sync(_run_async(params, base_url, model, limits, out, accounting, stop_on_sigterm,
                                    run_root(params)))
+        # what a server's prefix cache would reuse of this invocation's prompts, in their send order
+        prefix_cache = server.prefix_cache() if dry_run else None
     assembled = _assemble(out, [out / "work" / "docs"])
     finished = time.time()
     manifest = {
@@ -436,6 +438,8 @@ def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = F
         "prompts": live["prompts"],
     }
     manifest["counts"]["documents_skipped"] = len(live["skipped"])
+    if prefix_cache is not None:
+        manifest["prefix_cache"] = prefix_cache
     if dry_run:  # the whole corpus's requests, tokens and wall time, scaled from this sample
         manifest["projection"] = project(manifest, params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))

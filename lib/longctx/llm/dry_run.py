@@ -10,6 +10,11 @@ per message and 1 for the assistant header. Its answers fill half of each reques
 completion tokens are of a real model's order rather than a few words each. The benchmark of stage 1's request budget and the
 shard/merge tests use it too.
 
+It also measures what a server's prefix cache would reuse (:mod:`longctx.llm.prefix_cache`): each
+request's messages, laid out as Llama-3.1's chat template does, go into a
+:class:`~longctx.llm.prefix_cache.PrefixCacheMeter` in the order they arrive;
+:meth:`DryRunServer.prefix_cache` returns its figures.
+
 The server runs in a child process (``multiprocessing``) so it never competes with the
 pipeline's event loop.
 """
@@ -36,6 +41,8 @@ def _answer(body: dict, count_tokens) -> dict:
     words = _WORDS.findall(user) or ["text"]
     pick = " ".join(rng.choice(words) for _ in range(8))
     schema = body.get("response_format", {}).get("json_schema", {}).get("schema", {})
+    if "supported" in schema.get("properties", {}):  # a judge verdict (judge_qa): the stand-in approves
+        return _completion(body, json.dumps({"supported": True}), count_tokens)
     if "summary" in schema.get("properties", {}):
         key, content = "summary", {"summary": f"The passage tells how {pick} matter to the story and to its people."}
     else:
@@ -44,7 +51,10 @@ def _answer(body: dict, count_tokens) -> dict:
     target = int(body.get("max_tokens") or 0) // 2
     while count_tokens(json.dumps(content)) < target:  # grow to the assumed length, ten words at a time
         content[key] += " Then " + " ".join(rng.choice(words) for _ in range(10)) + "."
-    text = json.dumps(content)
+    return _completion(body, json.dumps(content), count_tokens)
+
+
+def _completion(body: dict, text: str, count_tokens) -> dict:
     prompt_tokens = sum(count_tokens(m["content"]) + 4 for m in body["messages"]) + 1
     completion_tokens = count_tokens(text)
     return {"id": "dry-run", "object": "chat.completion", "model": body.get("model", "dry-run"),
@@ -54,15 +64,22 @@ def _answer(body: dict, count_tokens) -> dict:
                       "total_tokens": prompt_tokens + completion_tokens}}
 
 
-def _serve(port: int, tokenizer: str) -> None:
+def _serve(port: int, tokenizer: str, cache_tokens: int) -> None:
     from aiohttp import web
 
     from ..core.tokenizer import load_tokenizer
+    from .prefix_cache import PrefixCacheMeter, llama31_chat_ids
 
     tok = load_tokenizer(tokenizer)
+    meter = PrefixCacheMeter(cache_tokens=cache_tokens)
 
     async def chat(request: web.Request) -> web.Response:
-        return web.json_response(_answer(await request.json(), lambda s: len(tok.encode(s))))
+        body = await request.json()
+        meter.add(llama31_chat_ids(body["messages"], tok))  # in arrival order: what a server's cache sees
+        return web.json_response(_answer(body, lambda s: len(tok.encode(s))))
+
+    async def prefix_cache(_: web.Request) -> web.Response:
+        return web.json_response(meter.stats())
 
     async def health(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -70,14 +87,16 @@ def _serve(port: int, tokenizer: str) -> None:
     app = web.Application(client_max_size=256 * 2**20)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/health", health)
+    app.router.add_get("/prefix_cache", prefix_cache)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 class DryRunServer:
     """``with DryRunServer() as server: ... server.base_url``"""
 
-    def __init__(self, tokenizer: str = "llama3", startup_timeout_s: float = 60.0):
+    def __init__(self, tokenizer: str = "llama3", startup_timeout_s: float = 60.0, cache_tokens: int = 0):
         self.tokenizer = tokenizer
+        self.cache_tokens = cache_tokens  # the bounded prefix cache's size (0 = measure only unbounded)
         self.startup_timeout_s = startup_timeout_s
         self._process: multiprocessing.Process | None = None
         self.port = 0
@@ -91,7 +110,7 @@ class DryRunServer:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self._process = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(self.port, self.tokenizer), daemon=True)
+            target=_serve, args=(self.port, self.tokenizer, self.cache_tokens), daemon=True)
         self._process.start()
         deadline = time.time() + self.startup_timeout_s
         while time.time() < deadline:
@@ -104,6 +123,11 @@ class DryRunServer:
                 time.sleep(0.1)
         self.__exit__()
         raise RuntimeError(f"the dry-run server did not answer within {self.startup_timeout_s} s")
+
+    def prefix_cache(self) -> dict:
+        """The prefix-cache figures of every request received so far (PrefixCacheMeter.stats)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/prefix_cache", timeout=60) as response:
+            return json.loads(response.read())
 
     def __exit__(self, *exc: object) -> None:
         if self._process is not None:
