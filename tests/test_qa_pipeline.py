@@ -205,7 +205,9 @@ def test_judge_pass(book, judge):
         assert len(judged) == len(kept) + len(planted) == accounting.by_stage["judge"].calls
         for q in kept:
             [prompt] = [p for p in judged if f"Answer: {q['answer']}" in p]
-            assert answer_support(q["answer"], prompt.split("\n\nQuestion: ")[0]) >= 0.75  # the source block
+            # the source block supports the answer as the gate required (min_answer_support=0.5;
+            # a fake answer may take a word of a summary prompt's own labels, "whole part")
+            assert answer_support(q["answer"], prompt.split("\n\nQuestion: ")[0]) >= 0.5
     else:
         assert not judged and "judge" not in accounting.by_stage
         assert any("zzinvented" in q["answer"] for q in kept)
@@ -343,9 +345,9 @@ def test_one_never_passing_step_costs_at_most_one_question(n_sections):
 
         class Run(_DocumentRun):
             def _step_prompt(self, step, follow_up, summaries, previous):
-                return step, ""
+                return step, "", ""
 
-            async def _attempt(self, stage, key, attempt, prompt, source, seen, category):
+            async def _attempt(self, stage, key, attempt, prompt, source, seen, category, judge_source=""):
                 if prompt.index == bad.index and prompt.chunk_ids == bad.chunk_ids:
                     return "never passes"
                 if rng.random() < 0.2:
