@@ -13,7 +13,7 @@ from longctx.core.notebook import execute
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "01_generate_qa.ipynb"
 
-# ~3 min on an idle 2-core machine, over 10 beside two CPU-bound processes (its server runs one thread)
+# ~1 min on an idle 2-core machine (one 512-token section), several beside two CPU-bound processes
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
@@ -25,7 +25,7 @@ def test_notebook_01_runs_on_the_tiny_profile(tmp_path, capsys):
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[QA generation]")]
     assert progress and progress[-1].startswith("[QA generation] 1 documents done,") and "finished in" in progress[-1]
     assert rec["documents"] == 1
-    assert 0 < rec["hierarchical_per_document"][0] <= 4 and 0 < rec["diverse_per_document"][0] <= 4
+    assert 0 < rec["hierarchical_per_document"][0] <= 2 and 0 < rec["diverse_per_document"][0] <= 2
     assert "global" in rec["levels"]
     assert rec["chunks_cover_document"] is True
     assert rec["max_chunk_tokens"] <= 256
