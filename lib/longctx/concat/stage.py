@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.config import ParamsError, bad, load_params, param, parse_overrides, resolve_path, to_dict
+from ..generate.windows import QA_TOKENS_PER_DOCUMENT
 from .layout import LAYOUTS, SampleLayout
 from .plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError
 from .qa_store import QAStore, read_qa_store
@@ -232,7 +233,9 @@ class Concatenator:
                     f"only {kept / planned:.0%} of {level} questions kept ({kept:,} of {planned:,}): a cut "
                     f"document loses every question on its cut chunks (all its global ones), and {longer} of "
                     f"{usable} usable documents are longer than a slot of ~{slot:,} tokens "
-                    f"({spec.target_tokens:,} / {spec.docs_per_sample or 1} documents); fix: regenerate stage 1 with max_document_tokens <= {slot:,}, or use fewer documents per sample")
+                    f"({spec.target_tokens:,} / {spec.docs_per_sample or 1} documents); fix: regenerate stage 1 "
+                    f"with max_window_tokens <= {max(slot - QA_TOKENS_PER_DOCUMENT, 0):,} (long documents become "
+                    "windows placed whole; longctx.generate.windows), or use fewer documents per sample")
         if overlap > 0.5 * spec.target_tokens:
             warnings.append(f"samples {pair[0]} and {pair[1]} share {overlap:,} document tokens "
                             f"({overlap / spec.target_tokens:.0%} of the {spec.target_tokens:,}-token target): "
@@ -303,7 +306,10 @@ def run(cfg: ConcatConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         "params": to_dict(cfg),
         "input": {"qa_path": str(qa_path), "sha256": _sha256(qa_path), "documents": len(store),
                   "usable_documents": len(concat.planner.usable),
-                  "tokens": sum(d.n_tokens for d in store.documents), "qa": n_qa},
+                  "tokens": sum(d.n_tokens for d in store.documents), "qa": n_qa,
+                  # documents that are windows of a long book (stage 1's max_window_tokens), and those books
+                  "windows": sum(d.parent is not None for d in store.documents),
+                  "windowed_books": len({d.parent for d in store.documents if d.parent is not None})},
         "tokenizer": store.tokenizer.name,
         "k_means": 1024,
         "dropped_qa_bad_grounding": len(store.dropped_qa),
