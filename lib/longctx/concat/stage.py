@@ -350,6 +350,34 @@ def questions_kept(manifest: dict[str, Any]):
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+# bench/bench_concat_keep.py's results: corpus -> results stem (issue 19 §4: long books as windows)
+KEEP_BENCHMARKS = {"100K-median books": "concat_keep", "250K-median books": "concat_keep_250k"}
+
+
+def keep_at_paper_scale(results_dir: str | Path = "bench/results"):
+    """Global and section questions kept at the paper's stages on 7,772 synthetic books, per corpus
+    (``bench/bench_concat_keep.py``: long books split by stage 1 into windows), as a DataFrame;
+    goal: >= 90 % everywhere. Corpora whose results file is missing are left out."""
+    import csv
+
+    import pandas as pd
+
+    rows = []
+    for corpus, stem in KEEP_BENCHMARKS.items():
+        path = resolve_path(results_dir) / f"{stem}.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                rows.append({"corpus": corpus, "stage": r["stage"],
+                             "global kept": float(r["global_kept_fraction"]),
+                             "section kept": float(r["section_kept_fraction"]),
+                             "documents cut": f"{int(r['documents_cut']):,}/{int(r['documents']):,}"})
+    frame = pd.DataFrame(rows, columns=["corpus", "stage", "global kept", "section kept", "documents cut"])
+    frame["goal met"] = (frame["global kept"] >= 0.9) & (frame["section kept"] >= 0.9)
+    return frame
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longctx.concatenate", description=__doc__.split("\n")[0])
     parser.add_argument("--params", required=True, help="YAML file of ConcatConfig parameters")

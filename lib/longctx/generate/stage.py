@@ -11,10 +11,11 @@ Launch::
 
 Layout of ``output_dir`` (a sharded run writes the same under ``shards/<i>-of-<n>/``)::
 
-    qa.jsonl            one record per document, corpus order (docs/CONTRACTS.md)
+    qa.jsonl            one record per document, corpus order (docs/CONTRACTS.md); a document longer
+                        than max_window_tokens gives one record per window (longctx.generate.windows)
     rejected.jsonl      every generation a quality gate refused, with its reason
     manifest.json       params, generator, counts, tokens, cost, timings, skipped documents
-    work/docs/*.json    one file per finished document, written atomically
+    work/docs/*.json    one file per finished document, written atomically (a windowed one: its windows)
     cache/*.sqlite      every validated response, keyed by the request's content
 
 Kill it at any moment and start it again: finished documents are not redone and finished
