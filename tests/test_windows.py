@@ -21,6 +21,7 @@ from longctx.core.tokenizer import load_tokenizer
 from longctx.generate.chunking import chunk_document
 from longctx.generate.corpus import Document
 from longctx.generate.params import GenerateParams
+from longctx.generate import stage as stage1
 from longctx.generate.stage import fingerprint
 from longctx.generate.windows import (DEFAULT_WINDOW_TOKENS, PAPER_STAGE_SLOTS, QA_TOKENS_PER_DOCUMENT,
                                       split_windows, window_bounds, window_tokens_for_slots)
@@ -159,7 +160,7 @@ def test_old_qa_files_read_and_a_bad_window_field_is_named(tmp_path):
             read_qa_store(path)
 
 
-def test_stage1_writes_windows_that_stage2_places_whole(tmp_path, capsys):
+def test_stage1_writes_windows_that_stage2_places_whole(tmp_path, capsys, monkeypatch):
     """The joint: a dry run of stage 1 with a window smaller than the documents writes one record
     per window (own id, own hierarchy, ``window`` field), counts them in the manifest and the
     projection; stage 2 reads them and fills a sample of two windows without a cut."""
@@ -173,10 +174,17 @@ def test_stage1_writes_windows_that_stage2_places_whole(tmp_path, capsys):
                     "n_hierarchical: 4\nn_global_questions: 1\nn_diverse: 4\nprogress: false\n"
                     "llm_base_url: http://stand-in/v1\ncorpus_documents: 100\n")
     run = tmp_path / "out" / "dry-run"
-    # first whole documents, as a run from before windows existed wrote them (same fingerprint)
+    # first whole documents, as a run from before windows existed wrote them (same fingerprint); with
+    # the paper's slot scaled down to 1,000 tokens they are too long for it, and stage 1 says so
+    monkeypatch.setattr(stage1, "DEFAULT_WINDOW_TOKENS", 1000)
     assert generate.main(["--params", str(path), "--dry-run", "--set", "max_window_tokens=0"]) == 0
     whole = [json.loads(line) for line in (run / "qa.jsonl").read_text().splitlines()]
     assert len(whole) == 2 and not any("window" in r for r in whole) and whole[0]["n_tokens"] > 1024
+    warnings = json.loads((run / "manifest.json").read_text())["warnings"]
+    assert len(warnings) == 1 and warnings[0].startswith("2 of 2 documents are longer than 1,000 tokens")
+    assert "fix: rerun with max_window_tokens=1000" in warnings[0]
+    assert "WARNING: 2 of 2 documents" in capsys.readouterr().err
+    monkeypatch.undo()
     params = load_params(GenerateParams, path)
     for doc_file in (run / "work" / "docs").glob("*.json"):
         entry = json.loads(doc_file.read_text())
@@ -197,6 +205,7 @@ def test_stage1_writes_windows_that_stage2_places_whole(tmp_path, capsys):
         assert r["n_tokens"] <= 1024 + 2 and r["summaries"]["global"]
         assert {q["level"] for q in r["hierarchical_qa"]} >= {"global"}
     c = manifest["counts"]
+    assert manifest["warnings"] == []
     assert c["documents_windowed"] == 2 and c["windows"] == len(records) == c["documents_written"]
     p = manifest["projection"]
     assert p["sampled_documents"] == 2 and p["windows"] == round(len(records) * 50) and p["records"] == p["windows"]

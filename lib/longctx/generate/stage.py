@@ -353,6 +353,7 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
                     counts[f"qa_generations_{kind}"] += entry.get("qa_generations", {}).get(kind, 0)
                 counts["summary_fallbacks"] += len(record["summaries"].get("fallbacks", []))
                 book_tokens += record["n_tokens"]
+                counts["documents_longer_than_paper_slot"] += record["n_tokens"] > DEFAULT_WINDOW_TOKENS
                 by_level.update(q["level"] for q in record["hierarchical_qa"])
                 by_type.update(q["type"] for q in record["diverse_qa"])
     tmp_qa.replace(out / "qa.jsonl")
@@ -364,6 +365,19 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
                        "rejected_by_gate": dict(by_gate),
                        "rejected_by_category": {c: dict(g) for c, g in sorted(by_category.items())}},
             "book_tokens": book_tokens, "failed_documents": failed_docs, "per_document": per_doc}
+
+
+def long_document_warnings(counts: dict[str, Any], params: GenerateParams) -> list[str]:
+    """A warning when records are longer than the paper's stage-2 slots allow whole (windows off or
+    wider than the default): stage 2 will cut them and lose their global questions."""
+    n = counts.get("documents_longer_than_paper_slot", 0)
+    if not n:
+        return []
+    return [f"{n} of {counts.get('documents_written', 0)} documents are longer than {DEFAULT_WINDOW_TOKENS:,} "
+            f"tokens (max_window_tokens is {params.max_window_tokens:,}): the paper's 350K / 650K / 1M stages "
+            "can only place them cut, losing their global questions (issue 19: 10-31 % kept on a 250K-median "
+            f"corpus); fix: rerun with max_window_tokens={DEFAULT_WINDOW_TOKENS} (the default), which splits "
+            "them into windows stage 2 places whole"]
 
 
 def _totals(per_doc: list[dict], book_tokens: int) -> dict[str, Any]:
@@ -442,6 +456,9 @@ def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = F
         "prompts": live["prompts"],
     }
     manifest["counts"]["documents_skipped"] = len(live["skipped"])
+    manifest["warnings"] = long_document_warnings(manifest["counts"], params)
+    for warning in manifest["warnings"]:
+        print(f"[QA generation] WARNING: {warning}", file=sys.stderr, flush=True)
     if dry_run:  # the whole corpus's requests, tokens and wall time, scaled from this sample
         manifest["projection"] = project(manifest, params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
@@ -484,6 +501,7 @@ def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         "timings": {"shard_wall_s": [m["timings"]["wall_s"] for m in manifests]},
     }
     manifest["counts"]["documents_skipped"] = len(manifest["skipped_documents"])
+    manifest["warnings"] = long_document_warnings(manifest["counts"], params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
