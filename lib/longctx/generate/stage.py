@@ -59,7 +59,7 @@ from .projection import format_projection, project
 from .prompts import load_prompts
 from .quality import gate_of
 from .status import CostCap, ShardProgress, run_root
-from .windows import DEFAULT_WINDOW_TOKENS, split_windows
+from .windows import DEFAULT_WINDOW_TOKENS, Window, split_windows
 
 __all__ = ["run", "merge", "main", "shard_dir", "RunStopped"]
 
@@ -216,10 +216,9 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, limits: 
                 progress.add_total(expected_requests(params, part_chunking))
             entry: dict[str, Any] = {"position": position, "id": doc.id, "source": doc.source,
                                      "fingerprint": print_}
-            parts = []
-            for part, part_chunking, window in windows:
-                # a window is a document of its own (longctx.generate.windows); one that fails
-                # is reported alone, its siblings are kept
+            async def one_window(part: Document, part_chunking: Chunking, window: Window | None) -> dict[str, Any]:
+                # a window is a document of its own (longctx.generate.windows); one that fails is
+                # reported alone, its siblings are kept
                 sub: dict[str, Any] = {"id": part.id, "source": part.source}
                 try:
                     result = await generate_document(llm, prompts, params, part, part_chunking, progress.step)
@@ -231,10 +230,17 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, limits: 
                 except DocumentFailed as err:
                     sub.update(status="failed", reason=str(err), rejects=[])
                     documents["failed"] += 1
-                except BudgetExhausted:
-                    return  # not finished: no document file, a rerun does it (its answers so far are cached)
                 sub["accounting"] = accounting.for_doc(part.id)
-                parts.append(sub)
+                return sub
+
+            # a book's windows at once, like documents: its requests share the client's limits
+            parts = await asyncio.gather(*(one_window(*w) for w in windows), return_exceptions=True)
+            for outcome in parts:
+                if isinstance(outcome, BudgetExhausted):
+                    return  # not finished: no document file, a rerun does it (its answers so far are cached)
+            for outcome in parts:
+                if isinstance(outcome, BaseException):
+                    raise outcome
             if len(parts) == 1 and windows[0][2] is None:
                 entry.update(parts[0], id=doc.id)  # a whole document: the file as before windows existed
             else:
