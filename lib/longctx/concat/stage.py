@@ -176,6 +176,18 @@ class Concatenator:
             "revisit_shortfall": plan.revisit_shortfall, "revisit_distances": plan.revisit_distances, "layout": self.cfg.layout,
         }
 
+    def _window_for(self, slot: int) -> int:
+        """The ``max_window_tokens`` whose windows fit ``slot`` whole: the slot less what this
+        input's documents add to their text (header, QA turns; the median, estimated as the
+        planner estimates costs), at least 1,024 tokens."""
+        usable = np.asarray(self.planner.usable, dtype=np.int64)
+        index = self.planner.index
+        if not len(usable):
+            return max(slot - QA_TOKENS_PER_DOCUMENT, 1024)
+        n_tokens = np.array([self.store.documents[p].n_tokens for p in usable])
+        extra = float(np.median(index.cost(usable, index.n_diverse + index.n_revisit) - n_tokens))
+        return max(int(slot - extra) // 1024 * 1024, 1024)
+
     def write_stage(self, spec: StageSpec, output_dir: Path,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
         """Write ``{output_dir}/{spec.name}.parquet``; return the stage's manifest entry."""
@@ -234,7 +246,7 @@ class Concatenator:
                     f"document loses every question on its cut chunks (all its global ones), and {longer} of "
                     f"{usable} usable documents are longer than a slot of ~{slot:,} tokens "
                     f"({spec.target_tokens:,} / {spec.docs_per_sample or 1} documents); fix: regenerate stage 1 "
-                    f"with max_window_tokens <= {max(slot - QA_TOKENS_PER_DOCUMENT, 0):,} (long documents become "
+                    f"with max_window_tokens <= {self._window_for(slot):,} (long documents become "
                     "windows placed whole; longctx.generate.windows), or use fewer documents per sample")
         if overlap > 0.5 * spec.target_tokens:
             warnings.append(f"samples {pair[0]} and {pair[1]} share {overlap:,} document tokens "
