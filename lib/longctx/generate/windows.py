@@ -21,8 +21,8 @@ one holds the rest. Chunk (~4K), not section (~12K) boundaries: a window forms i
 so the parent's buy nothing, and a 12K grid leaves full windows up to 12K short of the cap, while
 the 4-document 350K stage needs documents within ~5K of its 89.6K slot (with 12,288-token
 sections, full windows stop at 6 x 12,288 = 73,728 tokens: four of them with their QA make ~315K,
-short of the stage's 340K fill floor). Full windows near the cap fill the 350K stage; the shorter last windows give the
-8- and 12-document stages the mix they need. The default cap comes from the paper's stage-2 slots
+short of the stage's 340K fill floor). Full windows near the cap fill the 350K stage; the shorter
+last windows give the 8- and 12-document stages the mix they need. The default cap comes from the paper's stage-2 slots
 (:func:`window_tokens_for_slots`); ``bench/bench_concat_keep.py`` measures what it keeps.
 """
 
@@ -42,8 +42,9 @@ __all__ = ["Window", "window_bounds", "split_windows", "window_tokens_for_slots"
 PAPER_STAGE_SLOTS = ((184_320, None), (358_400, 4), (665_600, 8), (1_048_576, 12))
 
 # Tokens a whole document adds to a sample besides its text: header, separator, its 25
-# hierarchical QA turns, 9 diverse and on average ~2 revisit turns (about 130 tokens a turn with a
-# 72B generator's question and answer lengths; measured on bench/bench_concat_keep.py's books).
+# hierarchical QA turns, 9 diverse and 3 revisit turns (about 130 tokens a turn with a 72B
+# generator's question and answer lengths: 4.6-5.4K as the planner costs the synthetic books of
+# bench/bench_concat_keep.py; tests/test_windows.py checks the allowance against it).
 QA_TOKENS_PER_DOCUMENT = 5_000
 
 
