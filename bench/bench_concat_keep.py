@@ -3,6 +3,8 @@
     ./dev bench concat_keep                    # the paper's four stages, 7,772 synthetic books
     ./dev bench concat_keep --sigma 0.9        # a wider length distribution
     ./dev bench concat_keep --lengths FILE     # real lengths: a qa.jsonl (n_tokens) or one integer a line
+    ./dev bench concat_keep --median 250000    # long books, split by stage 1 into windows (the default)
+    ./dev bench concat_keep --median 250000 --window-tokens 0   # ... placed whole or cut, as before issue 19 §4
 
 Only the planner runs (no text, no tokenising of books, no model): books are text-free stage-1
 records (``longctx.concat.synthetic_books``) with the project's own walk (25 hierarchical questions over
@@ -12,7 +14,12 @@ parameters (``params/paper/02_concatenate.yaml``: 9 diverse, revisits p = 0.6 x 
 no document reused within a stage) and counts, per level, the questions Algorithm 2 would ask of
 the chosen documents uncut (planned) and the questions the samples keep (kept).
 
-Goal (issue 8): at least 90 % of global and section questions kept at every paper stage.
+Books longer than ``--window-tokens`` (default: stage 1's ``max_window_tokens``, derived from
+these stages' slots) are split as stage 1 splits them (:mod:`longctx.generate.windows`: greedy, at
+4,096-token chunk boundaries); each window is a document of its own with its own walk.
+
+Goal (issues 8 and 19 §4): at least 90 % of global and section questions kept at every paper
+stage, on a 250K-token median corpus as on a 100K one.
 Results: bench/results/concat_keep.md and .csv.
 """
 
@@ -31,6 +38,7 @@ from longctx.concat.stage import ConcatConfig, Concatenator
 from longctx.core.config import load_params, project_root
 from longctx.concat.plan import FITS, LEVELS
 from longctx.concat.synthetic_books import lognormal_lengths, synthetic_store
+from longctx.generate.windows import DEFAULT_WINDOW_TOKENS, window_bounds
 
 ROOT = project_root()
 RESULTS = ROOT / "bench" / "results"
@@ -44,6 +52,19 @@ def read_lengths(path: Path) -> np.ndarray:
             line = line.strip()
             if line:
                 out.append(json.loads(line)["n_tokens"] if line.startswith("{") else int(line))
+    return np.asarray(out, dtype=np.int64)
+
+
+CHUNK_TOKENS = 4096  # the synthetic books' chunks (synthetic_store's default)
+
+
+def windowed(lengths: np.ndarray, max_tokens: int) -> np.ndarray:
+    """Lengths of the documents stage 1 makes of books of ``lengths``: windows of long ones."""
+    out = []
+    for n in (int(x) for x in lengths):
+        spans = [(s, min(s + CHUNK_TOKENS, n)) for s in range(0, n, CHUNK_TOKENS)]
+        bounds = window_bounds(spans, max_tokens) if max_tokens and n > max_tokens else [(0, len(spans))]
+        out += [spans[b - 1][1] - spans[a][0] for a, b in bounds]
     return np.asarray(out, dtype=np.int64)
 
 
@@ -78,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--median", type=float, default=100_000, help="median book length in tokens")
     parser.add_argument("--sigma", type=float, default=0.6, help="lognormal sigma of book lengths")
     parser.add_argument("--lengths", type=Path, help="real lengths instead (qa.jsonl or one int a line)")
+    parser.add_argument("--window-tokens", type=int, default=DEFAULT_WINDOW_TOKENS,
+                        help="stage 1's max_window_tokens: longer books become windows (0 = whole books)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="concat_keep", help="results file stem under bench/results/")
     args = parser.parse_args(argv)
@@ -88,8 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         lengths = lognormal_lengths(args.books, args.median, args.sigma, seed=args.seed)
         source = (f"{args.books:,} synthetic books, lognormal lengths (median {args.median:,.0f}, "
                   f"sigma {args.sigma}, clipped to 8K..1M tokens)")
+    documents = windowed(lengths, args.window_tokens)
+    split = int((lengths > args.window_tokens).sum()) if args.window_tokens else 0
+    windows = (f"max_window_tokens {args.window_tokens:,}: {split:,} books split, {len(documents):,} documents "
+               f"(median {int(np.median(documents)):,} tokens)" if args.window_tokens
+               else "max_window_tokens 0: books whole")
     t0 = time.perf_counter()
-    store = synthetic_store(lengths, seed=args.seed)
+    store = synthetic_store(documents, seed=args.seed)
     cfg = load_params(ConcatConfig, ROOT / "params/paper/02_concatenate.yaml", {"seed": args.seed})
     concat = Concatenator(cfg, store=store)
     concat.check()
@@ -111,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Stage 2: questions kept by concatenation, per level (planner only)", "",
         f"Input: {source}; {int(np.median(lengths)):,} median, {int(lengths.min()):,}..{int(lengths.max()):,} "
-        f"tokens; stage-1 walk: 25 hierarchical + 50 diverse per book, 4,096-token chunks.",
+        f"tokens; {windows}; stage-1 walk: 25 hierarchical + 50 diverse per document, 4,096-token chunks.",
         "Stages and parameters: `params/paper/02_concatenate.yaml` (no reuse within a stage). "
         f"Command: `./dev bench concat_keep {' '.join(argv if argv is not None else sys.argv[1:])}`; "
         f"{seconds:.0f} s in all.", "",

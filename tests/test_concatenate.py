@@ -6,6 +6,7 @@ placeholder QA (25 hierarchical + 50 diverse each); see tests/fixtures/austen_qa
 
 import json
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -379,7 +380,10 @@ def test_stage_warns_when_documents_outgrow_their_slot_or_samples_repeat(qa_path
     kept = entry["questions"]["global"]
     assert kept["kept"] < 0.9 * kept["planned"]
     [cut] = [w for w in entry["warnings"] if w.startswith("only") and "of global questions" in w]
-    assert f"{kept['kept']:,} of {kept['planned']:,}" in cut and "max_document_tokens <= 3,072" in cut
+    assert f"{kept['kept']:,} of {kept['planned']:,}" in cut and "4 of 6 usable documents are longer" in cut
+    # the fix names stage 1's window cap: the slot less what a document adds to its text (its QA)
+    window = int(re.search(r"max_window_tokens <= ([\d,]+)", cut).group(1).replace(",", ""))
+    assert 1024 <= window < 3072
     assert entry["documents_used"] == 6 and entry["uses_if_even"] == 2 and entry["max_uses_of_a_document"] <= 3
     assert entry["largest_sample_overlap_tokens"] > 0 and len(entry["largest_sample_overlap_pair"]) == 2
     assert any(line.startswith("WARNING stage w: only") for line in logged)

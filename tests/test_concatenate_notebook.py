@@ -28,6 +28,11 @@ def test_notebook_02_tiny_profile(tmp_path):
     assert rec["loader_lengths_equal"] is True
     assert rec["dropped_qa_bad_grounding"] == 0
     assert rec["first_sample_starts_with"] == "<|begin_of_text|>"
+    assert rec["windows"] == 0  # the fixture's documents are short: no windows
+    # the paper-scale keep table of bench/results (issue 19 §4): both corpora, all four stages
+    keep = rec["keep_at_paper_scale"]
+    assert {(r["corpus"], r["stage"]) for r in keep} == {
+        (c, s) for c in ("100K-median books", "250K-median books") for s in ("180K", "350K", "650K", "1M")}
 
 
 def test_notebook_02_rejects_unknown_parameter(tmp_path):

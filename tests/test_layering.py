@@ -27,6 +27,7 @@ STAGES = ("generate", "concat", "train", "eval")
 # (importer, imported) between two stage folders, with why.
 CROSS_STAGE = {
     ("concat.synthetic_books", "generate.walk"): "synthetic QA records follow stage 1's question plan",
+    ("concat.stage", "generate.windows"): "the too-long warning names the window cap (stage 1) that fits a slot",
     ("eval.haystack", "generate.corpus"): "RULER's essay haystack reads a corpus the way stage 1 does",
     ("eval.backends", "train.rope"): "the HF backend applies a checkpoint's RoPE settings as training wrote them",
     ("eval.params", "train.rope_settings"): "EvalConfig's rope override has training's type",

@@ -10,7 +10,7 @@ Imports ``core`` and, for its test corpora, ``generate``.
 from ..core.exports import lazy_exports
 
 _EXPORTS = {name: ".stage" for name in ("StageSpec", "ConcatConfig", "Concatenator", "run", "stage_summary",
-                                        "questions_kept", "main")}
+                                        "questions_kept", "keep_at_paper_scale", "main")}
 _EXPORTS |= {"FITS": ".plan_types", "LEVELS": ".plan_types", "StageBudgetError": ".plan_types"}
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -68,6 +68,8 @@ class Document:
     chunk_ends_paragraph: np.ndarray  # bool, text[:char_end of chunk c] ends with a blank line
     hierarchical: list[QA] = field(default_factory=list)
     diverse: list[QA] = field(default_factory=list)
+    parent: str | None = None     # a window's book (stage 1's ``window.parent``); None for a whole document
+    window: int | None = None     # its index among the book's windows
 
     @property
     def n_chunks(self) -> int:
@@ -249,6 +251,20 @@ def _read_qa_list(rec: dict, key: str, kind: str, label_key: str, path: Path, li
     return out
 
 
+def _read_window(rec: dict, path: Path, line: int, what: str) -> tuple[str | None, int | None]:
+    """``(parent, index)`` of a window record (``window`` written by stage 1 for a long book split
+    by longctx.generate.windows), ``(None, None)`` for a whole document (and every older file)."""
+    if "window" not in rec:
+        return None, None
+    window = _get(rec, "window", dict, path, line, what)
+    parent = _get(window, "parent", str, path, line, f"{what}: field 'window'")
+    index = _get(window, "index", int, path, line, f"{what}: field 'window'")
+    count = _get(window, "count", int, path, line, f"{what}: field 'window'")
+    if not 0 <= index < count:
+        raise _fail(path, line, f"{what}: field 'window': index {index} is not in 0..{count - 1} (count {count})")
+    return parent, index
+
+
 def read_qa_store(path: str | Path, cache_tokens: int = 1 << 26) -> QAStore:
     """Read and validate a stage-1 qa.jsonl; tokenise every question and answer once.
 
@@ -298,6 +314,7 @@ def read_qa_store(path: str | Path, cache_tokens: int = 1 << 26) -> QAStore:
                            title=title.strip() or doc_id, n_tokens=n_tokens,
                            chunk_token_ends=token_ends, chunk_char_ends=char_ends,
                            chunk_ends_paragraph=np.array([text[e - 2:e] == "\n\n" for e in char_ends]))
+            doc.parent, doc.window = _read_window(rec, path, line_no, what)
             documents.append(doc)
             pending.append((doc, hier, div))
     if not documents:

@@ -31,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..core.config import ParamsError, bad, load_params, param, parse_overrides, resolve_path, to_dict
+from ..generate.windows import QA_TOKENS_PER_DOCUMENT
 from .layout import LAYOUTS, SampleLayout
 from .plan import FITS, LEVELS, SamplePlan, SamplePlanner, StageBudgetError
 from .qa_store import QAStore, read_qa_store
@@ -175,6 +176,18 @@ class Concatenator:
             "revisit_shortfall": plan.revisit_shortfall, "revisit_distances": plan.revisit_distances, "layout": self.cfg.layout,
         }
 
+    def _window_for(self, slot: int) -> int:
+        """The ``max_window_tokens`` whose windows fit ``slot`` whole: the slot less what this
+        input's documents add to their text (header, QA turns; the median, estimated as the
+        planner estimates costs), at least 1,024 tokens."""
+        usable = np.asarray(self.planner.usable, dtype=np.int64)
+        index = self.planner.index
+        if not len(usable):
+            return max(slot - QA_TOKENS_PER_DOCUMENT, 1024)
+        n_tokens = np.array([self.store.documents[p].n_tokens for p in usable])
+        extra = float(np.median(index.cost(usable, index.n_diverse + index.n_revisit) - n_tokens))
+        return max(int(slot - extra) // 1024 * 1024, 1024)
+
     def write_stage(self, spec: StageSpec, output_dir: Path,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
         """Write ``{output_dir}/{spec.name}.parquet``; return the stage's manifest entry."""
@@ -232,7 +245,9 @@ class Concatenator:
                     f"only {kept / planned:.0%} of {level} questions kept ({kept:,} of {planned:,}): a cut "
                     f"document loses every question on its cut chunks (all its global ones), and {longer} of "
                     f"{usable} usable documents are longer than a slot of ~{slot:,} tokens "
-                    f"({spec.target_tokens:,} / {spec.docs_per_sample or 1} documents); fix: regenerate stage 1 with max_document_tokens <= {slot:,}, or use fewer documents per sample")
+                    f"({spec.target_tokens:,} / {spec.docs_per_sample or 1} documents); fix: regenerate stage 1 "
+                    f"with max_window_tokens <= {self._window_for(slot):,} (long documents become "
+                    "windows placed whole; longctx.generate.windows), or use fewer documents per sample")
         if overlap > 0.5 * spec.target_tokens:
             warnings.append(f"samples {pair[0]} and {pair[1]} share {overlap:,} document tokens "
                             f"({overlap / spec.target_tokens:.0%} of the {spec.target_tokens:,}-token target): "
@@ -303,7 +318,10 @@ def run(cfg: ConcatConfig, log: Callable[[str], None] = print) -> dict[str, Any]
         "params": to_dict(cfg),
         "input": {"qa_path": str(qa_path), "sha256": _sha256(qa_path), "documents": len(store),
                   "usable_documents": len(concat.planner.usable),
-                  "tokens": sum(d.n_tokens for d in store.documents), "qa": n_qa},
+                  "tokens": sum(d.n_tokens for d in store.documents), "qa": n_qa,
+                  # documents that are windows of a long book (stage 1's max_window_tokens), and those books
+                  "windows": sum(d.parent is not None for d in store.documents),
+                  "windowed_books": len({d.parent for d in store.documents if d.parent is not None})},
         "tokenizer": store.tokenizer.name,
         "k_means": 1024,
         "dropped_qa_bad_grounding": len(store.dropped_qa),
@@ -342,6 +360,34 @@ def questions_kept(manifest: dict[str, Any]):
                     **{f"fit {k}": v for k, v in s["fits"].items()}})
         rows[name] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+# bench/bench_concat_keep.py's results: corpus -> results stem (issue 19 §4: long books as windows)
+KEEP_BENCHMARKS = {"100K-median books": "concat_keep", "250K-median books": "concat_keep_250k"}
+
+
+def keep_at_paper_scale(results_dir: str | Path = "bench/results"):
+    """Global and section questions kept at the paper's stages on 7,772 synthetic books, per corpus
+    (``bench/bench_concat_keep.py``: long books split by stage 1 into windows), as a DataFrame;
+    goal: >= 90 % everywhere. Corpora whose results file is missing are left out."""
+    import csv
+
+    import pandas as pd
+
+    rows = []
+    for corpus, stem in KEEP_BENCHMARKS.items():
+        path = resolve_path(results_dir) / f"{stem}.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                rows.append({"corpus": corpus, "stage": r["stage"],
+                             "global kept": float(r["global_kept_fraction"]),
+                             "section kept": float(r["section_kept_fraction"]),
+                             "documents cut": f"{int(r['documents_cut']):,}/{int(r['documents']):,}"})
+    frame = pd.DataFrame(rows, columns=["corpus", "stage", "global kept", "section kept", "documents cut"])
+    frame["goal met"] = (frame["global kept"] >= 0.9) & (frame["section kept"] >= 0.9)
+    return frame
 
 
 def main(argv: list[str] | None = None) -> int:

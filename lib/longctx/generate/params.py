@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..core.config import bad, param
 from .corpus import REMOVED_FROM_MAIN
 from .walk import DIVERSE_TYPES
+from .windows import DEFAULT_WINDOW_TOKENS
 
 __all__ = ["GenerateParams", "PROMPT_OVERHEAD_TOKENS"]
 
@@ -39,6 +40,12 @@ class GenerateParams:
     max_documents: int = param(0, "process at most this many usable documents (0 = all)", min=0)
     max_document_tokens: int = param(0, "cut each document to at most this many tokens at a chunk "
                                         "boundary (0 = whole document; the demo uses it to fit its time budget)", min=0)
+    max_window_tokens: int = param(DEFAULT_WINDOW_TOKENS,
+                                   "split a longer document into windows of at most this many tokens, cut at "
+                                   "chunk boundaries, each a document of its own (id '<id>#w<k>', own summaries "
+                                   "and QA) that stage 2 can place whole; default: the largest per-document slot "
+                                   "of params/paper/02_concatenate.yaml less its QA (longctx.generate.windows); "
+                                   "0 = whole documents (stage 2 then cuts those longer than a slot)", min=0)
     # --- outputs
     output_dir: str = param("runs/generate", "where qa.jsonl, manifest.json and the work folder go")
     cache_dir: str = param("", "request cache folder (empty = <output_dir>/cache); share it between runs to reuse answers")
@@ -160,6 +167,9 @@ class GenerateParams:
         if self.max_document_tokens and self.max_document_tokens < self.small_chunk_tokens:
             raise bad("max_document_tokens", f"must be 0 or >= small_chunk_tokens ({self.small_chunk_tokens}), "
                                              f"got {self.max_document_tokens}")
+        if self.max_window_tokens and self.max_window_tokens < self.medium_chunk_tokens:
+            raise bad("max_window_tokens", f"must be 0 or >= medium_chunk_tokens ({self.medium_chunk_tokens}): a "
+                                           f"window is a document with sections of its own, got {self.max_window_tokens}")
         deleted = REMOVED_FROM_MAIN.get((self.corpus.removeprefix("hf:"), self.corpus_data_files))
         if self.corpus.startswith("hf:") and deleted and not self.corpus_revision:
             raise bad("corpus_revision", f"{self.corpus_data_files} was deleted from {self.corpus[3:]}'s main "

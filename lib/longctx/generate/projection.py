@@ -88,8 +88,11 @@ def _prefix_cache(manifest: dict[str, Any], params: GenerateParams, prompt: floa
 def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
     """The projection of a dry run's ``manifest`` (from :func:`longctx.generate.stage.run`) to the corpus."""
     counts, totals = manifest["counts"], manifest["totals"]
+    # a long document split into windows (longctx.generate.windows) writes one record per window:
+    # the sample is counted in corpus documents, its windows apart
+    windows, windowed = counts.get("windows", 0), counts.get("documents_windowed", 0)
     sampled = (counts.get("documents_written", 0) + counts.get("documents_failed", 0)
-               + counts.get("documents_skipped", 0))
+               + counts.get("documents_skipped", 0) - windows + windowed)
     corpus = params.corpus_documents or sampled
     scale = corpus / sampled if sampled else 0.0
     prompt = totals["prompt_tokens"] * scale
@@ -98,6 +101,9 @@ def project(manifest: dict[str, Any], params: GenerateParams) -> dict[str, Any]:
     wall_s = server_s / params.projection_servers
     return {
         "sampled_documents": sampled, "corpus_documents": corpus, "scale": scale,
+        "sampled_windowed": windowed, "sampled_windows": windows,
+        "documents_windowed": round(windowed * scale), "windows": round(windows * scale),
+        "records": round((sampled - counts.get("documents_skipped", 0) - windowed + windows) * scale),
         "extrapolated": bool(params.corpus_documents) and corpus != sampled,
         "requests": round(totals["calls"] * scale), "prompt_tokens": round(prompt),
         "completion_tokens": round(completion), "cost_usd": round(totals["cost_usd"] * scale, 2),
@@ -118,8 +124,12 @@ def format_projection(p: dict[str, Any]) -> str:
     else:
         head = (f"Projection for the {p['sampled_documents']:,} documents this dry run saw "
                 "(set corpus_documents to extrapolate to a whole corpus):")
-    lines = [
-        head,
+    lines = [head]
+    if p.get("sampled_windowed"):
+        lines.append(f"  {p['sampled_windowed']:,} sampled documents were longer than max_window_tokens and became "
+                     f"{p['sampled_windows']:,} windows: ~{p['documents_windowed']:,} windowed documents, "
+                     f"~{p['records']:,} qa.jsonl records in the corpus")
+    lines += [
         f"  {p['requests']:,} requests, {p['prompt_tokens']:,} prompt + {p['completion_tokens']:,} completion tokens, "
         f"cost estimate ${p['cost_usd']:,.2f}",
         f"  {p['server_hours']:,.1f} server-hours at {p['server_prompt_tokens_per_s']:,.0f} prompt + "

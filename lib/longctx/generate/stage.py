@@ -11,10 +11,11 @@ Launch::
 
 Layout of ``output_dir`` (a sharded run writes the same under ``shards/<i>-of-<n>/``)::
 
-    qa.jsonl            one record per document, corpus order (docs/CONTRACTS.md)
+    qa.jsonl            one record per document, corpus order (docs/CONTRACTS.md); a document longer
+                        than max_window_tokens gives one record per window (longctx.generate.windows)
     rejected.jsonl      every generation a quality gate refused, with its reason
     manifest.json       params, generator, counts, tokens, cost, timings, skipped documents
-    work/docs/*.json    one file per finished document, written atomically
+    work/docs/*.json    one file per finished document, written atomically (a windowed one: its windows)
     cache/*.sqlite      every validated response, keyed by the request's content
 
 Kill it at any moment and start it again: finished documents are not redone and finished
@@ -58,6 +59,7 @@ from .projection import format_projection, project
 from .prompts import load_prompts
 from .quality import gate_of
 from .status import CostCap, ShardProgress, run_root
+from .windows import DEFAULT_WINDOW_TOKENS, Window, split_windows
 
 __all__ = ["run", "merge", "main", "shard_dir", "RunStopped"]
 
@@ -94,7 +96,7 @@ _NOT_IN_FINGERPRINT = {"output_dir", "cache_dir", "max_documents", "max_concurre
 
 # Parameters added after documents were fingerprinted, left out at the value that behaves as
 # before they existed, so a document finished then is still reused.
-_ADDED_LATER = {"top_p": 0.0}
+_ADDED_LATER = {"top_p": 0.0, "max_window_tokens": DEFAULT_WINDOW_TOKENS}  # windows: _finished redoes long ones
 
 
 def fingerprint(params: GenerateParams) -> str:
@@ -104,15 +106,18 @@ def fingerprint(params: GenerateParams) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _finished(path: Path, print_: str) -> bool:
-    """A document file from an earlier run that can be reused as is."""
+def _finished(path: Path, print_: str, max_window_tokens: int = 0) -> bool:
+    """A document file from an earlier run that can be reused as is. A whole document longer than
+    ``max_window_tokens`` (written before windows existed) is redone as windows; its chunk
+    summaries come from the cache where the prompts are the same."""
     if not path.is_file():
         return False
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False  # a torn file cannot exist (atomic writes), but never trust, redo
-    return entry.get("status") == "ok" and entry.get("fingerprint") == print_
+    too_long = bool(max_window_tokens) and entry.get("record", {}).get("n_tokens", 0) > max_window_tokens
+    return entry.get("status") == "ok" and entry.get("fingerprint") == print_ and not too_long
 
 
 def _assigned(params: GenerateParams) -> Iterator[tuple[int, Document | Skipped]]:
@@ -205,20 +210,41 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, limits: 
                 documents["done"] += 1
                 return
             doc, chunking = prepared
-            progress.add_total(expected_requests(params, chunking))
+            windows = await asyncio.to_thread(split_windows, doc, chunking, params.max_window_tokens, tokenizer,
+                                              params.small_chunk_tokens, params.medium_chunk_tokens)
+            for _, part_chunking, _ in windows:
+                progress.add_total(expected_requests(params, part_chunking))
             entry: dict[str, Any] = {"position": position, "id": doc.id, "source": doc.source,
                                      "fingerprint": print_}
-            try:
-                result = await generate_document(llm, prompts, params, doc, chunking, progress.step)
-                entry.update(status="ok", record=result.record, rejects=result.rejects,
-                             failed_items=result.failed_items, shortfall=result.shortfall,
-                             qa_generations=result.qa_generations, walk=result.walk)
-            except DocumentFailed as err:
-                entry.update(status="failed", reason=str(err), rejects=[])
-                documents["failed"] += 1
-            except BudgetExhausted:
-                return  # not finished: no document file, a rerun does it (its answers so far are cached)
-            entry["accounting"] = accounting.for_doc(doc.id)
+            async def one_window(part: Document, part_chunking: Chunking, window: Window | None) -> dict[str, Any]:
+                # a window is a document of its own (longctx.generate.windows); one that fails is
+                # reported alone, its siblings are kept
+                sub: dict[str, Any] = {"id": part.id, "source": part.source}
+                try:
+                    result = await generate_document(llm, prompts, params, part, part_chunking, progress.step)
+                    if window is not None:
+                        result.record["window"] = window.as_record(doc.id, chunking.n_tokens)
+                    sub.update(status="ok", record=result.record, rejects=result.rejects,
+                               failed_items=result.failed_items, shortfall=result.shortfall,
+                               qa_generations=result.qa_generations, walk=result.walk)
+                except DocumentFailed as err:
+                    sub.update(status="failed", reason=str(err), rejects=[])
+                    documents["failed"] += 1
+                sub["accounting"] = accounting.for_doc(part.id)
+                return sub
+
+            # a book's windows at once, like documents: its requests share the client's limits
+            parts = await asyncio.gather(*(one_window(*w) for w in windows), return_exceptions=True)
+            for outcome in parts:
+                if isinstance(outcome, BudgetExhausted):
+                    return  # not finished: no document file, a rerun does it (its answers so far are cached)
+            for outcome in parts:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            if len(parts) == 1 and windows[0][2] is None:
+                entry.update(parts[0], id=doc.id)  # a whole document: the file as before windows existed
+            else:
+                entry.update(status="ok", windows=parts)
             _write_atomic(docs_dir / f"{position:07d}.json", json.dumps(entry, ensure_ascii=False))
             documents["this_run"] += 1
             documents["done"] += 1
@@ -262,7 +288,7 @@ async def _run_async(params: GenerateParams, base_url: str, model: str, limits: 
                     skipped.append({"id": item.id, "source": item.source, "reason": item.reason})
                     continue
                 assigned += 1
-                if _finished(docs_dir / f"{position:07d}.json", print_):
+                if _finished(docs_dir / f"{position:07d}.json", print_, params.max_window_tokens):
                     documents["resumed"] += 1
                     documents["done"] += 1
                     continue
@@ -310,31 +336,36 @@ def _assemble(out: Path, docs_dirs: list[Path]) -> dict[str, Any]:
     tmp_qa, tmp_rej = out / ".qa.jsonl.tmp", out / ".rejected.jsonl.tmp"
     with open(tmp_qa, "w", encoding="utf-8") as qa_out, open(tmp_rej, "w", encoding="utf-8") as rej_out:
         for path in files:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            per_doc.append({"id": entry["id"], "status": entry["status"], **entry.get("accounting", {})})
-            if entry["status"] != "ok":
-                failed_docs.append({"id": entry["id"], "source": entry["source"], "reason": entry["reason"]})
-                continue
-            record = entry["record"]
-            qa_out.write(json.dumps(record, ensure_ascii=False) + "\n")
-            for reject in entry["rejects"]:
-                rej_out.write(json.dumps(reject, ensure_ascii=False) + "\n")
-                reasons[reject["reason"]] += 1
-                gate = reject.get("gate") or gate_of(reject["reason"])  # files written before gates were named
-                by_gate[gate] += 1
-                by_category.setdefault(reject.get("category") or reject["kind"], Counter())[gate] += 1
-            counts["documents_written"] += 1
-            counts["failed_questions"] += len(entry["failed_items"])
-            for kind in ("hierarchical", "diverse"):  # requested QA still missing when the budget ran out
-                counts[f"shortfall_{kind}"] += entry.get("shortfall", {}).get(kind, 0)
-                counts[f"qa_generations_{kind}"] += entry.get("qa_generations", {}).get(kind, 0)
-            counts["summary_fallbacks"] += len(record["summaries"].get("fallbacks", []))
-            for key in walks:
-                if key in entry.get("walk", {}):
-                    walks[key].append(entry["walk"][key])
-            book_tokens += record["n_tokens"]
-            by_level.update(q["level"] for q in record["hierarchical_qa"])
-            by_type.update(q["type"] for q in record["diverse_qa"])
+            book = json.loads(path.read_text(encoding="utf-8"))
+            if "windows" in book:  # counted apart so that the dry run's projection scales by books
+                counts["documents_windowed"] += 1
+                counts["windows"] += len(book["windows"])
+            for entry in book.get("windows") or [book]:  # a long book's windows are documents of their own
+                per_doc.append({"id": entry["id"], "status": entry["status"], **entry.get("accounting", {})})
+                if entry["status"] != "ok":
+                    failed_docs.append({"id": entry["id"], "source": entry["source"], "reason": entry["reason"]})
+                    continue
+                record = entry["record"]
+                qa_out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                for reject in entry["rejects"]:
+                    rej_out.write(json.dumps(reject, ensure_ascii=False) + "\n")
+                    reasons[reject["reason"]] += 1
+                    gate = reject.get("gate") or gate_of(reject["reason"])  # files written before gates were named
+                    by_gate[gate] += 1
+                    by_category.setdefault(reject.get("category") or reject["kind"], Counter())[gate] += 1
+                counts["documents_written"] += 1
+                counts["failed_questions"] += len(entry["failed_items"])
+                for kind in ("hierarchical", "diverse"):  # requested QA still missing when the budget ran out
+                    counts[f"shortfall_{kind}"] += entry.get("shortfall", {}).get(kind, 0)
+                    counts[f"qa_generations_{kind}"] += entry.get("qa_generations", {}).get(kind, 0)
+                counts["summary_fallbacks"] += len(record["summaries"].get("fallbacks", []))
+                for key in walks:
+                    if key in entry.get("walk", {}):
+                        walks[key].append(entry["walk"][key])
+                book_tokens += record["n_tokens"]
+                counts["documents_longer_than_paper_slot"] += record["n_tokens"] > DEFAULT_WINDOW_TOKENS
+                by_level.update(q["level"] for q in record["hierarchical_qa"])
+                by_type.update(q["type"] for q in record["diverse_qa"])
     tmp_qa.replace(out / "qa.jsonl")
     tmp_rej.replace(out / "rejected.jsonl")
     return {"counts": {**counts, "documents_failed": len(failed_docs),
@@ -358,6 +389,19 @@ def _walk_means(walks: dict[str, list[dict]]) -> dict[str, Any]:
                     for k in ("sections", "chunks", "largest_gap", "follow_ups")}
             out[key] = {**mean, "largest_gap_max": round(max(r["largest_gap"] for r in rows), 4)}
     return out
+
+
+def long_document_warnings(counts: dict[str, Any], params: GenerateParams) -> list[str]:
+    """A warning when records are longer than the paper's stage-2 slots allow whole (windows off or
+    wider than the default): stage 2 will cut them and lose their global questions."""
+    n = counts.get("documents_longer_than_paper_slot", 0)
+    if not n:
+        return []
+    return [f"{n} of {counts.get('documents_written', 0)} documents are longer than {DEFAULT_WINDOW_TOKENS:,} "
+            f"tokens (max_window_tokens is {params.max_window_tokens:,}): the paper's 350K / 650K / 1M stages "
+            "can only place them cut, losing their global questions (issue 19: 10-31 % kept on a 250K-median "
+            f"corpus); fix: rerun with max_window_tokens={DEFAULT_WINDOW_TOKENS} (the default), which splits "
+            "them into windows stage 2 places whole"]
 
 
 def _totals(per_doc: list[dict], book_tokens: int) -> dict[str, Any]:
@@ -440,6 +484,9 @@ def run(params: GenerateParams, dry_run: bool = False, stop_on_sigterm: bool = F
     manifest["counts"]["documents_skipped"] = len(live["skipped"])
     if prefix_cache is not None:
         manifest["prefix_cache"] = prefix_cache
+    manifest["warnings"] = long_document_warnings(manifest["counts"], params)
+    for warning in manifest["warnings"]:
+        print(f"[QA generation] WARNING: {warning}", file=sys.stderr, flush=True)
     if dry_run:  # the whole corpus's requests, tokens and wall time, scaled from this sample
         manifest["projection"] = project(manifest, params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
@@ -482,6 +529,7 @@ def merge(params: GenerateParams, dry_run: bool = False) -> dict[str, Any]:
         "timings": {"shard_wall_s": [m["timings"]["wall_s"] for m in manifests]},
     }
     manifest["counts"]["documents_skipped"] = len(manifest["skipped_documents"])
+    manifest["warnings"] = long_document_warnings(manifest["counts"], params)
     _write_atomic(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
     return manifest
 
