@@ -64,11 +64,13 @@ def apply_activation_checkpointing(model: nn.Module, offload_layers: int = 0) ->
     return offload.checkpoint_layers(decoder_layers(model), offload_layers)
 
 
-def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype, offload_params: bool = False) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
     kwargs = {"mesh": par.fsdp_mesh, **({"mp_policy": policy} if policy else {})}
+    if offload_params:   # sharded fp32 weights and gradients live on the CPU, in pinned memory where there is CUDA
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=par.device.type == "cuda")
     for layer in decoder_layers(wrapper.lm):
         fully_shard(layer, **kwargs)
     fully_shard(wrapper.lm.get_input_embeddings(), **kwargs)
@@ -100,6 +102,10 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
     ulysses.enable(lm)
     dtype = compute_dtype(cfg, par.device)
     memory = plan_stage(cfg, stage, par.world_size, dtype.itemsize, dims_from_config(config))
+    if par.device.type == "cuda" and not memory.fits_gpu:
+        raise ValueError(f"stage {stage.name}: estimated {memory.gib['reserved']:.1f} GiB per GPU, more than "
+                         f"gpu_memory_gb={cfg.gpu_memory_gb:g}" + ("" if cfg.offload_params else
+                         "; offload_params: true keeps weights, gradients and AdamW state in host memory"))
     if cfg.norm_tile_tokens:
         tile_norms(lm, cfg.norm_tile_tokens)      # before the checkpoint wrappers: every norm, the final one too
     if memory.tiled_mlp_tokens:
@@ -111,17 +117,26 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
         dist.print0(f"stage {stage.name}: MLP tiles of {memory.tiled_mlp_tokens or 'off'} tokens, "
                     f"{memory.offload_layers}/{config.num_hidden_layers} layer checkpoints in host memory "
                     f"(estimate {memory.gib['total']:.1f} GiB GPU, {memory.gib['host']:.1f} GiB host per rank)")
-    if par.world_size > 1:
-        _apply_fsdp(wrapper, par, dtype)
+    offload_params = cfg.offload_params
+    if offload_params and par.fsdp_mesh is None:
+        raise ValueError("offload_params needs a process group: dist.init(one_rank_group=True) on one rank")
+    if par.world_size > 1 or offload_params:
+        _apply_fsdp(wrapper, par, dtype, offload_params)
     if seeded:
-        wrapper.to(par.device)
+        if not offload_params:       # fully_shard placed the shards: on the CPU with offload_params
+            wrapper.to(par.device)
     else:
-        wrapper.to_empty(device=par.device)
+        wrapper.to_empty(device="cpu" if offload_params else par.device)
+        if offload_params:           # buffers (not sharded) go to the device; the rotary phases are attributes
+            for module in wrapper.modules():
+                for name, buf in module._buffers.items():
+                    if buf is not None:
+                        module._buffers[name] = buf.to(par.device)
         if init_from is not None:
             checkpoint.load(init_from, wrapper)
         else:
             _load_pretrained(cfg.model, wrapper, par)
-    if par.world_size == 1 and dtype != torch.float32:
+    if par.world_size == 1 and dtype != torch.float32 and not offload_params:
         wrapper.autocast_dtype = dtype  # one device: fp32 master weights, bf16 compute via autocast
     return wrapper
 
@@ -136,7 +151,7 @@ def _load_pretrained(source: str, wrapper: AnswerOnlyLM, par: dist.Parallel) -> 
         donor = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         full = {f"lm.{k}": v for k, v in donor.state_dict().items()}
         del donor
-    if par.world_size == 1:
+    if par.fsdp_mesh is None:
         missing, unexpected = wrapper.load_state_dict(full, strict=False)
         if unexpected or [k for k in missing if "rotary" not in k]:
             raise ValueError(f"{source}: missing {missing[:3]} unexpected {unexpected[:3]}")
