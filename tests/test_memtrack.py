@@ -91,3 +91,24 @@ def test_bench_fake_probe_runs_the_real_variants():
     assert tracked.weights == 2 * n                      # bf16 weights
     assert row["offloaded"] == 2 and tracked.host == tracked.host_pinned == 2 * 4096 * 64 * 2
     assert tracked.peak > tracked.weights + tracked.grads
+
+
+def test_fake_probe_with_params_offloaded_keeps_weights_and_gradients_off_the_device():
+    """``offload_params`` on fake tensors: FSDP2 with CPUOffloadPolicy on a one-rank ``fake`` process
+    group. Its shards and gradients count as host bytes, its gathered layers (freed by resizing their
+    storage to 0) count only while gathered; the tracked peak is then the plain offload's less the
+    resident weights and gradients, and the estimate follows it."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_train_throughput as bench
+
+    dims = dict(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2)
+    n = 3 * (64 * 16 * 12 + 3 * 64 * 160 + 2 * 64) + 2 * 512 * 64 + 64
+    plain = bench.fake_probe("ours_tiled_offload", 4096, dims=dims, tile_tokens=1024, offload=3)["bytes"]
+    row = bench.fake_probe("ours_offload_params", 4096, dims=dims, tile_tokens=1024, offload=3)
+    tracked = row["bytes"]
+    assert tracked.weights == tracked.grads == 0
+    assert tracked.host >= 2 * n + 3 * 4096 * 64 * 2            # bf16 shards + every layer input
+    layer = 64 * 16 * 12 + 3 * 64 * 160 + 2 * 64
+    assert tracked.peak < plain.peak - plain.weights - plain.grads + 2 * (layer + 512 * 64) * 2 * 3
+    assert 0.9 <= row["est_over_peak"] <= 1.1, row

@@ -113,3 +113,42 @@ def test_build_refuses_offload_without_a_process_group():
     par = dist.Parallel(dist.DistInfo(False, 0, 0, 1), torch.device("cpu"), dp=1, sp=1)
     with pytest.raises(ValueError, match="one_rank_group"):
         build_model(cfg, cfg.stages[0], par)
+
+
+def _one_gpu_8b(offload: bool, host_gb: float, seq_len: int = 32768) -> TrainConfig:
+    stage = {"name": "one", "samples": "unused", "seq_len": seq_len, "sp": 1, "global_batch": 1,
+             "rope": {"type": "default", "theta": 5e5}}
+    return load_params(TrainConfig, ROOT / "params/paper/03_train.yaml",
+                       {"model": "meta-llama/Llama-3.1-8B", "stages": [stage], "gpus_per_node": 1,
+                        "gpu_memory_gb": 80, "host_memory_gb": host_gb, "offload_params": offload})
+
+
+def test_dry_run_offers_offload_params_to_a_one_gpu_8b_run():
+    """fp32 weights + AdamW on one GPU need >= 150 GiB: the dry run says so and what offload_params
+    needs instead (the GPU: a few GiB at 32K; the host: pinned fp32 shards and gradients + AdamW's
+    moments, ~156 GiB, more than a 128 GiB host)."""
+    from longctx.train.launch import dry_run
+    from longctx.train.memory import KNOWN, host_state_bytes
+    from longctx.train.model import refuse_unfit
+    from longctx.train.memory import plan_stage
+
+    plain = dry_run(_one_gpu_8b(False, 128))[0]
+    assert not plain["fits"] and plain["gpu_gib"] >= 149   # 20 N bytes = 149.6 GiB
+    assert "offload_params: true" in plain["notes"] and "does not fit either (host)" in plain["notes"]
+    resident, at_end = host_state_bytes(KNOWN["meta-llama/Llama-3.1-8B"], 1, 2, optimizer=True)
+    n = KNOWN["meta-llama/Llama-3.1-8B"].params
+    assert resident + at_end > 16 * n                   # pinned blocks round up
+    big_host = dry_run(_one_gpu_8b(False, 256))[0]
+    assert "offload_params: true" in big_host["notes"] and ": fits" in big_host["notes"]
+    offloaded = dry_run(_one_gpu_8b(True, 256))[0]
+    assert offloaded["fits"] and offloaded["states_gib"] == 0 and offloaded["gpu_gib"] < 20
+    assert offloaded["host_gib"] == pytest.approx((resident + at_end) / 2**30, abs=0.05)
+    # before the job starts: a GPU build refuses what fits nowhere, and names the way out
+    cfg = _one_gpu_8b(False, 128)
+    memory = plan_stage(cfg, cfg.stages[0], 1, 2)
+    with pytest.raises(ValueError, match="offload_params: true"):
+        refuse_unfit(cfg, cfg.stages[0], memory, "cuda")
+    refuse_unfit(cfg, cfg.stages[0], memory, "cpu")     # a CPU run has no GPU budget to break
+    cfg = _one_gpu_8b(True, 128)
+    with pytest.raises(ValueError, match="host"):
+        refuse_unfit(cfg, cfg.stages[0], plan_stage(cfg, cfg.stages[0], 1, 2), "cuda")

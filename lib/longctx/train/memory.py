@@ -132,15 +132,17 @@ def param_numels(dims: ModelDims) -> list[int]:
     return dims.layers * layer + [dims.vocab * d, dims.vocab * d, d]
 
 
-def host_state_bytes(dims: ModelDims, world_size: int, weight_bytes: int, optimizer: bool) -> int:
-    """Host bytes per rank of FSDP2's CPU offload: every parameter's shard and its gradient pinned
-    (each tensor its own block, rounded to a power of two by the caching host allocator), in fp32
-    with the optimizer (``weight_bytes`` without: the benchmark's bf16 model), AdamW's two moments
-    (pageable, ``8 N / W``) and its foreach temporaries at the step (``4 N / W``, after backward:
-    the larger of the two moments of the host peak is counted with the checkpoints, an upper bound)."""
+def host_state_bytes(dims: ModelDims, world_size: int, weight_bytes: int, optimizer: bool) -> tuple[int, int]:
+    """Host bytes per rank of FSDP2's CPU offload, ``(resident, at the end)``: resident all along,
+    every parameter's shard pinned (each tensor its own block, rounded to a power of two by the
+    caching host allocator) in fp32 with the optimizer (``weight_bytes`` without: the benchmark's
+    bf16 model) and AdamW's two moments (pageable, ``8 N / W``); added at the end of backward and
+    at the step, when the layer checkpoints are gone: the gradients, pinned the same way, and
+    AdamW's foreach temporaries (``4 N / W``)."""
     w = 4 if optimizer else weight_bytes
     pinned = sum(_pow2(-(-numel // world_size) * w) for numel in param_numels(dims))
-    return 2 * pinned + (12 * dims.params // world_size if optimizer else 0)
+    moments, temporaries = (8 * dims.params // world_size, 4 * dims.params // world_size) if optimizer else (0, 0)
+    return pinned + moments, pinned + temporaries
 
 
 OVERHEAD_GIB, OVERHEAD_FRACTION = 2.0, 0.03
@@ -167,8 +169,8 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     c = t * d * r
     head = v * d
     # ---- states, weight copies, and the bytes per gradient element outside the states
-    if offload_states:
-        state, copies, grad_b = 0, (2 * p_layer + head) * b, 0
+    if offload_states:   # one rank: FSDP2 copies a layer in when it is used, no prefetched copy (tracked)
+        state, copies, grad_b = 0, ((2 if world_size > 1 else 1) * p_layer + head) * b, 0
     elif fsdp:
         state, copies, grad_b = 16 * n / world_size, (2 * p_layer + head) * b, 0
     elif optimizer:
@@ -187,8 +189,8 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     mlp_bwd = attn_saved + norm_saved + c + c + mlp_ws + (0 if eager else c)   # h1 (tiled norm saves it), normed2, g
     # the tiled norm's backward: the post-attention norm's, next to the attention's saved tensors, with the
     # residual and incoming gradients, its input gradient buffer, the tiled MLP's concatenated input gradient
-    # and ~5 fp32 temporaries of one tile (at 512K with 64K-token tiles that is 5 GiB: the "extra layer-0
-    # tensor" the tracker found there; with the default 8K-token tiles 0.6 GiB)
+    # and ~5 fp32 temporaries of one tile (tracked: 64K tokens in one 64K-token tile, 3 layers: 14.7 GiB, this
+    # term 14.6; with the default 8K-token tiles 0.6 GiB, rarely the peak)
     norm_bwd = attn_saved + c + 7 * t * d * 4 if eager else attn_saved + 4 * c + 5 * min(norm_tile_tokens, t) * d * 4
     layer_grads = {"attention": (3 * d * i_ + hq * dh * d + d) * grad_b, "mlp": 0, "norm": 3 * d * i_ * grad_b}
     if fsdp or offload_states:                       # the current layer's unsharded gradients before reduce-scatter
@@ -204,7 +206,9 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
             if not 0 <= i < L:
                 continue
             on_device = max(0, i - k + 1) * c
-            # restored + prefetched (c at layer 0: nothing left to prefetch; the tracker confirms it op by op)
+            # restored + prefetched (c at layer 0: nothing left to prefetch; op by op so at 64K). At 512K and
+            # 1M with all 32 layers offloaded and weights + gradients on the device the tracker finds about one
+            # more c at layer 0's attention backward (the estimate 5-6 % low), not yet explained
             staging = (2 * c if i > 0 else c) if i < k else 0
             for name, ws in (("attention", attention_bwd), ("mlp", mlp_bwd), ("norm", norm_bwd)):
                 phases[f"layer {i} {name} backward"] = {
@@ -242,8 +246,10 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     parts["reserved"] = parts["total"] + parts["overhead"]
     per_layer = t * d * r
     parts["host_checkpoints"] = k * _pow2(per_layer) / GIB
-    parts["host_states"] = host_state_bytes(dims, world_size, b, optimizer) / GIB if offload_states else 0.0
-    parts["host"] = parts["host_checkpoints"] + parts["host_states"]
+    resident, at_end = host_state_bytes(dims, world_size, b, optimizer) if offload_states else (0, 0)
+    parts["host_states"] = (resident + at_end) / GIB
+    # the host peaks at the start of backward (every offloaded checkpoint) or at its end (the gradients)
+    parts["host"] = (resident + max(k * _pow2(per_layer), at_end)) / GIB
     parts["host_tensor_bytes"] = k * per_layer
     parts["tokens_per_gpu"] = t
     parts["phase"] = phase

@@ -25,7 +25,7 @@ from .memory import dims_from_config, plan_stage
 from .tiled_mlp import tile_mlps
 from .tiled_norm import tile_norms
 
-__all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
+__all__ = ["compute_dtype", "model_config", "build_model", "refuse_unfit", "decoder_layers", "apply_activation_checkpointing"]
 
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -77,6 +77,18 @@ def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype, o
     fully_shard(wrapper, **kwargs)  # root: final norm + output head, used by the loss inside forward
 
 
+def refuse_unfit(cfg: TrainConfig, stage: Stage, memory, device_type: str) -> None:
+    """On a GPU, raise before any weight is loaded when the stage's plan fits neither the GPU nor the
+    host budget, naming ``offload_params`` where it is off (on CPU the budgets describe no device)."""
+    if device_type != "cuda" or memory.fits:
+        return
+    raise ValueError(f"stage {stage.name}: estimated {memory.gib['reserved']:.1f} GiB per GPU (gpu_memory_gb="
+                     f"{cfg.gpu_memory_gb:g}) and {memory.gib['host']:.1f} GiB host per GPU (host_memory_gb="
+                     f"{cfg.host_memory_gb:g} per node): does not fit" +
+                     ("" if cfg.offload_params else "; offload_params: true keeps weights, gradients and AdamW state "
+                      "in host memory (python -m longctx.train --dry-run shows what it needs)"))
+
+
 def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: Path | None = None) -> AnswerOnlyLM:
     """The stage's training module on ``par``'s device, weights loaded.
 
@@ -102,10 +114,7 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
     ulysses.enable(lm)
     dtype = compute_dtype(cfg, par.device)
     memory = plan_stage(cfg, stage, par.world_size, dtype.itemsize, dims_from_config(config))
-    if par.device.type == "cuda" and not memory.fits_gpu:
-        raise ValueError(f"stage {stage.name}: estimated {memory.gib['reserved']:.1f} GiB per GPU, more than "
-                         f"gpu_memory_gb={cfg.gpu_memory_gb:g}" + ("" if cfg.offload_params else
-                         "; offload_params: true keeps weights, gradients and AdamW state in host memory"))
+    refuse_unfit(cfg, stage, memory, par.device.type)
     if cfg.norm_tile_tokens:
         tile_norms(lm, cfg.norm_tile_tokens)      # before the checkpoint wrappers: every norm, the final one too
     if memory.tiled_mlp_tokens:
