@@ -4,7 +4,8 @@ On a CPU-only machine the offload moves nothing (the device is the host), so wha
 that the trainer's path with the policy applied (FSDP2 on a one-rank process group of its own,
 or over the ranks of an sp=2 grid) trains exactly as the path without it: three AdamW steps of
 the tiny model, fp32, the same losses and the same weights within 1e-6. The policy is checked to
-be in force on every FSDP module (sharded weights, gradients and optimizer moments on the CPU).
+be in force on every FSDP module (sharded weights, gradients and optimizer moments on the CPU),
+and a checkpoint of the offloaded model and optimizer resumes to the same next loss.
 The memory it saves on a GPU is measured on fake tensors (``tests/test_memtrack.py``) and
 estimated (``longctx.train.memory``, ``tests/test_memory_estimate.py``).
 """
@@ -84,19 +85,45 @@ def _three_steps(sp: int, offload: bool):
     return losses, weights, wrapped, moments_on_cpu
 
 
+def _resumed_step(sp: int):
+    """One step, a checkpoint (DCP, sharded on the host), a fresh model and optimizer loaded from it:
+    the next step's loss from both."""
+    import tempfile
+
+    from longctx.train import checkpoint
+    from longctx.train.model import build_model
+    from longctx.train.stage import _train_step
+
+    par = dist.init(sp=sp, one_rank_group=True)
+    cfg = _config(sp, True)
+    data = SampleSet(_samples(), name="offload samples", max_tokens=64)
+    runs = []
+    for _ in range(2):
+        model = build_model(cfg, cfg.stages[0], par)
+        params = [p for p in model.parameters()]
+        runs.append((model, torch.optim.AdamW(params, lr=cfg.lr, foreach=True), params))
+    model, optimizer, params = runs[0]
+    _train_step(model, optimizer, params, data, [0, 1][par.dp_rank::par.dp], par, cfg.grad_clip, None)
+    folder = checkpoint.step_dir(Path(tempfile.mkdtemp()), 1)
+    checkpoint.save(folder, model, optimizer, {"step": 1})
+    checkpoint.load(folder, runs[1][0], runs[1][1])
+    return [_train_step(m, o, ps, data, [2, 3][par.dp_rank::par.dp], par, cfg.grad_clip, None)["loss"]
+            for m, o, ps in runs]
+
+
 def _worker(sp: int):
     if sp == 1:   # a plain single process (no torchrun): the one-rank group comes from an in-memory store
         for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
             os.environ.pop(key, None)
     plain = _three_steps(sp, offload=False)
     offloaded = _three_steps(sp, offload=True)
-    return plain, offloaded
+    return plain, offloaded, (_resumed_step(sp) if sp == 1 else None)
 
 
 @pytest.mark.parametrize("sp", [1, 2])
 def test_offloaded_params_train_as_the_plain_path(sp):
     results = dist.spawn(_worker, sp, sp, timeout_s=240)
-    (plain_losses, plain_w, plain_wrapped, _), (losses, weights, wrapped, moments_on_cpu) = results[0]
+    (plain_losses, plain_w, plain_wrapped, _), (losses, weights, wrapped, moments_on_cpu), resumed = results[0]
     assert plain_wrapped == 0 and wrapped == 2 + 2   # both decoder layers, the embedding, the root
     assert moments_on_cpu
     assert plain_losses[0] > 1.0 and plain_losses[-1] != plain_losses[0]   # it trained
@@ -104,6 +131,8 @@ def test_offloaded_params_train_as_the_plain_path(sp):
     assert weights.keys() == plain_w.keys()
     for name, w in weights.items():
         np.testing.assert_allclose(w, plain_w[name], atol=1e-6, rtol=0, err_msg=name)
+    if resumed is not None:   # a resumable checkpoint of the offloaded model and optimizer state
+        assert resumed[1] == pytest.approx(resumed[0], abs=1e-6)
 
 
 def test_build_refuses_offload_without_a_process_group():

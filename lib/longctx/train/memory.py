@@ -12,10 +12,13 @@ residual-stream tensor, ``k`` layers offloaded, ``tau`` MLP tile tokens.
 
 * ``states``: FSDP over ``W`` ranks: fp32 weights, gradients and AdamW's moments, ``16 N / W``; one
   rank with the optimizer: the same, ``16 N`` (no GPU holds it for 8B: use ``offload_states``);
-  the benchmark (``optimizer=False``): weights in ``b`` bytes, ``b N``; ``offload_states``: none
-  (weights, gradients and moments in host memory; FSDP2's ``CPUOffloadPolicy``).
+  the benchmark (``optimizer=False``): weights in ``b`` bytes, ``b N``; ``offload_states`` (the
+  trainer's ``offload_params``): none (weights, gradients and moments in host memory; FSDP2's
+  ``CPUOffloadPolicy``, one rank too). Host: :func:`host_state_bytes`.
 * ``weight_copies``: FSDP's gathered current and prefetched layers and the root's head,
-  ``(2 P + V d) b``; with ``offload_states`` the same, copied in from the host.
+  ``(2 P + V d) b``; with ``offload_states`` on one rank ``(P + V d) b`` (FSDP2 copies a layer in
+  when it is used; tracked), and at the end of backward the root and the embedding ``2 V d b``
+  while the root's gradient is reduced in fp32 (``embedding_end``).
 * ``gradients`` (``b`` bytes where they are not part of ``states``): they build up as backward
   walks the layers while the checkpoints are freed: at layer ``i`` the head's and layers
   ``i+1 .. L-1``'s, plus what layer ``i`` has produced so far.
