@@ -37,6 +37,8 @@ dense FLOP/s 989e12 (H100/H200 SXM; ``--peak-tflops``).
     python bench/gpu_train_throughput.py --smoke    # CPU, tiny model, a real memory limit: checks the script
     python bench/gpu_train_throughput.py --fake     # CPU, real 8B shape on fake tensors: tracked peak vs estimate
 
+The variants themselves (one model each, set up the way it trains) are in ``bench/gpu_train_variants.py``.
+
 Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``,
 ``gpu_train_memory_fake`` for ``--fake``). ``hfu``: hardware FLOPs utilisation, the FLOPs the GPU
 executes (recomputation included, ``executed_flops_per_token``); ``fake_gib``: the tracked peak of
@@ -57,13 +59,11 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import math
 import os
 import platform
 import resource
 import sys
 import time
-import types
 from datetime import datetime, timezone
 from pathlib import Path
 

@@ -157,9 +157,8 @@ def test_dry_run_offers_offload_params_to_a_one_gpu_8b_run():
     needs instead (the GPU: a few GiB at 32K; the host: pinned fp32 shards and gradients + AdamW's
     moments, ~156 GiB, more than a 128 GiB host)."""
     from longctx.train.launch import dry_run
-    from longctx.train.memory import KNOWN, host_state_bytes
+    from longctx.train.memory import KNOWN, host_state_bytes, plan_stage
     from longctx.train.model import refuse_unfit
-    from longctx.train.memory import plan_stage
 
     plain = dry_run(_one_gpu_8b(False, 128))[0]
     assert not plain["fits"] and plain["gpu_gib"] >= 149   # 20 N bytes = 149.6 GiB
