@@ -12,6 +12,9 @@ across GPUs in real runs). Variants, side by side in one run:
 * ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.train.tiled_mlp``) and as
   many layer checkpoints offloaded to pinned host memory as ``longctx.train.memory.plan`` says are
   needed at each length (``longctx.train.offload``), within the host memory available;
+* ``ours_offload_params``: ``ours_tiled_offload`` with weights and gradients in host memory too
+  (FSDP2 ``fully_shard`` with ``CPUOffloadPolicy`` on one rank, as ``offload_params: true``
+  trains): the GPU holds the layers being computed and their gradients in flight;
 * ``alst``: DeepSpeed's ALST single-GPU recipe on the same HF model, where deepspeed imports:
   its ``TiledMLP`` (tiles of ``hidden_size`` tokens), its checkpoint offload
   (``CheckpointHiddenStatesOffload``) and its ``TiledFusedLogitsLoss`` over all tokens (tiles of
@@ -34,6 +37,8 @@ dense FLOP/s 989e12 (H100/H200 SXM; ``--peak-tflops``).
     python bench/gpu_train_throughput.py --smoke    # CPU, tiny model, a real memory limit: checks the script
     python bench/gpu_train_throughput.py --fake     # CPU, real 8B shape on fake tensors: tracked peak vs estimate
 
+The variants themselves (one model each, set up the way it trains) are in ``bench/gpu_train_variants.py``.
+
 Results: ``bench/results/gpu_train_throughput.{md,csv}`` (``..._smoke`` for ``--smoke``,
 ``gpu_train_memory_fake`` for ``--fake``). ``hfu``: hardware FLOPs utilisation, the FLOPs the GPU
 executes (recomputation included, ``executed_flops_per_token``); ``fake_gib``: the tracked peak of
@@ -54,13 +59,11 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
-import math
 import os
 import platform
 import resource
 import sys
 import time
-import types
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -69,13 +72,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-LLAMA_31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                   num_attention_heads=32, num_key_value_heads=8)
-TINY = dict(vocab_size=16384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2)
-VARIANTS = ["hf", "ours", "ours_tiled_offload", "alst"]
-ANSWER_FRACTION = 0.1
-GIB = 2**30
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_train_variants import (ANSWER_FRACTION, GIB, LLAMA_31_8B, TINY, VARIANTS, Variant,  # noqa: E402
+                                batch, one_rank_fake_group)
+
 SMOKE_HEADROOM = 384 * 2**20     # bytes of address space the smoke run may add: hf's full logits hit it first
 
 
@@ -83,151 +83,6 @@ def _is_oom(err: BaseException) -> bool:
     return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
         isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err)
                                            or "not enough memory" in str(err)))
-
-
-class Variant:
-    """One model set up the way ``name`` trains; ``prepare(L)`` then ``step(ids, labels)``."""
-
-    def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
-                 gpu_gib: float, host_gib: float, tile_tokens: int, offload: int | None = None,
-                 norm_tile_tokens: int = 8192):
-        from longctx.train import dist, rope, ulysses
-        from longctx.train.memory import ModelDims
-        from transformers import AutoModelForCausalLM, LlamaConfig
-
-        self.name, self.dims, self.device, self.dtype = name, dims, device, dtype
-        self.gpu_gib, self.host_gib, self.tile_tokens, self.force_offload = gpu_gib, host_gib, tile_tokens, offload
-        self.model_dims = ModelDims(dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"],
-                                    dims["num_attention_heads"], dims["num_key_value_heads"], dims["vocab_size"],
-                                    dims["hidden_size"] // dims["num_attention_heads"])
-        config = LlamaConfig(**dims, max_position_embeddings=max_len, tie_word_embeddings=False, use_cache=False,
-                             rope_parameters={"rope_type": "default", "rope_theta": rope.scaling_law_theta(max_len)},
-                             attn_implementation="sdpa")
-        with torch.device(device):  # random init straight on the GPU (8B on the CPU takes minutes)
-            self.lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
-        self.lm.train()
-        self.store, self.offloaded, self.tile = None, 0, 0
-        if name in ("hf", "alst"):
-            if hasattr(self.lm, "activation_checkpointing_enable"):      # transformers >= 5.2x
-                self.lm.activation_checkpointing_enable({"use_reentrant": False})
-            else:
-                self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            if name == "alst":
-                self._setup_alst()
-            return
-        from longctx.train.loss import AnswerOnlyLM
-        from longctx.train.tiled_mlp import tile_mlps
-
-        dist.init(sp=1)
-        rope.install_rope(self.lm)
-        ulysses.enable(self.lm)
-        if norm_tile_tokens:
-            from longctx.train.tiled_norm import tile_norms
-
-            tile_norms(self.lm, norm_tile_tokens)
-        self.norm_tile = norm_tile_tokens
-        if name == "ours_tiled_offload":
-            tile_mlps(self.lm.model.layers, tile_tokens)
-            self.tile = tile_tokens
-        self.raw_layers = list(self.lm.model.layers)
-        self.model = AnswerOnlyLM(self.lm, chunk_tokens=1024)
-
-    def _setup_alst(self) -> None:
-        from deepspeed.runtime.activation_checkpointing.offload_activations import (
-            get_checkpoint_hidden_states_offloading_ctx_manager)
-        from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledMLP
-
-        def mlp_forward(mlp, x):
-            return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
-
-        def tiled(mlp, x):  # ALST's recipe: shards of hidden_size tokens
-            shards = max(1, math.ceil(x.shape[1] / x.shape[2]))
-            return TiledMLP.apply(mlp_forward, mlp, x, shards, [mlp.down_proj.weight, mlp.gate_proj.weight,
-                                                              mlp.up_proj.weight])
-
-        for layer in self.lm.model.layers:
-            layer.mlp.forward = types.MethodType(tiled, layer.mlp)
-        self.offload_ctx = lambda: get_checkpoint_hidden_states_offloading_ctx_manager(
-            use_pin_memory=self.device.type == "cuda", use_streams=self.device.type == "cuda")
-
-    def prepare(self, length: int) -> dict:
-        """Per-length setup (layers offloaded for this length); the estimate's GiB for ours."""
-        if self.name in ("hf", "alst"):
-            return {}
-        from longctx.train.memory import estimate, plan
-        from longctx.train.offload import checkpoint_layers
-
-        self.offloaded = 0
-        if self.name == "ours_tiled_offload" and self.force_offload is not None:
-            self.offloaded = self.force_offload
-        elif self.name == "ours_tiled_offload":
-            self.offloaded = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always",
-                                  self.tile_tokens, "auto", compute_bytes=self.dtype.itemsize,
-                                  optimizer=False, norm_tile_tokens=self.norm_tile).offload_layers
-        self.lm.model.layers = torch.nn.ModuleList(self.raw_layers)
-        self.store = checkpoint_layers(self.lm.model.layers, self.offloaded)
-        gib = estimate(self.model_dims, length, 1, 1, self.dtype.itemsize, tiled_mlp_tokens=self.tile,
-                       offload_layers=self.offloaded, optimizer=False, norm_tile_tokens=self.norm_tile)
-        return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded,
-                "est_host_gib": float(f"{gib['host']:.3g}"), "est_phase": gib["phase"]}
-
-    def step(self, ids: torch.Tensor, labels: torch.Tensor, shifted: torch.Tensor | None = None,
-             answers: int | None = None, keep_grads: bool = False) -> None:
-        """One forward + backward; ``shifted``/``answers`` given by the fake-tensor run (no data there)."""
-        from longctx.train.loss import shift_labels
-
-        if shifted is None:
-            shifted = shift_labels(labels)
-            answers = max(int((shifted != -100).sum()), 1)
-        if self.name == "hf":
-            self.lm(input_ids=ids, labels=labels, use_cache=False).loss.backward()
-        elif self.name == "alst":
-            from deepspeed.runtime.sequence_parallel.ulysses_sp import TiledFusedLogitsLoss
-
-            def loss_fn(lm, x, y):
-                logits = lm.lm_head(x).float()
-                return torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1),
-                                                         reduction="sum")
-
-            with self.offload_ctx():
-                hidden = self.lm.model(input_ids=ids, use_cache=False).last_hidden_state
-                shards = max(1, math.ceil(ids.shape[1] * self.dims["vocab_size"] * 4 / GIB))   # <= 1 GiB fp32 logits
-                loss = TiledFusedLogitsLoss.apply(loss_fn, self.lm, hidden, shifted, None, shards,
-                                                  [self.lm.lm_head.weight], "sum") / answers
-                loss.backward()
-        else:
-            pos = torch.arange(ids.shape[1], device=ids.device)[None]
-            loss, _, _ = self.model(ids, shifted, pos, loss_scale=1.0 / answers)
-            loss.backward()
-        if not keep_grads:
-            for p in self.lm.parameters():
-                p.grad = None
-
-    def flops_per_token(self, length: int) -> float:
-        d, layers, v = self.dims["hidden_size"], self.dims["num_hidden_layers"], self.dims["vocab_size"]
-        head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
-        return 6 * layers * self.model_dims.layer_params + 6 * head * v * d + 6 * layers * d * length
-
-    def executed_flops_per_token(self, length: int) -> float:
-        """What the GPU runs (for hardware FLOPs utilisation): the model FLOPs, plus each layer's
-        forward again (activation checkpointing; the loss chunks too for ours), flash attention's
-        backward at 2.5x its forward instead of 2x, and the tiled MLP's forward once more inside
-        the layer's recompute (1.43-1.50x the model FLOPs at 128K, measured with FlopCounterMode)."""
-        d, layers, v, i = (self.dims[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size", "intermediate_size"))
-        head = ANSWER_FRACTION if self.name.startswith("ours") else 1.0
-        extra = 2 * layers * self.model_dims.layer_params + 2 * layers * d * length + layers * d * length
-        if self.name.startswith("ours"):
-            extra += 2 * head * v * d
-        if self.tile:
-            extra += 2 * 3 * d * i * layers
-        return self.flops_per_token(length) + extra
-
-
-def batch(length: int, vocab: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(length)
-    ids = torch.randint(0, vocab, (1, length), generator=g)
-    labels = torch.where(torch.rand(1, length, generator=g) < ANSWER_FRACTION, ids, torch.full_like(ids, -100))
-    return ids.to(device), labels.to(device)
 
 
 def probe(var: Variant, length: int, peak_flops: float) -> dict:
@@ -354,6 +209,11 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
     rows = (shifted.reshape(-1) != -100).nonzero().squeeze(1)
     answers = max(int(rows.numel()), 1)
     t0 = time.perf_counter()
+    if name == "ours_offload_params":   # the group and mesh outside fake mode (the mesh reads real tensors)
+        from longctx.train import dist
+
+        one_rank_fake_group()
+        dist.init(sp=1, one_rank_group=True)
     with memtrack.fake_mode() as mode:
         var = Variant(name, dims, length, torch.device("cpu"), torch.bfloat16, gpu_gib, host_gib, tile_tokens,
                       offload=offload, norm_tile_tokens=norm_tile_tokens)
@@ -361,13 +221,17 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
                **var.prepare(length)}
         fake_ids, fake_shifted, fake_rows = (mode.from_tensor(t) for t in (ids, shifted, rows))
         params = [p for p in var.lm.parameters()] + [b for b in var.lm.buffers()]
+        host_params = params if var.name == "ours_offload_params" else []
         stores = [var.store] if var.store is not None else []
-        result = memtrack.track(lambda: var.step(fake_ids, labels, fake_shifted, answers), params,
-                                answer_rows=lambda y: fake_rows, stores=stores)
+        result = memtrack.track(lambda: var.step(fake_ids, labels, fake_shifted, answers),
+                                [] if host_params else params, answer_rows=lambda y: fake_rows, stores=stores,
+                                host_params=host_params)
     row.update({k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.gib().items()})
     if "est_gib" in row:
         row["est_over_peak"] = round(row["est_gib"] / row["peak_gib"], 3)
     row.update(status="fake", ops=result.ops, fake_s=round(time.perf_counter() - t0, 1), bytes=result)
+    if name == "ours_offload_params":   # leave no fake process group behind
+        dist.cleanup()
     return row
 
 

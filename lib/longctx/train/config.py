@@ -77,6 +77,10 @@ class TrainConfig:
                                   min=0)
     offload_checkpoints: Literal["auto", "all", "none"] = param(
         "auto", "keep layer checkpoints in pinned host memory; auto: the fewest layers the estimate needs")
+    offload_params: bool = param(False, "weights, gradients and AdamW state in host memory (FSDP2's CPUOffloadPolicy, "
+                                 "one rank too): the GPU holds the layers being computed and their gradients in "
+                                 "flight; the optimizer steps on the CPU. One GPU cannot hold an 8B model's fp32 "
+                                 "weights + AdamW (>= 150 GiB) otherwise")
     host_memory_gb: float = param(1024.0, "host memory per node for offloaded checkpoints (GiB)", min=0.0)
     dtype: Literal["auto", "bfloat16", "float32"] = param("auto", "compute dtype; auto: bf16 on GPU, fp32 on CPU")
     checkpoint_every: int = param(50, "save a resumable checkpoint every this many steps", min=1)

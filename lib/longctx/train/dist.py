@@ -107,11 +107,13 @@ def _single() -> Parallel:
     return Parallel(DistInfo(False, 0, 0, 1), torch.device(device_type()), dp=1, sp=1)
 
 
-def init(sp: int = 1, backend: str | None = None, timeout_s: float = 1800.0) -> Parallel:
+def init(sp: int = 1, backend: str | None = None, timeout_s: float = 1800.0, one_rank_group: bool = False) -> Parallel:
     """Join the process group (if launched distributed), build the ``(dp, sp)`` mesh, make it current.
 
     ``backend`` defaults to nccl on GPU, gloo on CPU. Re-initialising with another ``sp`` (a new
     training stage on the same processes) keeps the process group and rebuilds the mesh.
+    ``one_rank_group``: a single process gets a process group and mesh of its own (an in-memory
+    store), so FSDP2 can wrap it: its CPU offload (``offload_params``) on one GPU.
     """
     global _CURRENT
     info = get_dist_info()
@@ -128,12 +130,14 @@ def init(sp: int = 1, backend: str | None = None, timeout_s: float = 1800.0) -> 
     if not info.distributed or info.world_size == 1:
         if sp != 1:
             raise ValueError(f"sp={sp} needs {sp} processes; launch with torchrun --nproc-per-node {sp}")
-        _CURRENT = Parallel(info, device, dp=1, sp=1)
-        return _CURRENT
+        if not one_rank_group:
+            _CURRENT = Parallel(info, device, dp=1, sp=1)
+            return _CURRENT
     if not tdist.is_initialized():
+        alone = {} if info.distributed else {"store": tdist.HashStore(), "rank": 0, "world_size": 1}
         tdist.init_process_group(backend or ("nccl" if kind == "cuda" else "gloo"),
                                  timeout=datetime.timedelta(seconds=timeout_s),
-                                 device_id=device if kind == "cuda" else None)
+                                 device_id=device if kind == "cuda" else None, **alone)
     from torch.distributed.device_mesh import init_device_mesh
 
     dp = info.world_size // sp

@@ -181,6 +181,18 @@ def _fitting_layout(cfg: TrainConfig, stage, dims, bytes_per: int) -> str:
     return ""
 
 
+def _offload_offer(cfg: TrainConfig, stage, world: int, bytes_per: int, dims) -> str:
+    """The ``offload_params`` path for a stage that does not fit the GPU: its GPU and host GiB, and
+    whether it fits."""
+    import dataclasses
+
+    mem = plan_stage(dataclasses.replace(cfg, offload_params=True), stage, world, bytes_per, dims)
+    verdict = "fits" if mem.fits else "does not fit either" + ("" if mem.fits_host else " (host)")
+    return (f"with offload_params: true (weights, gradients and AdamW state in host memory) it needs "
+            f"{mem.gib['total']:.1f} GiB per GPU and {mem.gib['host']:.1f} GiB host per GPU "
+            f"({mem.offload_layers}/{dims.layers} checkpoints offloaded): {verdict}")
+
+
 def _planned_steps(stage, parquet: Path) -> int:
     """Optimizer steps of ``stage``: ``max_steps``, else epochs x samples / global batch (samples
     counted from the Parquet footer when the file exists; 0 when unknown)."""
@@ -221,8 +233,13 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         if not memory.fits_gpu:
             notes.append(f"estimated {mem['total']:.1f} GiB per GPU exceeds {cfg.gpu_memory_gb:g} GiB")
         if not memory.fits_host:
-            notes.append(f"offloaded checkpoints need {mem['host']:.1f} GiB of host memory per GPU, more than "
+            what = "offloaded checkpoints, weights, gradients and AdamW state" if cfg.offload_params else \
+                "offloaded checkpoints"
+            notes.append(f"{what} need {mem['host']:.1f} GiB of host memory per GPU, more than "
                          f"host_memory_gb={cfg.host_memory_gb:g} per node allows")
+        offer = "" if cfg.offload_params or memory.fits_gpu else _offload_offer(cfg, stage, world, bytes_per, dims)
+        if offer:
+            notes.append(offer)
         if not memory.fits:
             notes.append(_fitting_layout(cfg, stage, dims, bytes_per) or "no layout up to 64 nodes fits")
         samples = resolve_path(stage.samples)
@@ -234,7 +251,7 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
         if world == 1 and memory.gib["phase"] == "optimizer step":
             notes.append(f"one rank with fp32 weights + AdamW needs {mem['total']:.0f} GiB at the optimizer step "
                          "whatever the length (16 N + 4 N bytes): no single GPU holds an 8B model so; use several "
-                         "ranks (FSDP) or weights, gradients and moments in host memory (estimate's offload_states)")
+                         "ranks (FSDP) or offload_params: true")
         rows.append({
             "stage": stage.name, "seq_len": stage.seq_len, "nodes": stage.nodes, "gpus": world, "sp": lay.sp,
             "dp": lay.dp, "grad_accum": lay.grad_accum, "global_batch": stage.global_batch,

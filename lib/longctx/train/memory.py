@@ -12,10 +12,13 @@ residual-stream tensor, ``k`` layers offloaded, ``tau`` MLP tile tokens.
 
 * ``states``: FSDP over ``W`` ranks: fp32 weights, gradients and AdamW's moments, ``16 N / W``; one
   rank with the optimizer: the same, ``16 N`` (no GPU holds it for 8B: use ``offload_states``);
-  the benchmark (``optimizer=False``): weights in ``b`` bytes, ``b N``; ``offload_states``: none
-  (weights, gradients and moments in host memory; FSDP2's ``CPUOffloadPolicy``).
+  the benchmark (``optimizer=False``): weights in ``b`` bytes, ``b N``; ``offload_states`` (the
+  trainer's ``offload_params``): none (weights, gradients and moments in host memory; FSDP2's
+  ``CPUOffloadPolicy``, one rank too). Host: :func:`host_state_bytes`.
 * ``weight_copies``: FSDP's gathered current and prefetched layers and the root's head,
-  ``(2 P + V d) b``; with ``offload_states`` the same, copied in from the host.
+  ``(2 P + V d) b``; with ``offload_states`` on one rank ``(P + V d) b`` (FSDP2 copies a layer in
+  when it is used; tracked), and at the end of backward the root and the embedding ``2 V d b``
+  while the root's gradient is reduced in fp32 (``embedding_end``).
 * ``gradients`` (``b`` bytes where they are not part of ``states``): they build up as backward
   walks the layers while the checkpoints are freed: at layer ``i`` the head's and layers
   ``i+1 .. L-1``'s, plus what layer ``i`` has produced so far.
@@ -31,7 +34,10 @@ residual-stream tensor, ``k`` layers offloaded, ``tau`` MLP tile tokens.
   gradient, the tile gradients and their concatenation ``2 c``, and one tile's gate/up/product and
   their gradients ``7 tau I b``, or ``7 t I b`` untiled); with transformers' eager RMSNorm, its
   backward (two saved fp32 copies and five fp32 temporaries, ``7 t d 4``, plus ``2 t d 4`` saved
-  per norm of the layer still waiting). The tiled norm (``norm_tile_tokens``) keeps ``4 t``.
+  per norm of the layer still waiting). The tiled norm (``norm_tile_tokens``) keeps ``4 t``; its
+  backward holds the residual and incoming gradients, its input-gradient buffer and the MLP's
+  concatenated input gradient ``4 c``, and five
+  fp32 temporaries of one tile ``5 tau_n d 4``, next to the attention's saved tensors.
 * the head: the final norm's input and output, the hidden-state gradient buffer ``3 c`` and the
   loss chunk's fp32 logits, softmax and gradient ``3 x chunk x V x 4``, next to all device
   checkpoints; the embedding's backward at the end, next to all gradients.
@@ -50,7 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ModelDims", "KNOWN", "dims_of", "dims_from_config", "checkpoint_bytes", "estimate", "MemoryPlan", "plan",
-           "plan_stage", "GIB"]
+           "plan_stage", "GIB", "param_numels", "host_state_bytes"]
 
 GIB = 2**30
 
@@ -121,6 +127,27 @@ def _pow2(n: int) -> int:
     return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
 
 
+def param_numels(dims: ModelDims) -> list[int]:
+    """Elements of every parameter tensor of a Llama of ``dims`` (what FSDP2 shards one by one)."""
+    d, i_, dh = dims.hidden, dims.intermediate, dims.head_dim
+    layer = [d * dh * dims.heads, d * dh * dims.kv_heads, d * dh * dims.kv_heads, dh * dims.heads * d,
+             d * i_, d * i_, i_ * d, d, d]
+    return dims.layers * layer + [dims.vocab * d, dims.vocab * d, d]
+
+
+def host_state_bytes(dims: ModelDims, world_size: int, weight_bytes: int, optimizer: bool) -> tuple[int, int]:
+    """Host bytes per rank of FSDP2's CPU offload, ``(resident, at the end)``: resident all along,
+    every parameter's shard pinned (each tensor its own block, rounded to a power of two by the
+    caching host allocator) in fp32 with the optimizer (``weight_bytes`` without: the benchmark's
+    bf16 model) and AdamW's two moments (pageable, ``8 N / W``); added at the end of backward and
+    at the step, when the layer checkpoints are gone: the gradients, pinned the same way, and
+    AdamW's foreach temporaries (``4 N / W``)."""
+    w = 4 if optimizer else weight_bytes
+    pinned = sum(_pow2(-(-numel // world_size) * w) for numel in param_numels(dims))
+    moments, temporaries = (8 * dims.params // world_size, 4 * dims.params // world_size) if optimizer else (0, 0)
+    return pinned + moments, pinned + temporaries
+
+
 OVERHEAD_GIB, OVERHEAD_FRACTION = 2.0, 0.03
 
 
@@ -139,14 +166,14 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     b, t = compute_bytes, math.ceil(seq_len / sp)
     d, i_, dh, v, n, p_layer = dims.hidden, dims.intermediate, dims.head_dim, dims.vocab, dims.params, dims.layer_params
     hq, hk, L, k = dims.heads, dims.kv_heads, dims.layers, offload_layers
-    fsdp = world_size > 1 and optimizer
+    fsdp = (world_size > 1 and optimizer) or offload_states    # FSDP2 wraps every layer (CPU offload: one rank too)
     one_rank_fp32 = optimizer and not fsdp and not offload_states and b < 4
     r = 4 if one_rank_fp32 else b                    # autocast keeps the residual stream in fp32
     c = t * d * r
     head = v * d
     # ---- states, weight copies, and the bytes per gradient element outside the states
-    if offload_states:
-        state, copies, grad_b = 0, (2 * p_layer + head) * b, 0
+    if offload_states:   # one rank: FSDP2 copies a layer in when it is used, no prefetched copy (tracked)
+        state, copies, grad_b = 0, ((2 if world_size > 1 else 1) * p_layer + head) * b, 0
     elif fsdp:
         state, copies, grad_b = 16 * n / world_size, (2 * p_layer + head) * b, 0
     elif optimizer:
@@ -163,7 +190,11 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     tiled = 0 < tiled_mlp_tokens < t
     mlp_ws = 7 * tiled_mlp_tokens * i_ * b + 2 * c if tiled else 6 * t * i_ * b + c
     mlp_bwd = attn_saved + norm_saved + c + c + mlp_ws + (0 if eager else c)   # h1 (tiled norm saves it), normed2, g
-    norm_bwd = attn_saved + c + 7 * t * d * 4 if eager else 0
+    # the tiled norm's backward: the post-attention norm's, next to the attention's saved tensors, with the
+    # residual and incoming gradients, its input gradient buffer, the tiled MLP's concatenated input gradient
+    # and ~5 fp32 temporaries of one tile (tracked: 64K tokens in one 64K-token tile, 3 layers: 14.7 GiB, this
+    # term 14.6; with the default 8K-token tiles 0.6 GiB, rarely the peak)
+    norm_bwd = attn_saved + c + 7 * t * d * 4 if eager else attn_saved + 4 * c + 5 * min(norm_tile_tokens, t) * d * 4
     layer_grads = {"attention": (3 * d * i_ + hq * dh * d + d) * grad_b, "mlp": 0, "norm": 3 * d * i_ * grad_b}
     if fsdp or offload_states:                       # the current layer's unsharded gradients before reduce-scatter
         layer_grads = {key: p_layer * (b + 4) for key in layer_grads}
@@ -178,8 +209,9 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
             if not 0 <= i < L:
                 continue
             on_device = max(0, i - k + 1) * c
-            # restored + prefetched (c at layer 0; with 32 of 32 offloaded the tracker finds one more c-sized
-            # tensor at layer 0's attention backward, not yet explained: the estimate is 5-6 % low there)
+            # restored + prefetched (c at layer 0: nothing left to prefetch; op by op so at 64K). At 512K and
+            # 1M with all 32 layers offloaded and weights + gradients on the device the tracker finds about one
+            # more c at layer 0's attention backward (the estimate 5-6 % low), not yet explained
             staging = (2 * c if i > 0 else c) if i < k else 0
             for name, ws in (("attention", attention_bwd), ("mlp", mlp_bwd), ("norm", norm_bwd)):
                 phases[f"layer {i} {name} backward"] = {
@@ -192,15 +224,22 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     if not fsdp:
         phases["embedding backward"] = {"gradients": (n - head) * grad_b, "checkpoints": 0, "offload_staging": 0,
                                         "layer_working_set": c + head * b}
+    if offload_states:
+        # tracked on fake tensors (FSDP2 on one rank): the root (head) stays gathered with its gradient
+        # through backward; at the end the embedding is gathered with its gradient while the root's
+        # gradient is reduce-scattered in fp32 (input and output; the bf16 gradient is freed by then)
+        rb = 4 if b < 4 else b
+        phases["end of backward"] = {"weight_copies": 2 * head * b, "root_head_grad": 0,
+                                     "embedding_end": head * b + head * rb * (1 + 1 / world_size)}
     fixed = {"states": state, "weight_copies": copies,
-             "root_head_grad": head * (b + (4 if b < 4 else 0)) if fsdp else 0,
-             "embedding_end": 2 * head * b if fsdp else 0}
-    phase, terms = max(phases.items(), key=lambda kv_: sum(kv_[1].values()))
+             "root_head_grad": head * b if offload_states else head * (b + (4 if b < 4 else 0)) if fsdp else 0,
+             "embedding_end": 2 * head * b if fsdp and not offload_states else 0}
+    phase, terms = max(phases.items(), key=lambda kv_: sum({**fixed, **kv_[1]}.values()))
     parts = {**fixed, "gradients": 0, "checkpoints": 0, "offload_staging": 0, "layer_working_set": 0, "loss_chunk": 0}
     parts.update(terms)
     backward = sum(parts.values())
     step = state + (4 * n / world_size if optimizer else 0)
-    if optimizer and step > backward:
+    if optimizer and not offload_states and step > backward:    # offloaded: AdamW steps on the CPU
         phase = "optimizer step"
         parts = {**{key: 0 for key in parts}, "states": state}
     parts["optimizer_temporaries"] = 4 * n / world_size if phase == "optimizer step" else 0
@@ -209,7 +248,20 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     parts["overhead"] = OVERHEAD_GIB + OVERHEAD_FRACTION * parts["total"]
     parts["reserved"] = parts["total"] + parts["overhead"]
     per_layer = t * d * r
-    parts["host"] = k * _pow2(per_layer) / GIB + ((16 * n + 0) / world_size / GIB if offload_states else 0)
+    parts["host_checkpoints"] = k * _pow2(per_layer) / GIB
+    resident, at_end = host_state_bytes(dims, world_size, b, optimizer) if offload_states else (0, 0)
+    parts["host_states"] = (resident + at_end) / GIB
+    # the host peaks when backward reaches the offloaded layers (every offloaded checkpoint, and the
+    # gradients of the layers on the device, already copied over; the root's come at the end) or at its end
+    # (all gradients). Tracked at 512K with 13 of 32 offloaded: 78.0 GiB, this 77.1: on the fake CPU FSDP's
+    # copy to the host is a no-op, so a layer's gradients stay one flat block there (512 MiB pinned), while
+    # a GPU copies them tensor by tensor (464 MiB)
+    grads_first = 0
+    if offload_states:
+        w = 4 if optimizer else b
+        pinned = [_pow2(-(-x // world_size) * w) for x in param_numels(dims)]
+        grads_first = (L - k) * sum(pinned[:len(pinned) // L])   # one decoder layer's tensors each
+    parts["host"] = (resident + max(k * _pow2(per_layer) + grads_first, at_end)) / GIB
     parts["host_tensor_bytes"] = k * per_layer
     parts["tokens_per_gpu"] = t
     parts["phase"] = phase
@@ -264,4 +316,4 @@ def plan_stage(cfg, stage, world_size: int, compute_bytes: int, dims: ModelDims 
     return plan(dims or dims_of(cfg), stage.seq_len, stage.sp, world_size, cfg.gpu_memory_gb, host_per_gpu,
                 cfg.tiled_mlp, cfg.mlp_tile_tokens, cfg.offload_checkpoints, compute_bytes=compute_bytes,
                 activation_checkpointing=cfg.activation_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens,
-                norm_tile_tokens=cfg.norm_tile_tokens)
+                norm_tile_tokens=cfg.norm_tile_tokens, offload_states=getattr(cfg, "offload_params", False))

@@ -3,7 +3,8 @@
 :func:`track` runs a callable (one forward + backward) under ``FakeTensorMode`` (tensors with
 shapes, dtypes and storages but no data) and a ``TorchDispatchMode`` that registers the storage
 of every tensor an operation returns. A storage counts from its creation until Python and
-autograd drop it (a weak reference to the storage: a view keeps it alive, as on the GPU). The
+autograd drop it, at its current size (a storage resized in place, as FSDP2 frees and re-gathers
+its parameters, is re-read when it is an op's output again and at every sweep) (a weak reference to the storage: a view keeps it alive, as on the GPU). The
 peak is exact for this bookkeeping: the running total only over-counts storages already freed,
 so whenever it would pass the peak the registry is swept and the true total taken. That peak is
 what ``torch.cuda.max_memory_allocated`` would show less the allocator's rounding (blocks above
@@ -19,6 +20,9 @@ What the fake run cannot do, and how it stands in:
 * data-dependent answers (how many documents, which tokens carry answers) come from the real
   inputs: one document per sample, and the answer rows of the real labels
   (:func:`longctx.train.loss.answer_rows`).
+* FSDP2's CPU offload (``offload_params``) runs for real on a one-rank ``fake`` process group:
+  its sharded parameters, and each gradient once FSDP has assigned it to a shard, count as host
+  memory; the gathered layers, unsharded gradients and reduce-scatter buffers as device memory.
 * the device is a fake CPU (autograd on fake CUDA tensors aborts in a CPU-only torch build), so
   the layer inputs :mod:`longctx.train.offload` moves to host memory are told apart by the store:
   they count as host bytes, rounded as torch's caching host allocator pins them (the next power
@@ -55,6 +59,11 @@ def _key(storage) -> int:
     return storage._cdata
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2's sharded parameters and gradients), else ``t``."""
+    return t._local_tensor if hasattr(t, "_local_tensor") else t
+
+
 @dataclass
 class TrackResult:
     """Bytes at the peak (device), split by what the storage belongs to, and host bytes."""
@@ -82,7 +91,7 @@ class TrackResult:
 class Tracker(TorchDispatchMode):
     """Live storage bytes, device and host, with the peak and its composition."""
 
-    def __init__(self, params: list[torch.Tensor] = ()):
+    def __init__(self, params: list[torch.Tensor] = (), host_params: list[torch.Tensor] = ()):
         super().__init__()
         self.live: dict[int, tuple[object, int]] = {}    # storage key -> (weak ref, bytes)
         self.host_keys: set[int] = set()
@@ -90,9 +99,14 @@ class Tracker(TorchDispatchMode):
         self.result = TrackResult()
         self.params = list(params)
         self.param_keys = set()
+        self.host_params: list[torch.Tensor] = []
         for p in self.params:
             self.register(p)
             self.param_keys.add(_key(p.untyped_storage()))
+        self.host_params = list(host_params)     # DTensors: their .grad is the gradient FSDP assigns
+        with self.host_allocations():
+            for p in self.host_params:
+                self.register(_local(p))
 
     @contextlib.contextmanager
     def host_allocations(self):
@@ -108,7 +122,14 @@ class Tracker(TorchDispatchMode):
     def register(self, t: torch.Tensor) -> None:
         s = t.untyped_storage()
         k = _key(s)
-        if k in self.live:
+        if k in self.live:          # a storage resized in place (FSDP2 frees and re-allocates its gathered
+            ref, n = self.live[k]   # parameters so), seen again as an op's output
+            if s.nbytes() != n:
+                self.live[k] = (ref, s.nbytes())
+                if k not in self.host_keys:
+                    self.total += s.nbytes() - n
+                    if self.total > self.result.peak:
+                        self._sweep()
             return
         if self.on_host:
             self.host_keys.add(k)
@@ -121,12 +142,23 @@ class Tracker(TorchDispatchMode):
                 self._sweep()
 
     def _sweep(self) -> None:
+        for p in self.host_params:   # a gradient FSDP's CPU offload has copied to host memory
+            k = _key(_local(p.grad).untyped_storage()) if p.grad is not None else None
+            if k in self.live and k not in self.host_keys:
+                self.host_keys.add(k)
+                self.total -= self.live[k][1]
         dead = [k for k, (ref, _) in self.live.items() if ref.expired()]
         for k in dead:
             _, n = self.live.pop(k)
             if k not in self.host_keys:
                 self.total -= n
             self.host_keys.discard(k)
+        for k, (ref, n) in self.live.items():   # storages resized in place since (FSDP2's resize_(0) frees)
+            now = torch.UntypedStorage._new_with_weak_ptr(ref.cdata).nbytes()
+            if now != n:
+                self.live[k] = (ref, now)
+                if k not in self.host_keys:
+                    self.total += now - n
         host = sum(self.live[k][1] for k in self.host_keys)
         if host > self.result.host:
             self.result.host = host
@@ -226,11 +258,13 @@ def _stand_ins(answer_rows):
         ulysses._Documents.get = get
 
 
-def track(step, params, answer_rows=None, stores=()) -> TrackResult:
+def track(step, params, answer_rows=None, stores=(), host_params=()) -> TrackResult:
     """Run ``step()`` (under an active ``FakeTensorMode``) with the tracker on; ``params`` are the
     model's fake parameters, ``answer_rows(labels)`` returns the answer rows as a fake tensor,
-    ``stores``: :class:`longctx.train.offload.CheckpointStore` s whose host copies count as host."""
-    tracker = Tracker(params)
+    ``stores``: :class:`longctx.train.offload.CheckpointStore` s whose host copies count as host;
+    ``host_params``: parameters in host memory (FSDP2's CPU offload: their shards, and their
+    gradients once FSDP has assigned them, count as host)."""
+    tracker = Tracker(params, host_params)
     for store in stores:
         store.host_allocations = tracker.host_allocations
     t0 = time.perf_counter()

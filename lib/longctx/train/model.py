@@ -25,7 +25,7 @@ from .memory import dims_from_config, plan_stage
 from .tiled_mlp import tile_mlps
 from .tiled_norm import tile_norms
 
-__all__ = ["compute_dtype", "model_config", "build_model", "decoder_layers", "apply_activation_checkpointing"]
+__all__ = ["compute_dtype", "model_config", "build_model", "refuse_unfit", "decoder_layers", "apply_activation_checkpointing"]
 
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -64,15 +64,29 @@ def apply_activation_checkpointing(model: nn.Module, offload_layers: int = 0) ->
     return offload.checkpoint_layers(decoder_layers(model), offload_layers)
 
 
-def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype) -> None:
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype, offload_params: bool = False) -> None:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 else None
     kwargs = {"mesh": par.fsdp_mesh, **({"mp_policy": policy} if policy else {})}
+    if offload_params:   # sharded fp32 weights and gradients live on the CPU, in pinned memory where there is CUDA
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=par.device.type == "cuda")
     for layer in decoder_layers(wrapper.lm):
         fully_shard(layer, **kwargs)
     fully_shard(wrapper.lm.get_input_embeddings(), **kwargs)
     fully_shard(wrapper, **kwargs)  # root: final norm + output head, used by the loss inside forward
+
+
+def refuse_unfit(cfg: TrainConfig, stage: Stage, memory, device_type: str) -> None:
+    """On a GPU, raise before any weight is loaded when the stage's plan fits neither the GPU nor the
+    host budget, naming ``offload_params`` where it is off (on CPU the budgets describe no device)."""
+    if device_type != "cuda" or memory.fits:
+        return
+    raise ValueError(f"stage {stage.name}: estimated {memory.gib['reserved']:.1f} GiB per GPU (gpu_memory_gb="
+                     f"{cfg.gpu_memory_gb:g}) and {memory.gib['host']:.1f} GiB host per GPU (host_memory_gb="
+                     f"{cfg.host_memory_gb:g} per node): does not fit" +
+                     ("" if cfg.offload_params else "; offload_params: true keeps weights, gradients and AdamW state "
+                      "in host memory (python -m longctx.train --dry-run shows what it needs)"))
 
 
 def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: Path | None = None) -> AnswerOnlyLM:
@@ -100,6 +114,7 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
     ulysses.enable(lm)
     dtype = compute_dtype(cfg, par.device)
     memory = plan_stage(cfg, stage, par.world_size, dtype.itemsize, dims_from_config(config))
+    refuse_unfit(cfg, stage, memory, par.device.type)
     if cfg.norm_tile_tokens:
         tile_norms(lm, cfg.norm_tile_tokens)      # before the checkpoint wrappers: every norm, the final one too
     if memory.tiled_mlp_tokens:
@@ -111,17 +126,26 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
         dist.print0(f"stage {stage.name}: MLP tiles of {memory.tiled_mlp_tokens or 'off'} tokens, "
                     f"{memory.offload_layers}/{config.num_hidden_layers} layer checkpoints in host memory "
                     f"(estimate {memory.gib['total']:.1f} GiB GPU, {memory.gib['host']:.1f} GiB host per rank)")
-    if par.world_size > 1:
-        _apply_fsdp(wrapper, par, dtype)
+    offload_params = cfg.offload_params
+    if offload_params and par.fsdp_mesh is None:
+        raise ValueError("offload_params needs a process group: dist.init(one_rank_group=True) on one rank")
+    if par.world_size > 1 or offload_params:
+        _apply_fsdp(wrapper, par, dtype, offload_params)
     if seeded:
-        wrapper.to(par.device)
+        if not offload_params:       # fully_shard placed the shards: on the CPU with offload_params
+            wrapper.to(par.device)
     else:
-        wrapper.to_empty(device=par.device)
+        wrapper.to_empty(device="cpu" if offload_params else par.device)
+        if offload_params:           # buffers (not sharded) go to the device; the rotary phases are attributes
+            for module in wrapper.modules():
+                for name, buf in module._buffers.items():
+                    if buf is not None:
+                        module._buffers[name] = buf.to(par.device)
         if init_from is not None:
             checkpoint.load(init_from, wrapper)
         else:
             _load_pretrained(cfg.model, wrapper, par)
-    if par.world_size == 1 and dtype != torch.float32:
+    if par.world_size == 1 and dtype != torch.float32 and not offload_params:
         wrapper.autocast_dtype = dtype  # one device: fp32 master weights, bf16 compute via autocast
     return wrapper
 
@@ -136,7 +160,7 @@ def _load_pretrained(source: str, wrapper: AnswerOnlyLM, par: dist.Parallel) -> 
         donor = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
         full = {f"lm.{k}": v for k, v in donor.state_dict().items()}
         del donor
-    if par.world_size == 1:
+    if par.fsdp_mesh is None:
         missing, unexpected = wrapper.load_state_dict(full, strict=False)
         if unexpected or [k for k in missing if "rotary" not in k]:
             raise ValueError(f"{source}: missing {missing[:3]} unexpected {unexpected[:3]}")

@@ -144,7 +144,7 @@ def train(cfg: TrainConfig, only_stage: str | None = None,
 
 
 def train_stage(cfg: TrainConfig, index: int, stage: Stage, items: Sequence[dict] | None = None) -> dict[str, Any]:
-    par = dist.init(sp=stage.sp)
+    par = dist.init(sp=stage.sp, one_rank_group=cfg.offload_params)
     lay = layout(stage, par.world_size)
     folder = stage_dir(cfg, stage)
     final = folder / "final"
