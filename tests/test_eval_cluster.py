@@ -56,9 +56,12 @@ def test_dry_run_serves_the_checkpoint_with_vllm_and_evaluates_its_shard(tmp_pat
 
 def test_dry_run_cpu_stand_in_server_takes_the_same_flags():
     got = dry_lines(run_script({"DRY_RUN": "1", "SERVER": "transformers", "MODEL": "some/hub-model",
-                                "RUN_ID": "r1", "SHARD": "0/1", "HF_SERVER_ARGS": "--dtype float32"}).stdout)
+                                "RUN_ID": "r1", "SHARD": "0/1", "HF_SERVER_ARGS": "--dtype float32",
+                                "SLURM_JOB_ID": "4321"}).stdout)
+    port = got["health"].split(":")[-1].split("/")[0]  # no PORT: picked from the job id (slurm/ports.sh)
+    assert int(port) >= 24321 and got["server log"] == "runs/slurm/transformers-4321_0.log"
     assert got["serve"] == [sys.executable, "-m", "longctx.eval.hf_server", "some/hub-model", "--host", "127.0.0.1",
-                            "--port", "8000", "--served-model-name", "ours-1m", "--dtype", "float32"]
+                            "--port", port, "--served-model-name", "ours-1m", "--dtype", "float32"]
     assert "model_path=some/hub-model" not in " ".join(got["evaluate"])  # a hub id has no folder to digest
     got = dry_lines(run_script({"DRY_RUN": "1", "EVAL_URL": "http://gpu7:9000/v1/"}).stdout)
     assert "serve" not in got and got["health"] == "http://gpu7:9000/health" and got["shard"] == "0/1"
@@ -235,10 +238,11 @@ def test_launcher_chains_one_array_and_merge_per_checkpoint_after_training():
     p = "params/paper/04_evaluate.yaml"
     py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
     assert lines[2] == ("eval1=$(sbatch --parsable --dependency=afterok:$job4 --array=0-7 --job-name=longctx-eval-ours-1m "
-                        "--gpus-per-node=4 --time=48:00:00 --export=ALL,MODEL=runs/paper/03_train/1M/hf,TP=4,PORT=8000,"
+                        "--gpus-per-node=4 --time=48:00:00 --output=\"${LONGCTX_RUNS:-runs}/slurm\"/%x-%A_%a.out "
+                        "--export=ALL,MODEL=runs/paper/03_train/1M/hf,TP=4,"  # no PORT: each task picks a free one
                         f"MAX_MODEL_LEN=1000000,RUN_ID=ours-1m slurm/evaluate.sbatch {p})")
     assert lines[3] == ("sbatch --dependency=afterok:$eval1 --job-name=longctx-eval-merge --cpus-per-task=2 --mem=8G "
-                        f"--time=1:00:00 --output=runs/slurm/%x-%j.out --wrap='{py} -m longctx.evaluate --params {p} "
+                        f"--time=1:00:00 --output=\"${{LONGCTX_RUNS:-runs}}/slurm\"/%x-%j.out --wrap='{py} -m longctx.evaluate --params {p} "
                         "--merge ours-1m'")
     # one server: no array, no merge (the job writes the run's table itself)
     one = sbatch_commands(cfg, PAPER, [Checkpoint("m", "r")], shards=1, tps=[1], windows=[4096])

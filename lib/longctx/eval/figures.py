@@ -44,7 +44,8 @@ class FiguresConfig:
     reported: str = param("", "table of the paper's reported numbers ('' = the packaged one)")
     include_reported: bool = param(True, "draw the paper's reported numbers next to ours")
     models: list[str] = param([], "models to show, in this order ([] = every model in the tables)")
-    output_dir: str = param("figures", "where the PNG and PDF files go")
+    output_dir: str = param("runs/figures", "where the PNG and PDF files go (under the run root: LONGCTX_RUNS "
+                            "moves them)")
     formats: list[str] = param(["png", "pdf"], "file formats written for every figure")
 
 

@@ -37,6 +37,7 @@ from .config import Stage, TrainConfig, layout
 from .flops import checkpoint_gb, sample_step_flops
 from .memory import dims_of, plan_stage
 
+LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'  # the jobs' logs, under the run root (LONGCTX_RUNS moves them, e.g. to scratch)
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
 
 __all__ = ["write_params", "launch_local", "run_command", "sbatch_commands", "dry_run", "format_table",
@@ -152,15 +153,16 @@ def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
         params_path = path.resolve().relative_to(project_root()) if path.is_absolute() else path
     except ValueError:
         pass
-    lines = ["mkdir -p runs/slurm",
-             "set -a; source slurm/cluster.env; set +a   # partition, account, python, NCCL (cluster.env.example)"]
+    lines = ["set -a; source slurm/cluster.env; set +a   # partition, account, python, NCCL, LONGCTX_RUNS "
+             "(cluster.env.example)",
+             f"mkdir -p {LOGS}   # SLURM does not create the folder of --output: without it no job logs"]
     previous = None
     for i, stage in enumerate(cfg.stages, start=1):
         dependency = f" --dependency=afterok:$job{previous}" if previous else ""
         lines.append(
             f"job{i}=$(sbatch --parsable --nodes={stage.nodes} --gpus-per-node={cfg.gpus_per_node} "
             f"--time={stage.slurm_time} --signal=B:USR1@{usr1_margin_s(cfg, stage)} "
-            f"--job-name=longctx-{stage.name}{dependency} "
+            f"--job-name=longctx-{stage.name}{dependency} --output={LOGS}/%x-%j.out "
             f"--export=ALL,PARAMS={params_path},STAGE={stage.name} slurm/train.sbatch)")
         previous = i
     return lines
