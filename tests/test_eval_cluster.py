@@ -59,7 +59,7 @@ def test_dry_run_cpu_stand_in_server_takes_the_same_flags():
                                 "RUN_ID": "r1", "SHARD": "0/1", "HF_SERVER_ARGS": "--dtype float32",
                                 "SLURM_JOB_ID": "4321"}).stdout)
     port = got["health"].split(":")[-1].split("/")[0]  # no PORT: picked from the job id (slurm/ports.sh)
-    assert int(port) >= 24321 and got["server log"] == "runs/slurm/transformers-4321_0.log"
+    assert 20000 <= int(port) < 32000 and got["server log"] == "runs/slurm/transformers-4321_0.log"
     assert got["serve"] == [sys.executable, "-m", "longctx.eval.hf_server", "some/hub-model", "--host", "127.0.0.1",
                             "--port", port, "--served-model-name", "ours-1m", "--dtype", "float32"]
     assert "model_path=some/hub-model" not in " ".join(got["evaluate"])  # a hub id has no folder to digest
@@ -222,6 +222,51 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
     assert sorted(pd.read_csv(out / "results.csv").run_id.value_counts().items()) == [("a1", 4), ("a2", 4), ("b1", 4)]
     twice = evaluate(params, "--merge", "a1")
     assert twice.returncode == 2 and "merged already" in twice.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~1-2 min on 2 idle cores: two CPU servers load torch at once
+def test_two_tasks_on_one_node_serve_on_their_own_ports(tmp_path):
+    """Two array tasks of one evaluation on one node at once (no --exclusive), no PORT given: each
+    picks a free port from its SLURM_JOB_ID (slurm/ports.sh), skipping one already taken and one the
+    other task reserved (the same first candidate here), starts its own CPU stand-in server there, waits for that port's health and evaluates its shard; the
+    merge then holds both shards' rows once."""
+    export = tiny_export(tmp_path / "hf", 1)
+    out = tmp_path / "eval"
+    params = eval_params(tmp_path / "04.yaml", out, ruler_tasks=["niah_single_1"], ruler_lengths=[256, 512])
+    from longctx.eval.shards import assign, work_list
+    from longctx.core.config import load_params
+    from longctx.eval.params import EvalConfig
+
+    cfg = load_params(EvalConfig, params)
+    assert sorted(assign(work_list(cfg), 2, cfg, 2048)) == [0, 1]  # one group per task
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 20000 + 97 * 101 % 12000))  # the first port task 101 would try: held elsewhere
+    full = {**os.environ, "LONGCTX_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(ROOT),
+            "PYTHONPATH": str(ROOT / "lib"), "SERVER": "transformers", "MODEL": str(export), "RUN_ID": "both",
+            "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_MAX": "1", "STARTUP_TIMEOUT": "600",
+            "LONGCTX_PORT_LOCKS": str(tmp_path / "ports")}
+    full.pop("PORT", None)
+    # job ids 12000 apart start at the same port: only the reservation keeps the tasks apart
+    tasks = [subprocess.Popen(["bash", str(SCRIPT), str(params)], env={**full, "SLURM_JOB_ID": str(101 + 12000 * i),
+                                                                        "SLURM_ARRAY_TASK_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        logs = [t.communicate(timeout=800)[0] for t in tasks]
+    finally:
+        taken.close()
+        for t in tasks:
+            t.kill()
+    assert [t.returncode for t in tasks] == [0, 0], "\n".join(logs)
+    ports = [log.split("waiting for http://127.0.0.1:")[1].split("/")[0] for log in logs]
+    assert ports[0] != str(20000 + 97 * 101 % 12000) and len(set(ports)) == 2, ports
+    for log, port in zip(logs, ports):
+        assert f"server healthy at http://127.0.0.1:{port}/health" in log
+    merged = evaluate(params, "--merge", "both")
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    import pandas as pd
+    rows = pd.read_csv(out / "both" / "results.csv")
+    assert sorted(zip(rows.task, rows.context_length)) == [("niah_single_1", 256), ("niah_single_1", 512)]
 
 
 # --------------------------------------------------------------------------- the launcher
