@@ -191,14 +191,13 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
         again_a = summary(out, "a2")
 
         # the stand-in answers as the checkpoint loaded in-process does (HF backend: template +
-        # continued answer prefix; raw prompt with BOS for /completions), token for token. (The
-        # prefix has no leading space here: the stock template trims message content, so a served
-        # " The special..." continues without it while the HF backend keeps it.)
+        # continued answer prefix; raw prompt with BOS for /completions), token for token, RULER's
+        # leading space in the prefix included (both render it through the template, which trims it)
         from longctx.eval.backends import HFBackend, OpenAIBackend
         from longctx.eval.sample import Sample
 
         samples = [Sample("ruler", "niah_single_1", 0, 512, "What is the special magic number for Emma?", ["7"], 12,
-                          answer_prefix="The special magic number for Emma mentioned in the provided text is"),
+                          answer_prefix=" The special magic number for Emma in the text above is"),
                    Sample("mmlu", "mmlu", 0, 0, "Question: 2 + 2 =\nA. 3\nB. 4\nAnswer:", ["B"], 6, chat=False)]
         served = OpenAIBackend(server.url, "ours", tokenizer="llama3", template_tokens=0).generate(samples)
         local = HFBackend(str(a), dtype="float32", device="cpu").generate(samples)
@@ -267,6 +266,34 @@ def test_two_tasks_on_one_node_serve_on_their_own_ports(tmp_path):
     import pandas as pd
     rows = pd.read_csv(out / "both" / "results.csv")
     assert sorted(zip(rows.task, rows.context_length)) == [("niah_single_1", 256), ("niah_single_1", 512)]
+
+
+def test_hf_backend_renders_the_answer_prefix_as_servers_do(tmp_path):
+    """RULER's answer prefix starts with a space (" The special magic ..."). A server renders it
+    as a final assistant message through the model's template (vLLM's continue_final_message),
+    and Llama-3's template trims it; the HF backend gives the model the same tokens, where it used
+    to append the raw prefix, space included, after the generation prompt. The scorer sees the
+    continuation only, whichever way it was asked."""
+    from longctx.eval.backends import HFBackend
+    from longctx.eval.runner import score_sample
+    from longctx.eval.ruler_spec import ANSWER_PREFIXES
+    from longctx.eval.sample import Sample
+
+    export = tiny_export(tmp_path / "hf", 3)
+    backend = HFBackend(str(export), dtype="float32", device="cpu")
+    prefix = ANSWER_PREFIXES["niah"].format(kind="number", query="Emma", are="is")
+    assert prefix.startswith(" The special magic number for Emma")
+    sample = Sample("ruler", "niah_single_1", 0, 512, "What is the special magic number for Emma?", ["7"], 4,
+                    answer_prefix=prefix)
+    hf = backend._hf
+    user = [{"role": "user", "content": sample.prompt}]
+    served = hf.apply_chat_template(user + [{"role": "assistant", "content": prefix}], tokenize=False,
+                                    continue_final_message=True)  # what vLLM and hf_server render
+    header = hf.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert served == header + prefix.strip()  # the template trims the space
+    assert backend._render(sample) == hf(served, add_special_tokens=False)["input_ids"]
+    assert backend._render(sample) != hf(header + prefix, add_special_tokens=False)["input_ids"]
+    assert score_sample(sample, " 7.") == score_sample(sample, "7") == (1.0, "string_match_all")
 
 
 # --------------------------------------------------------------------------- the launcher
