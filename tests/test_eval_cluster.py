@@ -176,14 +176,14 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
         for index in range(2):
             result = run_script({"EVAL_URL": server.url, "RUN_ID": "a1", "SHARD": f"{index}/2"}, params=params,
                                 timeout=300)
-            assert "server healthy; evaluation shard" in result.stdout
+            assert "server healthy at " in result.stdout and "; evaluation shard" in result.stdout
         merged = evaluate(params, "--merge", "a1")
         assert merged.returncode == 0 and "niah_single_1" in merged.stdout, merged.stderr[-2000:]
         first_a = summary(out, "a1", shards=2)
 
         result = run_script({"SERVER": "transformers", "MODEL": str(b), "PORT": str(free_port()), "RUN_ID": "b1",
                              "STARTUP_TIMEOUT": "300"}, params=params, timeout=400)
-        assert "starting: " in result.stdout and "server healthy" in result.stdout
+        assert "starting: " in result.stdout and "server healthy at " in result.stdout
         first_b = summary(out, "b1")
 
         again = evaluate(params, "--set", f"llm_base_url={server.url}", "--set", "run_id=a2", env=no_torch)
