@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = drawn["table"]
     if cfg.results and not ((table["source"] == "measured") & table["score"].notna()).any():
-        print(f"error: no scored row in {', '.join(cfg.results)}{' for models ' + str(cfg.models) if cfg.models else ''}: "
-              "nothing measured to draw", file=sys.stderr)
+        which = f" for models {cfg.models}" if cfg.models else ""
+        print(f"error: no scored row in {', '.join(cfg.results)}{which}: nothing measured to draw", file=sys.stderr)
         return 1
     for name, paths in drawn["files"].items():
         print(name, *paths)

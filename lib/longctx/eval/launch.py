@@ -211,7 +211,8 @@ def sbatch_commands(cfg: EvalConfig, params_path: str | Path, checkpoints: list[
         dependency = f" --dependency=afterok:{ck.after}" if ck.after else ""
         array = f" --array=0-{shards - 1}" if shards > 1 else ""
         lines.append(f"eval{k}=$(sbatch --parsable{dependency}{array} --job-name=longctx-eval-{ck.run_id} "
-                     f"--gpus-per-node={tp} --time={time} --output={_LOGS}/%x-%A_%a.out --export={shlex.quote(exports)} slurm/evaluate.sbatch {path})")
+                     f"--gpus-per-node={tp} --time={time} --output={_LOGS}/%x-%A_%a.out "
+                     f"--export={shlex.quote(exports)} slurm/evaluate.sbatch {path})")
         if shards > 1:
             merge = f"{_PY} -m longctx.evaluate --params {path} --merge {shlex.quote(ck.run_id)}"
             lines.append(f"sbatch --dependency=afterok:$eval{k} --job-name=longctx-eval-merge --cpus-per-task=2 "

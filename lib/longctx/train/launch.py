@@ -227,7 +227,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
     cannot run (with the numbers), reports memory that does not fit as ``fits: False`` and names
     a layout that does. ``steps`` (``steps_from`` says whether they are counted from the samples on
-    disk or planned from stage 2's params before it has run) and ``hours`` (steps x :func:`estimated_step_s`, the step time the USR1 margin uses), and
+    disk or planned from stage 2's params before it has run) and ``hours`` (steps x
+    :func:`estimated_step_s`, the step time the USR1 margin uses), and
     ``ckpt_disk_gib``: the resumable checkpoints kept plus the final one (fp32 weights and AdamW's
     two moments, 12 bytes per parameter each). Tiled MLP and checkpoint offload are those training will choose
     (``longctx.train.memory.plan_stage``); memory is in GiB, host memory per GPU."""
