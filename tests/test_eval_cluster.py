@@ -244,7 +244,7 @@ def test_two_tasks_on_one_node_serve_on_their_own_ports(tmp_path):
     full = {**os.environ, "LONGCTX_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(ROOT),
             "PYTHONPATH": str(ROOT / "lib"), "SERVER": "transformers", "MODEL": str(export), "RUN_ID": "both",
             "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_MAX": "1", "STARTUP_TIMEOUT": "600",
-            "LONGCTX_PORT_LOCKS": str(tmp_path / "ports")}
+            "LONGCTX_PORT_LOCKS": str(tmp_path / "ports"), "LONGCTX_RUNS": str(tmp_path / "runs")}  # server logs
     full.pop("PORT", None)
     # job ids 12000 apart start at the same port: only the reservation keeps the tasks apart
     tasks = [subprocess.Popen(["bash", str(SCRIPT), str(params)], env={**full, "SLURM_JOB_ID": str(101 + 12000 * i),
