@@ -56,9 +56,12 @@ def test_dry_run_serves_the_checkpoint_with_vllm_and_evaluates_its_shard(tmp_pat
 
 def test_dry_run_cpu_stand_in_server_takes_the_same_flags():
     got = dry_lines(run_script({"DRY_RUN": "1", "SERVER": "transformers", "MODEL": "some/hub-model",
-                                "RUN_ID": "r1", "SHARD": "0/1", "HF_SERVER_ARGS": "--dtype float32"}).stdout)
+                                "RUN_ID": "r1", "SHARD": "0/1", "HF_SERVER_ARGS": "--dtype float32",
+                                "SLURM_JOB_ID": "4321"}).stdout)
+    port = got["health"].split(":")[-1].split("/")[0]  # no PORT: picked from the job id (slurm/ports.sh)
+    assert 20000 <= int(port) < 32000 and got["server log"] == "runs/slurm/transformers-4321_0.log"
     assert got["serve"] == [sys.executable, "-m", "longctx.eval.hf_server", "some/hub-model", "--host", "127.0.0.1",
-                            "--port", "8000", "--served-model-name", "ours-1m", "--dtype", "float32"]
+                            "--port", port, "--served-model-name", "ours-1m", "--dtype", "float32"]
     assert "model_path=some/hub-model" not in " ".join(got["evaluate"])  # a hub id has no folder to digest
     got = dry_lines(run_script({"DRY_RUN": "1", "EVAL_URL": "http://gpu7:9000/v1/"}).stdout)
     assert "serve" not in got and got["health"] == "http://gpu7:9000/health" and got["shard"] == "0/1"
@@ -173,14 +176,14 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
         for index in range(2):
             result = run_script({"EVAL_URL": server.url, "RUN_ID": "a1", "SHARD": f"{index}/2"}, params=params,
                                 timeout=300)
-            assert "server healthy; evaluation shard" in result.stdout
+            assert "server healthy at " in result.stdout and "; evaluation shard" in result.stdout
         merged = evaluate(params, "--merge", "a1")
         assert merged.returncode == 0 and "niah_single_1" in merged.stdout, merged.stderr[-2000:]
         first_a = summary(out, "a1", shards=2)
 
         result = run_script({"SERVER": "transformers", "MODEL": str(b), "PORT": str(free_port()), "RUN_ID": "b1",
                              "STARTUP_TIMEOUT": "300"}, params=params, timeout=400)
-        assert "starting: " in result.stdout and "server healthy" in result.stdout
+        assert "starting: " in result.stdout and "server healthy at " in result.stdout
         first_b = summary(out, "b1")
 
         again = evaluate(params, "--set", f"llm_base_url={server.url}", "--set", "run_id=a2", env=no_torch)
@@ -188,14 +191,13 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
         again_a = summary(out, "a2")
 
         # the stand-in answers as the checkpoint loaded in-process does (HF backend: template +
-        # continued answer prefix; raw prompt with BOS for /completions), token for token. (The
-        # prefix has no leading space here: the stock template trims message content, so a served
-        # " The special..." continues without it while the HF backend keeps it.)
+        # continued answer prefix; raw prompt with BOS for /completions), token for token, RULER's
+        # leading space in the prefix included (both render it through the template, which trims it)
         from longctx.eval.backends import HFBackend, OpenAIBackend
         from longctx.eval.sample import Sample
 
         samples = [Sample("ruler", "niah_single_1", 0, 512, "What is the special magic number for Emma?", ["7"], 12,
-                          answer_prefix="The special magic number for Emma mentioned in the provided text is"),
+                          answer_prefix=" The special magic number for Emma in the text above is"),
                    Sample("mmlu", "mmlu", 0, 0, "Question: 2 + 2 =\nA. 3\nB. 4\nAnswer:", ["B"], 6, chat=False)]
         served = OpenAIBackend(server.url, "ours", tokenizer="llama3", template_tokens=0).generate(samples)
         local = HFBackend(str(a), dtype="float32", device="cpu").generate(samples)
@@ -221,6 +223,79 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
     assert twice.returncode == 2 and "merged already" in twice.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # ~1-2 min on 2 idle cores: two CPU servers load torch at once
+def test_two_tasks_on_one_node_serve_on_their_own_ports(tmp_path):
+    """Two array tasks of one evaluation on one node at once (no --exclusive), no PORT given: each
+    picks a free port from its SLURM_JOB_ID (slurm/ports.sh), skipping one already taken and one the
+    other task reserved (the same first candidate here), starts its own CPU stand-in server there, waits for that port's health and evaluates its shard; the
+    merge then holds both shards' rows once."""
+    export = tiny_export(tmp_path / "hf", 1)
+    out = tmp_path / "eval"
+    params = eval_params(tmp_path / "04.yaml", out, ruler_tasks=["niah_single_1"], ruler_lengths=[256, 512])
+    from longctx.eval.shards import assign, work_list
+    from longctx.core.config import load_params
+    from longctx.eval.params import EvalConfig
+
+    cfg = load_params(EvalConfig, params)
+    assert sorted(assign(work_list(cfg), 2, cfg, 2048)) == [0, 1]  # one group per task
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 20000 + 97 * 101 % 12000))  # the first port task 101 would try: held elsewhere
+    full = {**os.environ, "LONGCTX_PYTHON": sys.executable, "SLURM_SUBMIT_DIR": str(ROOT),
+            "PYTHONPATH": str(ROOT / "lib"), "SERVER": "transformers", "MODEL": str(export), "RUN_ID": "both",
+            "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_MAX": "1", "STARTUP_TIMEOUT": "600",
+            "LONGCTX_PORT_LOCKS": str(tmp_path / "ports"), "LONGCTX_RUNS": str(tmp_path / "runs")}  # server logs
+    full.pop("PORT", None)
+    # job ids 12000 apart start at the same port: only the reservation keeps the tasks apart
+    tasks = [subprocess.Popen(["bash", str(SCRIPT), str(params)], env={**full, "SLURM_JOB_ID": str(101 + 12000 * i),
+                                                                        "SLURM_ARRAY_TASK_ID": str(i)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        logs = [t.communicate(timeout=800)[0] for t in tasks]
+    finally:
+        taken.close()
+        for t in tasks:
+            t.kill()
+    assert [t.returncode for t in tasks] == [0, 0], "\n".join(logs)
+    ports = [log.split("waiting for http://127.0.0.1:")[1].split("/")[0] for log in logs]
+    assert ports[0] != str(20000 + 97 * 101 % 12000) and len(set(ports)) == 2, ports
+    for log, port in zip(logs, ports):
+        assert f"server healthy at http://127.0.0.1:{port}/health" in log
+    merged = evaluate(params, "--merge", "both")
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    import pandas as pd
+    rows = pd.read_csv(out / "both" / "results.csv")
+    assert sorted(zip(rows.task, rows.context_length)) == [("niah_single_1", 256), ("niah_single_1", 512)]
+
+
+def test_hf_backend_renders_the_answer_prefix_as_servers_do(tmp_path):
+    """RULER's answer prefix starts with a space (" The special magic ..."). A server renders it
+    as a final assistant message through the model's template (vLLM's continue_final_message),
+    and Llama-3's template trims it; the HF backend gives the model the same tokens, where it used
+    to append the raw prefix, space included, after the generation prompt. The scorer sees the
+    continuation only, whichever way it was asked."""
+    from longctx.eval.backends import HFBackend
+    from longctx.eval.runner import score_sample
+    from longctx.eval.ruler_spec import ANSWER_PREFIXES
+    from longctx.eval.sample import Sample
+
+    export = tiny_export(tmp_path / "hf", 3)
+    backend = HFBackend(str(export), dtype="float32", device="cpu")
+    prefix = ANSWER_PREFIXES["niah"].format(kind="number", query="Emma", are="is")
+    assert prefix.startswith(" The special magic number for Emma")
+    sample = Sample("ruler", "niah_single_1", 0, 512, "What is the special magic number for Emma?", ["7"], 4,
+                    answer_prefix=prefix)
+    hf = backend._hf
+    user = [{"role": "user", "content": sample.prompt}]
+    served = hf.apply_chat_template(user + [{"role": "assistant", "content": prefix}], tokenize=False,
+                                    continue_final_message=True)  # what vLLM and hf_server render
+    header = hf.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+    assert served == header + prefix.strip()  # the template trims the space
+    assert backend._render(sample) == hf(served, add_special_tokens=False)["input_ids"]
+    assert backend._render(sample) != hf(header + prefix, add_special_tokens=False)["input_ids"]
+    assert score_sample(sample, " 7.") == score_sample(sample, "7") == (1.0, "string_match_all")
+
+
 # --------------------------------------------------------------------------- the launcher
 
 
@@ -235,10 +310,11 @@ def test_launcher_chains_one_array_and_merge_per_checkpoint_after_training():
     p = "params/paper/04_evaluate.yaml"
     py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
     assert lines[2] == ("eval1=$(sbatch --parsable --dependency=afterok:$job4 --array=0-7 --job-name=longctx-eval-ours-1m "
-                        "--gpus-per-node=4 --time=48:00:00 --export=ALL,MODEL=runs/paper/03_train/1M/hf,TP=4,PORT=8000,"
+                        "--gpus-per-node=4 --time=48:00:00 --output=\"${LONGCTX_RUNS:-runs}/slurm\"/%x-%A_%a.out "
+                        "--export=ALL,MODEL=runs/paper/03_train/1M/hf,TP=4,"  # no PORT: each task picks a free one
                         f"MAX_MODEL_LEN=1000000,RUN_ID=ours-1m slurm/evaluate.sbatch {p})")
     assert lines[3] == ("sbatch --dependency=afterok:$eval1 --job-name=longctx-eval-merge --cpus-per-task=2 --mem=8G "
-                        f"--time=1:00:00 --output=runs/slurm/%x-%j.out --wrap='{py} -m longctx.evaluate --params {p} "
+                        f"--time=1:00:00 --output=\"${{LONGCTX_RUNS:-runs}}/slurm\"/%x-%j.out --wrap='{py} -m longctx.evaluate --params {p} "
                         "--merge ours-1m'")
     # one server: no array, no merge (the job writes the run's table itself)
     one = sbatch_commands(cfg, PAPER, [Checkpoint("m", "r")], shards=1, tps=[1], windows=[4096])

@@ -93,3 +93,28 @@ def test_notebook_05_tiny_profile(tmp_path):
     assert rec["n_reported_rows"] == len(read_reported())
     assert rec["n_measured_rows"] == len(pd.read_csv(results)) - 1  # r2 replaced one r1 row
     assert rec["ruler_points"] == 8 and "ours-tiny" in rec["models"]
+
+
+def test_a_missing_results_table_is_an_error_naming_it(tmp_path, capsys):
+    """``python -m longctx.figures`` with a results table that does not exist (a checkpoint not
+    evaluated, a mistyped path) exits non-zero naming it, and draws nothing; a table with no
+    scored row is an error too, not a figure of the reported numbers alone."""
+    import yaml
+
+    from longctx.eval.figures import main
+
+    there = _results(tmp_path / "ours" / "results.csv")
+    params = tmp_path / "05.yaml"
+    params.write_text(yaml.safe_dump({"results": [str(there), str(tmp_path / "ours-1m" / "results.csv")],
+                                      "output_dir": str(tmp_path / "fig"), "formats": ["png"]}))
+    assert main(["--params", str(params)]) == 2
+    err = capsys.readouterr().err
+    assert f"results table(s) not found: {tmp_path / 'ours-1m' / 'results.csv'}" in err and str(there) not in err
+    assert not (tmp_path / "fig").exists()
+    empty = tmp_path / "empty" / "results.csv"
+    append_rows(empty, [dict(run_id="r", model="m", benchmark="ruler", task="vt", context_length=4096, n_samples=0,
+                             skipped="skipped: not reachable")])
+    params.write_text(yaml.safe_dump({"results": [str(empty)], "output_dir": str(tmp_path / "fig")}))
+    assert main(["--params", str(params)]) == 1 and "no scored row" in capsys.readouterr().err
+    params.write_text(yaml.safe_dump({"results": [str(there)], "output_dir": str(tmp_path / "fig"), "formats": ["png"]}))
+    assert main(["--params", str(params)]) == 0 and (tmp_path / "fig" / "ruler_by_length.png").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import shlex
 import subprocess
 import sys
@@ -146,7 +147,7 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
         result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MAX": "1",
                              "SHARDS": "2", "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
         base_url = server.base_url
-    assert "generator healthy; shard 0/2" in result.stdout
+    assert f"generator healthy at {server.base_url[:-3]}/health; shard 0/2" in result.stdout
     shard = out / "shards" / "00000-of-00002"
     manifest = json.loads((shard / "manifest.json").read_text())
     assert manifest["generator"]["endpoint"] == base_url and manifest["shard"] == "0/2"
@@ -161,6 +162,7 @@ def test_cluster_env_reaches_the_task_exported(script, tmp_path):
     and the task's log folder is made under the run root."""
     submit = tmp_path / "checkout"
     (submit / "slurm").mkdir(parents=True)
+    shutil.copy(ROOT / "slurm" / "ports.sh", submit / "slurm")  # a checkout's
     fake = tmp_path / "python"  # stands in for the project's Python: answers the health check, shows its env
     fake.write_text('#!/bin/bash\nif [ "$1" = -c ]; then exit 0; fi\n'
                     'if [ "$2" = longctx.generate.status ]; then exit 1; fi  # the shard has not finished\n'
@@ -202,7 +204,7 @@ def test_llamacpp_stand_in_is_one_switch():
     tiny = load_params(GenerateParams, TINY)
     lines = sbatch_commands(tiny, TINY, shards=2, model="", tp=1, servers=1, server="llamacpp")
     [gen] = [line for line in lines if line.startswith("gen=")]
-    assert "--export=ALL,SHARDS=2,SERVER=llamacpp,TP=1,PORT=8000 slurm/generate_vllm.sbatch" in gen
+    assert "--export=ALL,SHARDS=2,SERVER=llamacpp,TP=1 slurm/generate_vllm.sbatch" in gen  # no PORT: picked on the node
     got = dry_lines(run_script({"DRY_RUN": "1", "SERVER": "llamacpp", "SLURM_ARRAY_TASK_ID": "1", "SHARDS": "2",
                                 "PORT": "8124", "LLAMACPP_ARGS": "--threads 1"}, params=TINY).stdout)
     assert got["serve"][:8] == [sys.executable, "-m", "longctx.llm.server", "--host", "127.0.0.1", "--port", "8124",

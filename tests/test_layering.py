@@ -35,6 +35,7 @@ CROSS_STAGE = {
     ("eval.launch", "train.config"): "evaluation jobs chain after the training jobs of a stage-3 params file",
     ("eval.launch", "train.launch"): "... whose sbatch lines come first (--after-train)",
     ("train.data", "concat.samples"): "stage 3 reads stage 2's samples (the data contract)",
+    ("train.launch", "concat.stage"): "the dry run plans a stage's steps from stage 2's params before its samples exist",
 }
 COMMANDS = ["generate", "concatenate", "train", "evaluate", "figures", "demo", "rehearse"]
 

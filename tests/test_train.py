@@ -133,6 +133,33 @@ def test_paper_profile_dry_run_and_sbatch_chain():
     assert train.main(["--params", str(ROOT / "params/paper/03_train.yaml"), "--dry-run"]) == 0
 
 
+def test_dry_run_plans_steps_from_stage_2_params_before_the_samples_exist(tmp_path, monkeypatch):
+    """No samples on disk (a fresh run root): the steps come from n_samples of
+    params/paper/02_concatenate.yaml (2,000 / 1,280 / 600 / 200 samples, global batch 4, one epoch)
+    and say so; once a stage's Parquet file exists its rows are counted instead."""
+    from longctx.train.launch import format_table
+
+    monkeypatch.setenv("LONGCTX_RUNS", str(tmp_path / "scratch"))
+    cfg = load_params(TrainConfig, ROOT / "params/paper/03_train.yaml")
+    rows = dry_run(cfg)
+    assert [r["steps"] for r in rows] == [2000 // 4, 1280 // 4, 600 // 4, 200 // 4]
+    assert [r["steps_from"] for r in rows] == ["planned"] * 4 and all(r["hours"] != "?" for r in rows)
+    assert "steps planned from n_samples 2000 in params/paper/02_concatenate.yaml, not counted" in rows[0]["notes"]
+    assert "planned" in format_table(rows)
+    from longctx.concat.samples import SampleWriter
+
+    (tmp_path / "scratch" / "paper" / "02_concatenate").mkdir(parents=True)
+    with SampleWriter(tmp_path / "scratch" / "paper" / "02_concatenate" / "180K.parquet") as writer:
+        for _ in range(9):
+            writer.write(np.arange(1, 9), labels=np.arange(1, 9))
+    counted = dry_run(cfg)[0]
+    assert (counted["steps"], counted["steps_from"], counted["samples_on_disk"]) == (3, "counted", True)  # 9 / 4 -> 3
+    elsewhere = dry_run(load_params(TrainConfig, ROOT / "params/paper/03_train.yaml",
+                                    {"stages": [{**cfg.stages[0].__dict__, "samples": "runs/nowhere",
+                                                 "rope": cfg.stages[0].rope.__dict__}]}))[0]
+    assert elsewhere["steps"] == "?" and "steps unknown" in elsewhere["notes"]
+
+
 def test_dry_run_flags_memory_and_bad_degrees(capsys):
     paper = ROOT / "params/paper/03_train.yaml"
     cfg = load_params(TrainConfig, paper)

@@ -28,31 +28,34 @@ that caused it, with the job's log:
 Then it checks that ``sacct`` reports every job COMPLETED and the second training stage
 REQUEUED at least once, and that the resumed stage equals an uninterrupted run of the same stage
 (launched here with torchrun, no SLURM): the same loss at every step and the same final weights.
-Outputs go to ``runs/rehearse/``, job logs to ``runs/slurm/``; both are printed per stage.
+The evaluation's four tasks share the node without ``--exclusive``, each on a port it picks when
+it starts; the check reads the ports from their logs. Outputs go to ``runs/rehearse/`` and job
+logs to ``runs/slurm/``, both under the run root (``$LONGCTX_RUNS`` when set); both are printed
+per stage. SLURM plumbing: :mod:`longctx.rehearse_jobs`; the contracts checked between stages:
+:mod:`longctx.rehearse_checks`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .core.config import project_root
+from .core.config import project_root, resolve_path
+from .rehearse_checks import (check_concatenation, check_evaluation, check_generation,
+                              check_resume_equals_uninterrupted, check_training)
+from .rehearse_jobs import Job, free_port, log_of, run_checked, sacct, submit, tail, wait
 
 __all__ = ["main", "RUN", "Job", "sacct", "submit", "wait"]
 
-RUN = "runs/rehearse"        # relative to the project root: the jobs run from there
-LOGS = "runs/slurm"
+RUN = "runs/rehearse"        # under the run root ($LONGCTX_RUNS when set): the params name it so
+LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'  # the jobs' logs, as the launchers write them
 WARN_AT_STEP = 10            # s2 gets SLURM's time-limit warning once it has logged this step
 
 GENERATE = {
@@ -97,126 +100,18 @@ FIGURES = {"results": [f"{RUN}/04_evaluate/results.csv"], "include_reported": Tr
            "output_dir": f"{RUN}/figures", "formats": ["png"]}
 
 
-@dataclass
-class Job:
-    """One job (or array task) as sacct reports it; ``records`` lists every run, requeues included."""
-    job_id: str
-    name: str
-    states: list[str] = field(default_factory=list)
-    exit_codes: list[str] = field(default_factory=list)
-
-    @property
-    def final(self) -> str:
-        return self.states[-1] if self.states else "UNKNOWN"
-
-
-def _run(cmd: list[str], **kw) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw).stdout
-
-
-def submit(lines: list[str], root: Path, env_file: str) -> list[str]:
-    """Run launcher-rendered shell ``lines`` from ``root`` with bash; returns the submitted job ids.
-
-    The lines run as rendered, except that ``source slurm/cluster.env`` reads ``env_file``
-    instead (the rehearsal must not touch the user's own settings). ``sbatch`` is wrapped to
-    record each job id it prints; what it prints is passed on unchanged.
-    """
-    record = tempfile.NamedTemporaryFile("w+", suffix=".jobs", delete=False)
-    record.close()
-    script = ["set -euo pipefail",
-              'sbatch() { local out; out=$(command sbatch "$@") || return $?; echo "$out"; '
-              f'echo "$out" | grep -oE "[0-9]+" | head -n 1 >> {record.name}; }}']
-    for line in lines:
-        script.append(line.replace("source slurm/cluster.env", f"source {env_file}"))
-    print("\n".join("  $ " + line for line in script[2:]), flush=True)
-    result = subprocess.run(["bash", "-c", "\n".join(script)], cwd=root, capture_output=True, text=True)
-    ids = Path(record.name).read_text().split()
-    os.unlink(record.name)
-    if result.returncode:
-        raise RuntimeError(f"submitting failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
-    return ids
-
-
-def _squeue(ids: list[str]) -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines() if line.strip()]
-
-
-def wait(ids: list[str], what: str, timeout_s: float, during=None) -> None:
-    """Until no job of ``ids`` is pending or running; prints their states when they change and
-    calls ``during()`` at every poll."""
-    deadline = time.monotonic() + timeout_s
-    shown = None
-    while True:
-        queued = _squeue(ids)
-        if not queued:
-            return
-        if during is not None:
-            during()
-        stuck = [line for line in queued if "DependencyNeverSatisfied" in line]
-        if stuck:   # an earlier job of the chain failed: its dependants would wait forever
-            subprocess.run(["scancel", *ids], check=False)
-            print(f"    {what}: {'; '.join(stuck)}: cancelled the rest of the chain", flush=True)
-            return
-        state = "; ".join(queued)
-        if state != shown:
-            print(f"    [{time.strftime('%H:%M:%S')}] {what}: {state}", flush=True)
-            shown = state
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: jobs {ids} still queued after {timeout_s:.0f} s: {state}")
-        time.sleep(2)
-
-
-def sacct(ids: list[str], settle_s: float = 60) -> dict[str, Job]:
-    """Every run of every job (``sacct -D``: requeued runs too), array tasks one by one.
-
-    slurmdbd writes a job's end a moment after the job leaves the queue, so this waits up to
-    ``settle_s`` for no job to be shown RUNNING or PENDING any more."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        out = _run(["sacct", "-D", "-X", "-P", "-n", "-j", ",".join(ids), "-o", "JobID,JobName,State,ExitCode"])
-        jobs: dict[str, Job] = {}
-        for line in out.splitlines():
-            job_id, name, state, code = line.split("|")
-            job = jobs.setdefault(job_id, Job(job_id, name))
-            job.states.append(state.split()[0])
-            job.exit_codes.append(code)
-        if not any(j.final in ("RUNNING", "PENDING", "REQUEUED") for j in jobs.values()) or time.monotonic() > deadline:
-            return jobs
-        time.sleep(2)
-
-
-def _log_of(job_id: str) -> str:
-    """The job's log: its StdOut as SLURM expanded it while SLURM remembers the job, else the file
-    under runs/slurm/ named after it (the project's scripts log as %x-%j or %x-%A_%a)."""
-    out = subprocess.run(["scontrol", "show", "job", job_id.split("_")[0]], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        found = re.search(r"StdOut=(\S+)", line)
-        if found and "_" not in job_id:
-            return found.group(1)
-    pattern = f"*-{job_id}.out"
-    hits = sorted((project_root() / LOGS).glob(pattern))
-    return str(hits[0]) if hits else f"{LOGS}/{pattern}"
-
-
-def _tail(path: str, n: int = 40) -> str:
-    p = Path(path)
-    if not p.is_file():
-        return f"(no log at {path})"
-    return "".join(p.read_text(errors="replace").splitlines(keepends=True)[-n:])
-
-
 class Rehearsal:
     def __init__(self, root: Path, timeout_s: float):
         self.root = root
-        self.run = root / RUN
+        self.run = resolve_path(RUN)
         self.timeout_s = timeout_s
         self.jobs: dict[str, list[str]] = {}      # stage -> job ids
         self.report: list[tuple[str, str, str]] = []   # (stage, outputs, logs)
         self.started = time.monotonic()
 
     def path(self, name: str) -> str:
-        return f"{RUN}/{name}"
+        """``name`` in the run folder, as the jobs (run from the project root) name it."""
+        return _shown(self.run / name, self.root)
 
     def write(self, name: str, params: dict) -> str:
         (self.run / name).write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -230,11 +125,11 @@ class Rehearsal:
         wait(ids, name, self.timeout_s, during=during and (lambda: during(ids)))
         jobs = sacct(ids)
         bad = [j for j in jobs.values() if j.final != "COMPLETED"]
-        logs = sorted({_log_of(j) for j in jobs})
+        logs = sorted({log_of(j) for j in jobs})
         if bad or not jobs:
             for j in bad:
                 print(f"  job {j.job_id} ({j.name}) ended {j.final} (exit {j.exit_codes[-1]}); its log "
-                      f"{_log_of(j.job_id)}:\n{_tail(_log_of(j.job_id))}", file=sys.stderr)
+                      f"{log_of(j.job_id)}:\n{tail(log_of(j.job_id))}", file=sys.stderr)
             raise RuntimeError(f"{name}: {len(bad)} job(s) did not complete: "
                                + ", ".join(f"{j.job_id} {j.final}" for j in bad) if jobs else "no job in sacct")
         print(f"  {name}: {len(jobs)} job(s) COMPLETED in {time.monotonic() - t0:.0f} s; outputs {outputs}; "
@@ -251,160 +146,47 @@ def _settings(root: Path, run: Path) -> None:
         f"LONGCTX_PYTHON={sys.executable}\n"
         "OMP_NUM_THREADS=1\n"
         "PYTHONUNBUFFERED=1\n"
-        f"RDZV_PORT={_free_port()}\n", encoding="utf-8")
+        f"RDZV_PORT={free_port()}\n", encoding="utf-8")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def check_generation(run: Path) -> str:
-    shards = json.loads((run / "corpus_shards" / "manifest.json").read_text())
-    assert shards["shard_count"] == 2 and shards["documents_per_file"] == [1, 1], f"corpus shards manifest: {shards}"
-    records = [json.loads(line) for line in (run / "01_generate_qa" / "qa.jsonl").read_text().splitlines() if line]
-    assert len(records) == 2, f"qa.jsonl holds {len(records)} documents, expected 2 (one per array task)"
-    for rec in records:
-        missing = {"id", "source", "title", "text", "tokenizer", "n_tokens", "chunks", "sections", "summaries",
-                   "hierarchical_qa", "diverse_qa"} - set(rec)
-        assert not missing, f"qa.jsonl document {rec.get('id')}: keys {sorted(missing)} missing"
-        spans = [(c["token_start"], c["token_end"]) for c in rec["chunks"]]
-        assert spans[0][0] == 0 and spans[-1][1] == rec["n_tokens"] and all(
-            a[1] == b[0] for a, b in zip(spans, spans[1:])), f"{rec['id']}: chunk spans do not cover the text"
-    for i in range(2):
-        manifest = json.loads((run / "01_generate_qa" / "shards" / f"{i:05d}-of-00002" / "manifest.json").read_text())
-        assert manifest["shard"] == f"{i}/2", manifest["shard"]
-    return f"{len(records)} documents, " + ", ".join(
-        f"{r['id']}: {len(r['hierarchical_qa'])} hierarchical + {len(r['diverse_qa'])} diverse QA" for r in records)
-
-
-def check_concatenation(run: Path) -> str:
-    import numpy as np
-
-    from .concat.samples import open_samples
-
-    out = []
-    for spec in CONCATENATE["stages"]:
-        samples = open_samples(run / "02_concatenate", spec["name"])
-        assert len(samples) == spec["n_samples"], f"{spec['name']}: {len(samples)} samples"
-        for i in range(len(samples)):
-            item = samples[i]
-            assert len(item["input_ids"]) == len(item["labels"]) <= spec["target_tokens"]
-            answers = item["labels"] != -100
-            assert answers.any() and np.array_equal(item["labels"][answers], item["input_ids"][answers])
-        out.append(f"{spec['name']}: {len(samples)} samples")
-    return ", ".join(out)
-
-
-def check_training(run: Path, root: Path) -> str:
-    from .train import checkpoint
-    from .train.log import read_log
-
-    out = []
-    for stage in TRAIN["stages"]:
-        folder = run / "03_train" / stage["name"]
-        rows = read_log(folder / "train_log.csv")
-        assert checkpoint.is_complete(folder / "final"), f"{folder}/final is not a complete checkpoint"
-        assert (folder / "hf" / "config.json").is_file(), f"{folder}/hf: no transformers export"
-        steps = [r["step"] for r in rows]
-        assert steps == list(range(1, len(steps) + 1)), f"{folder}/train_log.csv: steps {steps[:5]}..."
-        out.append(f"{stage['name']}: {len(rows)} steps, loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}")
-    return ", ".join(out)
-
-
-def final_weights(folder: Path) -> dict:
-    """The fp32 weights of a DCP checkpoint folder, read without a process group."""
-    import torch
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(str(folder), f"{tmp}/w.pt")
-        state = torch.load(f"{tmp}/w.pt", weights_only=False)
-    flat = {}
-
-    def walk(prefix, value):
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        elif isinstance(value, torch.Tensor):
-            flat[prefix] = value
-    walk("", state)
-    return flat
-
-
-def check_resume_equals_uninterrupted(run: Path, root: Path, params_path: str) -> str:
-    """Train the requeued stage again, uninterrupted, without SLURM (torchrun here) from the same
-    starting weights; the loss of every step and the final weights must be those of the run that
-    was stopped, requeued and resumed."""
-    import torch
-
-    from .core.config import load_params
-    from .train.config import TrainConfig
-    from .train.launch import launch_local
-    from .train.log import read_log
-
-    ref_dir = run / "03_train_uninterrupted"
-    shutil.rmtree(ref_dir, ignore_errors=True)
-    (ref_dir / "s1").mkdir(parents=True)
-    shutil.copytree(run / "03_train" / "s1" / "final", ref_dir / "s1" / "final")
-    cfg = load_params(TrainConfig, root / params_path, {"output_dir": f"{RUN}/03_train_uninterrupted",
-                                                        "export_hf": False})
-    print("  uninterrupted reference of s2 (torchrun, 2 processes, no SLURM) ...", flush=True)
-    launch_local(cfg, stage="s2", echo=False, timeout_s=1800)
-    resumed = read_log(run / "03_train" / "s2" / "train_log.csv")
-    straight = read_log(ref_dir / "s2" / "train_log.csv")
-    assert [r["step"] for r in resumed] == [r["step"] for r in straight], "the two runs logged different steps"
-    # bitwise: the same ops in the same order, on the same machine with the same threads (measured:
-    # equal to the bit); a changed data order, schedule or optimizer state after the resume shows here
-    torch.testing.assert_close(torch.tensor([r["loss"] for r in resumed], dtype=torch.float64),
-                               torch.tensor([r["loss"] for r in straight], dtype=torch.float64), rtol=0, atol=0)
-    a, b = final_weights(run / "03_train" / "s2" / "final"), final_weights(ref_dir / "s2" / "final")
-    assert a.keys() == b.keys() and a, f"final checkpoints hold different tensors: {sorted(a.keys() ^ b.keys())}"
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
-    return (f"s2 resumed = uninterrupted, bitwise: {len(resumed)} step losses, {len(a)} final fp32 tensors "
-            f"(reference: {RUN}/03_train_uninterrupted)")
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else absolute (``LONGCTX_RUNS`` elsewhere)."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def evaluation_lines(root: Path, params_path: str) -> list[str]:
     """What ``python -m longctx.eval.launch`` prints for the two checkpoints (an array of 2 shards
     of ``slurm/evaluate.sbatch`` and a merge job each), with ``SERVER=transformers``: the CPU
-    stand-in for vLLM serving the tiny export. On this one node every job takes the whole node
-    (``SBATCH_EXCLUSIVE``), as the tasks of a cluster each hold their own node and port."""
+    stand-in for vLLM serving the tiny export. The four tasks share this one node, as tasks without
+    ``--exclusive`` share a cluster's nodes: each serves on a port it picks and reserves when it
+    starts (``slurm/ports.sh``)."""
     cmd = [sys.executable, "-m", "longctx.eval.launch", "--params", params_path, "--shards", "2", "--tp", "1",
-           "--port", str(_free_port()), "--time", "0:30:00"]
+           "--time", "0:30:00"]
     for stage in TRAIN["stages"]:
         cmd += ["--checkpoint", f"{RUN}/03_train/{stage['name']}/hf=rehearse-{stage['name']}"]
     print("  $ " + " ".join(cmd[1:]), flush=True)
-    lines = _run(cmd, cwd=root).splitlines()
-    lines.insert(2, "export SERVER=transformers SBATCH_EXCLUSIVE=exclusive   # rehearsal: CPU stand-in server, "
-                    "one job per node")
+    lines = run_checked(cmd, cwd=root).splitlines()
+    lines.insert(2, "export SERVER=transformers   # rehearsal: the CPU stand-in server for vLLM")
     return lines
 
 
-def figures_lines() -> list[str]:
+def figures_lines(params_path: str) -> list[str]:
     py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
-    return [f"mkdir -p {LOGS}", "set -a; source slurm/cluster.env; set +a",
+    return ["set -a; source slurm/cluster.env; set +a", f"mkdir -p {LOGS}",
             f"sbatch --parsable --job-name=longctx-figures --cpus-per-task=1 --mem=4G --time=0:30:00 "
-            f"--output={LOGS}/%x-%j.out --wrap='{py} -m longctx.figures --params {RUN}/05_figures.yaml'"]
+            f"--output={LOGS}/%x-%j.out --wrap='{py} -m longctx.figures --params {params_path}'"]
 
 
-def check_evaluation(run: Path) -> str:
-    from .eval.results import read_results
-
-    table = read_results(run / "04_evaluate" / "results.csv")
-    out = []
-    for stage in TRAIN["stages"]:
-        rows = table[table["run_id"] == f"rehearse-{stage['name']}"]
-        assert len(rows) >= 1 and rows["score"].notna().all(), \
-            f"{run}/04_evaluate/results.csv: no scored row for checkpoint {stage['name']} ({len(rows)} rows)"
-        out.append(f"{stage['name']}: {len(rows)} scored row(s)")
-    figures = sorted(p.name for p in (run / "figures").glob("*.png"))
-    assert figures, f"{run}/figures: no figure written"
-    return ", ".join(out) + f"; figures {', '.join(figures)}"
+def check_own_ports(task_ids: list[str]) -> str:
+    """The evaluation tasks shared this node (no --exclusive): each served on a port of its own."""
+    ports = {}
+    for task in task_ids:
+        log = Path(log_of(task))
+        found = re.search(r"server healthy at http://127\.0\.0\.1:(\d+)/health", tail(str(log), 10_000))
+        assert found, f"{log}: no 'server healthy at ...' line naming the task's port"
+        ports[task] = found.group(1)
+    assert len(set(ports.values())) == len(ports), f"evaluation tasks shared a port: {ports}"
+    return ", ".join(f"{task} on {port}" for task, port in sorted(ports.items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -419,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: no SLURM here (sbatch/sinfo): start the one-node cluster with ./dev slurm start (root, "
               "Debian)", file=sys.stderr)
         return 2
-    run = root / RUN
+    run = resolve_path(RUN)
     if args.first == 1:
         shutil.rmtree(run, ignore_errors=True)
     else:
@@ -428,7 +210,6 @@ def main(argv: list[str] | None = None) -> int:
                          4: ["04_evaluate", "figures"]}.get(stage, []):
                 shutil.rmtree(run / name, ignore_errors=True)
     _settings(root, run)
-    (root / LOGS).mkdir(parents=True, exist_ok=True)
     r = Rehearsal(root, args.timeout)
     try:
         return _rehearse(r, args.first, root, run)
@@ -453,20 +234,21 @@ def _rehearse(r: Rehearsal, first: int, root: Path, run: Path) -> int:
         r.report.append((f"stages 1-{first - 1}", "NOT RERUN: kept from the last rehearsal (--from)", ""))
     if first <= 1:
         lines = generate_launch.sbatch_commands(load_params(GenerateParams, root / gen_path), root / gen_path,
-                                                shards=2, model="", tp=1, port=_free_port(), servers=1, time="00:30:00",
+                                                shards=2, model="", tp=1, servers=1, time="00:30:00",
                                                 server="llamacpp")
-        r.stage("1 generate (prepare -> array of 2 -> merge)", lines, f"{RUN}/corpus_shards, {RUN}/01_generate_qa")
+        r.stage("1 generate (prepare -> array of 2 -> merge)", lines,
+                f"{r.path('corpus_shards')}, {r.path('01_generate_qa')}")
     print("  contract:", check_generation(run), flush=True)
 
     # 2. concatenation (no launcher: one job)
     if first <= 2:
         cat_path = r.write("02_concatenate.yaml", CONCATENATE)
         py = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
-        lines = [f"mkdir -p {LOGS}", "set -a; source slurm/cluster.env; set +a",
+        lines = ["set -a; source slurm/cluster.env; set +a", f"mkdir -p {LOGS}",
                  f"sbatch --parsable --job-name=longctx-concatenate --cpus-per-task=2 --mem=8G --time=1:00:00 "
                  f"--output={LOGS}/%x-%j.out --wrap='{py} -m longctx.concatenate --params {cat_path}'"]
-        r.stage("2 concatenate", lines, f"{RUN}/02_concatenate")
-    print("  contract:", check_concatenation(run), flush=True)
+        r.stage("2 concatenate", lines, r.path("02_concatenate"))
+    print("  contract:", check_concatenation(run, CONCATENATE["stages"]), flush=True)
 
     # 3. two training stages chained afterok; s2 meets its time limit's warning mid-stage
     if first <= 3:
@@ -478,34 +260,34 @@ def _rehearse(r: Rehearsal, first: int, root: Path, run: Path) -> int:
         def warn_mid_stage(ids: list[str]) -> None:
             """SLURM's time-limit warning for s2 once it has logged step WARN_AT_STEP: USR1 to the
             job's batch shell, as ``#SBATCH --signal=B:USR1@1800`` makes SLURM send it."""
-            log = Path(_log_of(ids[1]))
+            log = Path(log_of(ids[1]))
             log = log if log.is_absolute() else root / log
             if not warned and log.is_file() and f"] step {WARN_AT_STEP}/" in log.read_text(errors="replace"):
-                _run(["scancel", "--batch", "--signal=USR1", ids[1]])
+                run_checked(["scancel", "--batch", "--signal=USR1", ids[1]])
                 warned.append(time.strftime("%H:%M:%S"))
                 print(f"    [{warned[0]}] s2 logged step {WARN_AT_STEP}: sent it the time-limit warning "
                       f"(scancel --batch --signal=USR1 {ids[1]})", flush=True)
 
         ids = r.stage("3 train (s1 -> s2 afterok; s2 warned, checkpointed, requeued, resumed)", lines,
-                      f"{RUN}/03_train", during=warn_mid_stage)
+                      r.path("03_train"), during=warn_mid_stage)
         runs = sacct(ids)
         s2 = runs[ids[1]]
         print(f"  sacct: s1 {' -> '.join(runs[ids[0]].states)}, s2 {' -> '.join(s2.states)}", flush=True)
         assert warned, f"s2 finished before it logged step {WARN_AT_STEP}: the warning was never sent"
         assert s2.states.count("REQUEUED") >= 1, f"s2 was never requeued: sacct {s2.states}"
-        s2_log = Path(_log_of(ids[1])).read_text(errors="replace") if Path(_log_of(ids[1])).is_file() else ""
+        s2_log = Path(log_of(ids[1])).read_text(errors="replace") if Path(log_of(ids[1])).is_file() else ""
         assert "stop requested" in s2_log and "resumed from" in s2_log, \
-            f"s2's log ({_log_of(ids[1])}) shows no checkpoint-and-stop followed by a resume"
-        print("  resume:", check_resume_equals_uninterrupted(run, root, train_path), flush=True)
-    print("  contract:", check_training(run, root), flush=True)
+            f"s2's log ({log_of(ids[1])}) shows no checkpoint-and-stop followed by a resume"
+        print("  resume:", check_resume_equals_uninterrupted(run, train_path), flush=True)
+    print("  contract:", check_training(run, [stage["name"] for stage in TRAIN["stages"]]), flush=True)
 
     # 4. one evaluation job per checkpoint (CPU stand-in server for vLLM) -> 5. figures
     eval_path = r.write("04_evaluate.yaml", EVALUATE)
-    r.write("05_figures.yaml", FIGURES)
-    r.stage("4 evaluate (per checkpoint: array of 2 shards -> merge)", evaluation_lines(root, eval_path),
-            f"{RUN}/04_evaluate")
-    r.stage("5 figures", figures_lines(), f"{RUN}/figures")
-    print("  contract:", check_evaluation(run), flush=True)
+    ids = r.stage("4 evaluate (per checkpoint: array of 2 shards -> merge)", evaluation_lines(root, eval_path),
+                  r.path("04_evaluate"))
+    print("  ports:", check_own_ports([i for i, job in sacct(ids).items() if "_" in i]), flush=True)
+    r.stage("5 figures", figures_lines(r.write("05_figures.yaml", FIGURES)), r.path("figures"))
+    print("  contract:", check_evaluation(run, [f"rehearse-{stage['name']}" for stage in TRAIN["stages"]]), flush=True)
 
     print(f"\n== rehearsal: {time.monotonic() - r.started:.0f} s")
     every = [i for ids in r.jobs.values() for i in ids]

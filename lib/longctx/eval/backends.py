@@ -21,7 +21,13 @@ A choice outside the top ``k`` gets ``-inf``; the arg-max is exact whenever any 
   own ``/tokenize`` (llama.cpp), and the template cost is measured with ``/apply-template``.
 
 The answer prefix (RULER's ``answer_prefix``, InfiniteBench's "The pass key is") must be
-*continued* by the model, and each server needs its own request for that (``server``):
+*continued* by the model. RULER writes it after the rendered chat template as raw text, leading
+space included (``prepare.py``: ``template + answer_prefix``); a server renders it as a final
+assistant message through the model's own template, and Llama-3's trims it (``| trim``), so
+the model sees ``...<|end_header_id|>\n\nThe special magic ...``. The HF backend renders it
+the same way (``continue_final_message``), so a local and a served model get the same tokens and
+the scorer compares the same continuation (the prefix is never part of the prediction). Each
+server needs its own request for that (``server``):
 
 * ``vllm``: a final assistant message with ``continue_final_message: true`` and
   ``add_generation_prompt: false`` (vLLM refuses both true; without them it closes the message
@@ -382,10 +388,18 @@ class HFBackend:
         self._template: int | None = None
 
     def _render(self, sample: Sample) -> list[int]:
+        if sample.chat and self._hf.chat_template and sample.answer_prefix:
+            # the prefix as a final assistant message the template renders and leaves open, as vLLM
+            # (continue_final_message) and hf_server do: the model sees the text a server gives it
+            # (Llama-3's template trims RULER's leading space: "...<|end_header_id|>\n\nThe special")
+            text = self._hf.apply_chat_template([{"role": "user", "content": sample.prompt},
+                                                 {"role": "assistant", "content": sample.answer_prefix}],
+                                                tokenize=False, continue_final_message=True)
+            return self._hf(text, add_special_tokens=False)["input_ids"]
         if sample.chat and self._hf.chat_template:
             text = self._hf.apply_chat_template([{"role": "user", "content": sample.prompt}],
                                                 tokenize=False, add_generation_prompt=True)
-            return self._hf(text + sample.answer_prefix, add_special_tokens=False)["input_ids"]
+            return self._hf(text, add_special_tokens=False)["input_ids"]
         return self._hf(sample.prompt + sample.answer_prefix, add_special_tokens=True)["input_ids"]
 
     def template_tokens(self) -> int:

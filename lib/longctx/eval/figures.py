@@ -44,12 +44,20 @@ class FiguresConfig:
     reported: str = param("", "table of the paper's reported numbers ('' = the packaged one)")
     include_reported: bool = param(True, "draw the paper's reported numbers next to ours")
     models: list[str] = param([], "models to show, in this order ([] = every model in the tables)")
-    output_dir: str = param("figures", "where the PNG and PDF files go")
+    output_dir: str = param("runs/figures", "where the PNG and PDF files go (under the run root: LONGCTX_RUNS "
+                            "moves them)")
     formats: list[str] = param(["png", "pdf"], "file formats written for every figure")
 
 
 def load_tables(cfg: FiguresConfig) -> pd.DataFrame:
-    """Measured rows (latest run per key) and, if asked, reported rows, in one frame."""
+    """Measured rows (latest run per key) and, if asked, reported rows, in one frame. A results
+    table that does not exist is an error naming it: a figure silently without a model is
+    not the figure asked for."""
+    missing = [str(resolve_path(p)) for p in cfg.results if not resolve_path(p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"results table(s) not found: {', '.join(missing)}: evaluate those checkpoints "
+                                "first (python -m longctx.evaluate, or --merge RUN_ID for a sharded run), or "
+                                "remove them from results")
     measured = read_results(*[resolve_path(p) for p in cfg.results])
     measured = measured[measured["source"].fillna("measured") == "measured"]
     measured = measured.drop_duplicates(KEYS, keep="last")
@@ -243,7 +251,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longctx.figures", description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="YAML file of FiguresConfig parameters")
     cfg = load_params(FiguresConfig, parser.parse_args(argv).params)
-    for name, paths in make_figures(cfg)["files"].items():
+    try:
+        drawn = make_figures(cfg)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = drawn["table"]
+    if cfg.results and not ((table["source"] == "measured") & table["score"].notna()).any():
+        which = f" for models {cfg.models}" if cfg.models else ""
+        print(f"error: no scored row in {', '.join(cfg.results)}{which}: nothing measured to draw", file=sys.stderr)
+        return 1
+    for name, paths in drawn["files"].items():
         print(name, *paths)
     return 0
 

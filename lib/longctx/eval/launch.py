@@ -49,6 +49,7 @@ from .shards import WorkItem, assign, group_cost, work_list
 __all__ = ["ModelShape", "model_shape", "choose_tp", "project", "sbatch_commands", "main", "LLAMA31_8B"]
 
 _PY = '"${LONGCTX_PYTHON:-.venv/bin/python}"'
+_LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'  # the jobs' logs: under the run root (LONGCTX_RUNS, e.g. scratch)
 GIB = 1 << 30
 VLLM_MEMORY_UTILIZATION = 0.9   # vLLM's default --gpu-memory-utilization
 ACTIVATION_RESERVE_GIB = 4.0    # activations, CUDA graphs, NCCL buffers per GPU (vLLM profiles ~2-5 GiB)
@@ -192,27 +193,30 @@ class Checkpoint:
 
 
 def sbatch_commands(cfg: EvalConfig, params_path: str | Path, checkpoints: list[Checkpoint], *, shards: int,
-                    tps: list[int], windows: list[int], gpus_per_node: int = 8, port: int = 8000,
+                    tps: list[int], windows: list[int], gpus_per_node: int = 8, port: int = 0,
                     time: str = "48:00:00", evaluate_args: str = "", head: list[str] | None = None) -> list[str]:
     """Per checkpoint: the evaluation array (afterok its training job, if any) and the merge job."""
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
     path = shlex.quote(_shown(params_path))
-    lines = head or ["mkdir -p runs/slurm",
-                     "set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON (cluster.env.example)"]
+    lines = head or ["set -a; source slurm/cluster.env; set +a   # partition, account, LONGCTX_PYTHON, LONGCTX_RUNS "
+                     "(cluster.env.example)",
+                     f"mkdir -p {_LOGS}   # SLURM does not create the folder of --output: without it no job logs"]
     for k, (ck, tp, window) in enumerate(zip(checkpoints, tps, windows), start=1):
         if "," in ck.model + ck.run_id + evaluate_args:
             raise ValueError("sbatch --export splits on commas: model, run id and evaluate_args cannot contain one")
-        exports = (f"ALL,MODEL={ck.model},TP={tp},PORT={port},MAX_MODEL_LEN={window},RUN_ID={ck.run_id}"
+        exports = (f"ALL,MODEL={ck.model},TP={tp}" + (f",PORT={port}" if port else "")
+                   + f",MAX_MODEL_LEN={window},RUN_ID={ck.run_id}"
                    + (f",EVALUATE_ARGS={evaluate_args}" if evaluate_args else ""))
         dependency = f" --dependency=afterok:{ck.after}" if ck.after else ""
         array = f" --array=0-{shards - 1}" if shards > 1 else ""
         lines.append(f"eval{k}=$(sbatch --parsable{dependency}{array} --job-name=longctx-eval-{ck.run_id} "
-                     f"--gpus-per-node={tp} --time={time} --export={shlex.quote(exports)} slurm/evaluate.sbatch {path})")
+                     f"--gpus-per-node={tp} --time={time} --output={_LOGS}/%x-%A_%a.out "
+                     f"--export={shlex.quote(exports)} slurm/evaluate.sbatch {path})")
         if shards > 1:
             merge = f"{_PY} -m longctx.evaluate --params {path} --merge {shlex.quote(ck.run_id)}"
             lines.append(f"sbatch --dependency=afterok:$eval{k} --job-name=longctx-eval-merge --cpus-per-task=2 "
-                         f"--mem=8G --time=1:00:00 --output=runs/slurm/%x-%j.out --wrap={shlex.quote(merge)}")
+                         f"--mem=8G --time=1:00:00 --output={_LOGS}/%x-%j.out --wrap={shlex.quote(merge)}")
     return lines
 
 
@@ -238,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(H100: 80, H200: 141)")
     parser.add_argument("--model-config", default="", help="config.json giving the shape when the export does not "
                         "exist yet (default: Llama-3.1-8B's)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=0, help="port of each task's server on 127.0.0.1 (default: a "
+                        "free one, picked when the task starts, so tasks sharing a node never collide)")
     parser.add_argument("--time", default="48:00:00", help="time limit of one array task")
     parser.add_argument("--evaluate-args", default="", help="more longctx.evaluate flags for every task")
     parser.add_argument("--dry-run", action="store_true", help="print the projection per server, not the commands")
@@ -254,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         checkpoints = [_checkpoint_arg(c) for c in args.checkpoint]
+        for ck in checkpoints:  # runs/...: under the run root (LONGCTX_RUNS), where training wrote it
+            if Path(ck.model).parts[:1] == ("runs",):
+                ck.model = _shown(resolve_path(ck.model))
         if len(args.after) > len(checkpoints):
             raise ValueError(f"{len(args.after)} --after job ids for {len(checkpoints)} --checkpoint")
         for ck, job in zip(checkpoints, args.after):

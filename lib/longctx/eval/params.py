@@ -117,7 +117,8 @@ class EvalConfig:
     mmlu_test_path: str = param("", "local file with cais/mmlu test rows ('' = the hub)")
     # --- outputs
     output_dir: str = param("runs/evaluate", "results.csv (appended), predictions and manifest per run")
-    cache_dir: str = param("data/eval_cache", "prepared samples and token counts, reused across runs")
+    cache_dir: str = param("runs/eval_cache", "prepared samples and token counts, reused across runs "
+                           "(under the run root: LONGCTX_RUNS moves it)")
     run_id: str = param("", "name of this run ('' = model name + time)")
 
     def check(self) -> None:

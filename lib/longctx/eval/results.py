@@ -29,7 +29,9 @@
 
 ``lib/longctx/eval/data/paper_reported.csv`` has the same columns with ``source = reported``. Tables
 written before a column existed are read with that column empty, and appending to one rewrites
-its header first.
+its header first. Runs only append (several jobs may write one table); a group appended twice
+(a resubmitted job, a merge run again after a kill) is read once: :func:`read_results` keeps the
+last row of each :data:`ROW_KEY`.
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "append_rows", "read_results", "reported_path", "read_reported", "row"]
+__all__ = ["COLUMNS", "ROW_KEY", "append_rows", "read_results", "reported_path", "read_reported", "row"]
 
 COLUMNS = ["run_id", "model", "benchmark", "task", "context_length", "n_samples", "n_available", "subsample",
            "n_scored", "n_truncated", "truncation", "n_skipped", "score", "metric", "segmenter", "scorer",
            "mean_prompt_tokens", "skipped", "source", "note", "input_limit", "reference"]
+ROW_KEY = ("run_id", "model", "benchmark", "task", "context_length", "source")  # one group of one run
 _NUMERIC = ("context_length", "n_samples", "n_available", "n_scored", "n_truncated", "n_skipped", "score",
             "mean_prompt_tokens", "input_limit")
 
@@ -98,7 +101,8 @@ def append_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 def read_results(*paths: str | Path) -> pd.DataFrame:
     """Results tables concatenated under :data:`COLUMNS` (columns an older table lacks are
-    empty); numeric columns typed, missing files ignored."""
+    empty); numeric columns typed, missing files ignored (callers that need one check it), one
+    row per :data:`ROW_KEY` (the last written)."""
     text = {c: str for c in ("skipped", "note", "task", "subsample", "truncation", "segmenter", "scorer",
                              "reference")}
     frames = [pd.read_csv(p, dtype=text) for p in paths if Path(p).is_file()]
@@ -108,9 +112,9 @@ def read_results(*paths: str | Path) -> pd.DataFrame:
     for col in _NUMERIC:
         df[col] = pd.to_numeric(df[col], errors="coerce")
     for col in ("skipped", "note", "metric", "run_id", "subsample", "truncation", "segmenter", "scorer",
-                "reference"):
+                "reference", "model", "benchmark", "source"):
         df[col] = df[col].astype(object).fillna("").astype(str)
-    return df
+    return df.drop_duplicates(list(ROW_KEY), keep="last").reset_index(drop=True)
 
 
 def reported_path() -> Path:

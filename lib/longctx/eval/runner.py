@@ -10,7 +10,7 @@ digest of the served weights (:func:`answer_cache`), never by the served name al
 or resumed run on the same weights re-sends no finished request, a retrained checkpoint served
 under the same name gets its own answers, and ``manifest.json`` counts requests, cache hits and
 tokens. With ``shard="i/n"`` the run evaluates its share of the work list (:mod:`.shards`) into
-``{output_dir}/{run_id}/shards/i-of-n/``; :func:`merge_shards` joins the shards.
+``{output_dir}/{run_id}/shards/i-of-n/``; :func:`longctx.eval.shards.merge_shards` joins the shards.
 A data set that cannot be loaded becomes a row with ``skipped = "skipped: not reachable (...)"``,
 logged as such; the run goes on.
 """
@@ -43,7 +43,7 @@ from .ruler import RULER_TASKS, RulerContext, prepare_ruler
 from .sample import Sample
 from .shards import WorkItem, assign, parse_shard, work_list
 
-__all__ = ["open_backend", "run_suite", "score_sample", "answer_cache", "merge_shards", "shard_dir"]
+__all__ = ["open_backend", "run_suite", "score_sample", "answer_cache", "shard_dir"]
 
 log = logging.getLogger("longctx.evaluate")  # the command's name in its log lines
 
@@ -374,59 +374,6 @@ def run_suite(cfg: EvalConfig, backend: Backend, run_id: str = "", shard: str = 
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))
     suite.progress.close()
     return pd.DataFrame(suite.rows)
-
-
-def merge_shards(cfg: EvalConfig, run_id: str) -> pd.DataFrame:
-    """Join the shards of ``run_id`` into ``{output_dir}/{run_id}/results.csv`` and
-    ``predictions.jsonl``, and append their rows to ``{output_dir}/results.csv``; returns the rows.
-
-    Every shard ``0..n-1`` must have finished (its manifest says so): a missing, failed or killed
-    shard is an error naming it, so a partial sweep is never merged as complete; merging twice
-    is refused."""
-    import csv
-
-    out_dir = resolve_path(cfg.output_dir)
-    shards_root = out_dir / run_id / "shards"
-    found = sorted(shards_root.glob("*-of-*")) if shards_root.is_dir() else []
-    if not found:
-        raise FileNotFoundError(f"{shards_root}: no shard of run {run_id!r} to merge")
-    counts = {int(p.name.split("-of-")[1]) for p in found}
-    if len(counts) != 1:
-        raise ValueError(f"{shards_root}: shards of different splits {sorted(p.name for p in found)}")
-    count = counts.pop()
-    items = work_list(cfg)
-    unfinished = []
-    for i in range(count):
-        try:
-            done = json.loads((shards_root / f"{i}-of-{count}" / "manifest.json").read_text()).get("finished")
-        except (OSError, ValueError):
-            done = False
-        if not done:
-            unfinished.append(f"{i}-of-{count}")
-    if unfinished:
-        raise FileNotFoundError(f"run {run_id!r}: shard(s) {unfinished} under {shards_root} did not finish "
-                                "(failed, killed or not run yet); rerun them (answers already given are "
-                                "cached) before merging")
-    merged = out_dir / run_id / "results.csv"
-    if merged.is_file():
-        raise FileExistsError(f"{merged} exists: run {run_id!r} was merged already")
-    records: list[dict[str, Any]] = []
-    for i in range(count):
-        part = shards_root / f"{i}-of-{count}" / "results.csv"
-        if part.is_file():
-            with part.open(newline="", encoding="utf-8") as handle:
-                records += list(csv.DictReader(handle))
-    order = {item.label: k for k, item in enumerate(items)}
-    records.sort(key=lambda r: order.get(WorkItem(r["benchmark"], r["task"], int(r["context_length"] or 0)).label,
-                                         len(order)))
-    with (out_dir / run_id / "predictions.jsonl").open("w", encoding="utf-8") as handle:
-        for i in range(count):
-            part = shards_root / f"{i}-of-{count}" / "predictions.jsonl"
-            if part.is_file():
-                handle.write(part.read_text(encoding="utf-8"))
-    append_rows(out_dir / "results.csv", records)
-    append_rows(merged, records)
-    return pd.DataFrame(records)
 
 
 def _plain(cfg: EvalConfig) -> dict[str, Any]:

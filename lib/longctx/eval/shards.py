@@ -12,16 +12,28 @@ launcher's projection (:mod:`longctx.eval.launch`).
 
 Hub data sets have no configured length: their cost uses :data:`HUB_ESTIMATES` (rows, mean
 prompt tokens), rough figures for the projection and the balance only.
+
+:func:`merge_shards` joins the shards of a run once every one has finished, one row per
+(run, model, benchmark, task, length) and one prediction per sample: a shard whose files hold a
+group twice (a resubmitted task that ran beside its first copy) contributes it once.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from ..core.config import resolve_path
 from .infinitebench import IB_SYNTHETIC
+from .results import ROW_KEY, append_rows
 
-__all__ = ["WorkItem", "work_list", "group_cost", "group_weight", "assign", "parse_shard", "HUB_ESTIMATES"]
+__all__ = ["WorkItem", "work_list", "group_cost", "group_weight", "assign", "parse_shard", "merge_shards",
+           "HUB_ESTIMATES"]
+
+log = logging.getLogger("longctx.evaluate")
 
 ATTENTION_BALANCE = 32768  # prompt length at which attention costs as much as the rest (8B: 2*8e9 = 4*32*4096*L/2)
 
@@ -115,3 +127,76 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= index < count:
         raise ValueError(f"--shard {text}: need 0 <= I < N")
     return index, count
+
+
+def _prediction_key(line: str) -> tuple:
+    """One sample of one group: its index; a record without one (not sent: no room in the window)
+    is its own key, so identical copies collapse and distinct ones stay."""
+    rec = json.loads(line)
+    if "index" not in rec:
+        return ("line", line)
+    return (rec.get("run_id"), rec.get("benchmark"), rec.get("task"), rec.get("context_length"), rec["index"])
+
+
+def merge_shards(cfg, run_id: str):
+    """Join the shards of ``run_id`` into ``{output_dir}/{run_id}/results.csv`` and
+    ``predictions.jsonl``, and append their rows to ``{output_dir}/results.csv``; returns the rows.
+
+    Every shard ``0..n-1`` must have finished (its manifest says so): a missing, failed or killed
+    shard is an error naming it, so a partial sweep is never merged as complete; merging twice
+    is refused. Rows are keyed by :data:`~longctx.eval.results.ROW_KEY` and predictions by sample,
+    the last written kept: a group written twice is merged once, with a warning naming the shard."""
+    import pandas as pd
+
+    out_dir = resolve_path(cfg.output_dir)
+    shards_root = out_dir / run_id / "shards"
+    found = sorted(shards_root.glob("*-of-*")) if shards_root.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"{shards_root}: no shard of run {run_id!r} to merge")
+    counts = {int(p.name.split("-of-")[1]) for p in found}
+    if len(counts) != 1:
+        raise ValueError(f"{shards_root}: shards of different splits {sorted(p.name for p in found)}")
+    count = counts.pop()
+    unfinished = []
+    for i in range(count):
+        try:
+            done = json.loads((shards_root / f"{i}-of-{count}" / "manifest.json").read_text()).get("finished")
+        except (OSError, ValueError):
+            done = False
+        if not done:
+            unfinished.append(f"{i}-of-{count}")
+    if unfinished:
+        raise FileNotFoundError(f"run {run_id!r}: shard(s) {unfinished} under {shards_root} did not finish "
+                                "(failed, killed or not run yet); rerun them (answers already given are "
+                                "cached) before merging")
+    merged = out_dir / run_id / "results.csv"
+    if merged.is_file():
+        raise FileExistsError(f"{merged} exists: run {run_id!r} was merged already")
+    rows: dict[tuple, dict[str, Any]] = {}
+    predictions: dict[tuple, str] = {}
+    for i in range(count):
+        shard = shards_root / f"{i}-of-{count}"
+        seen = len(rows)
+        written = 0
+        if (shard / "results.csv").is_file():
+            with (shard / "results.csv").open(newline="", encoding="utf-8") as handle:
+                for r in csv.DictReader(handle):
+                    rows.pop(key := tuple(str(r.get(c, "")) for c in ROW_KEY), None)
+                    rows[key] = r           # the last copy, at the place of the last
+                    written += 1
+        if written > len(rows) - seen:
+            log.warning("%s: %d of its %d rows written twice (a resubmitted task beside the first?): "
+                        "merged once, the last copy kept", shard, written - (len(rows) - seen), written)
+        if (shard / "predictions.jsonl").is_file():
+            for line in (shard / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    predictions.pop(key := _prediction_key(line), None)
+                    predictions[key] = line
+    order = {item.label: k for k, item in enumerate(work_list(cfg))}
+    records = sorted(rows.values(), key=lambda r: order.get(
+        WorkItem(r["benchmark"], r["task"], int(r["context_length"] or 0)).label, len(order)))
+    with (out_dir / run_id / "predictions.jsonl").open("w", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in predictions.values())
+    append_rows(out_dir / "results.csv", records)
+    append_rows(merged, records)
+    return pd.DataFrame(records)

@@ -24,7 +24,8 @@ from dataclasses import replace
 
 from ..core.config import ParamsError, load_params, parse_overrides
 from .params import EvalConfig
-from .runner import merge_shards, open_backend, run_suite
+from .runner import open_backend, run_suite
+from .shards import merge_shards
 from .shards import parse_shard
 
 __all__ = ["main", "evaluate", "QUICK_ROWS"]

@@ -54,7 +54,7 @@ def _shown(path: str | Path) -> str:
 
 
 def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: int, model: str = "", tp: int = 8,
-                    port: int = 8000, servers: int | None = None, time: str = "48:00:00",
+                    port: int = 0, servers: int | None = None, time: str = "48:00:00",
                     generate_args: str = "", api: bool = False,
                     server: str = "vllm") -> list[str]:
     """The lines that prepare the corpus, run ``shards`` generation tasks, ``servers`` at once,
@@ -102,7 +102,7 @@ def sbatch_commands(params: GenerateParams, params_path: str | Path, *, shards: 
     else:
         model = model if server == "llamacpp" else (model or params.llm_model)  # llamacpp: "" = SmolLM2
         exports = (f"ALL,SHARDS={shards}" + (",SERVER=llamacpp" if server == "llamacpp" else "")
-                   + (f",MODEL={model}" if model else "") + f",TP={tp},PORT={port}" + extra)
+                   + (f",MODEL={model}" if model else "") + f",TP={tp}" + (f",PORT={port}" if port else "") + extra)
         resources = (f'--gpus-per-node={tp} --cpus-per-task="${{GENERATE_CPUS:-16}}" --mem="${{GENERATE_MEM:-0}}"'
                      ' ${GENERATE_EXCLUSIVE:+--exclusive}')
         script = "slurm/generate_vllm.sbatch"
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                              "its limits; default: a vLLM server per task (slurm/generate_vllm.sbatch)")
     parser.add_argument("--model", default="", help="generator weights, a path or hub id (default: llm_model)")
     parser.add_argument("--tp", type=int, default=8, help="tensor-parallel degree = GPUs per node (4 or 8 for 72B)")
-    parser.add_argument("--port", type=int, default=8000, help="port of each node's server on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="port of each node's server on 127.0.0.1 (default: a "
+                        "free one, picked when the task starts, so tasks sharing a node never collide)")
     parser.add_argument("--servers", "--at-once", type=int, default=0, dest="servers",
                         help="tasks (nodes, servers) at once, the array's %%N (default: projection_servers)")
     parser.add_argument("--time", default="48:00:00", help="time limit of one array task")

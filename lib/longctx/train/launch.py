@@ -37,6 +37,7 @@ from .config import Stage, TrainConfig, layout
 from .flops import checkpoint_gb, sample_step_flops
 from .memory import dims_of, plan_stage
 
+LOGS = '"${LONGCTX_RUNS:-runs}/slurm"'  # the jobs' logs, under the run root (LONGCTX_RUNS moves them, e.g. to scratch)
 _LAUNCHER_CHATTER = re.compile(r"^[WI]\d{4} ")  # torchrun's own glog-style warning/info lines
 
 __all__ = ["write_params", "launch_local", "run_command", "sbatch_commands", "dry_run", "format_table",
@@ -152,15 +153,16 @@ def sbatch_commands(cfg: TrainConfig, params_path: str | Path) -> list[str]:
         params_path = path.resolve().relative_to(project_root()) if path.is_absolute() else path
     except ValueError:
         pass
-    lines = ["mkdir -p runs/slurm",
-             "set -a; source slurm/cluster.env; set +a   # partition, account, python, NCCL (cluster.env.example)"]
+    lines = ["set -a; source slurm/cluster.env; set +a   # partition, account, python, NCCL, LONGCTX_RUNS "
+             "(cluster.env.example)",
+             f"mkdir -p {LOGS}   # SLURM does not create the folder of --output: without it no job logs"]
     previous = None
     for i, stage in enumerate(cfg.stages, start=1):
         dependency = f" --dependency=afterok:$job{previous}" if previous else ""
         lines.append(
             f"job{i}=$(sbatch --parsable --nodes={stage.nodes} --gpus-per-node={cfg.gpus_per_node} "
             f"--time={stage.slurm_time} --signal=B:USR1@{usr1_margin_s(cfg, stage)} "
-            f"--job-name=longctx-{stage.name}{dependency} "
+            f"--job-name=longctx-{stage.name}{dependency} --output={LOGS}/%x-%j.out "
             f"--export=ALL,PARAMS={params_path},STAGE={stage.name} slurm/train.sbatch)")
         previous = i
     return lines
@@ -193,23 +195,52 @@ def _offload_offer(cfg: TrainConfig, stage, world: int, bytes_per: int, dims) ->
             f"({mem.offload_layers}/{dims.layers} checkpoints offloaded): {verdict}")
 
 
-def _planned_steps(stage, parquet: Path) -> int:
-    """Optimizer steps of ``stage``: ``max_steps``, else epochs x samples / global batch (samples
-    counted from the Parquet footer when the file exists; 0 when unknown)."""
-    if stage.max_steps:
-        return stage.max_steps
-    if not parquet.is_file():
-        return 0
-    import pyarrow.parquet as pq
+def _concat_samples(cfg: TrainConfig, stage: Stage) -> tuple[int, str]:
+    """(samples stage 2 is set to write for ``stage``, the params file saying so) from the
+    profile's ``params/<profile>/02_concatenate*.yaml`` whose ``output_dir`` is the stage's
+    samples folder; (0, "") when none is."""
+    from ..concat.stage import ConcatConfig  # the samples' planned count, before stage 2 has run
+    from ..core.config import load_params
 
-    rows = pq.ParquetFile(parquet).metadata.num_rows
-    return stage.epochs * -(-rows // stage.global_batch)
+    folder = resolve_path(stage.samples)
+    folder = folder.parent if folder.suffix == ".parquet" else folder
+    name = (Path(stage.samples).stem if str(stage.samples).endswith(".parquet")
+            else stage.samples_stage or stage.name)
+    root = project_root()
+    for path in sorted((root / "params" / cfg.profile).glob("02_concatenate*.yaml")):
+        concat = load_params(ConcatConfig, path)
+        if resolve_path(concat.output_dir) != folder:
+            continue
+        for spec in concat.stages:
+            if spec.name == name:
+                return spec.n_samples, str(path.relative_to(root))
+    return 0, ""
+
+
+def _planned_steps(cfg: TrainConfig, stage: Stage, parquet: Path) -> tuple[int, str, str]:
+    """(optimizer steps of ``stage``, where they come from, a note): ``max_steps``, else epochs x
+    samples / global batch, the samples ``counted`` in the Parquet footer when the file exists,
+    else ``planned`` from stage 2's params (``n_samples``); (0, "?", why) when neither is found."""
+    if stage.max_steps:
+        return stage.max_steps, "max_steps", ""
+    if parquet.is_file():
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(parquet).metadata.num_rows
+        return stage.epochs * -(-rows // stage.global_batch), "counted", ""
+    planned, source = _concat_samples(cfg, stage)
+    if planned:
+        return (stage.epochs * -(-planned // stage.global_batch), "planned",
+                f"steps planned from n_samples {planned} in {source}, not counted: {parquet} is not written yet")
+    return 0, "?", f"steps unknown: no {parquet}, and no params/{cfg.profile}/02_concatenate*.yaml writes it"
 
 
 def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
     """One row per stage for its SLURM layout (``nodes x gpus_per_node``); raises on a layout that
     cannot run (with the numbers), reports memory that does not fit as ``fits: False`` and names
-    a layout that does. ``steps`` and ``hours`` (steps x :func:`estimated_step_s`, the step time the USR1 margin uses), and
+    a layout that does. ``steps`` (``steps_from`` says whether they are counted from the samples on
+    disk or planned from stage 2's params before it has run) and ``hours`` (steps x
+    :func:`estimated_step_s`, the step time the USR1 margin uses), and
     ``ckpt_disk_gib``: the resumable checkpoints kept plus the final one (fp32 weights and AdamW's
     two moments, 12 bytes per parameter each). Tiled MLP and checkpoint offload are those training will choose
     (``longctx.train.memory.plan_stage``); memory is in GiB, host memory per GPU."""
@@ -244,8 +275,10 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             notes.append(_fitting_layout(cfg, stage, dims, bytes_per) or "no layout up to 64 nodes fits")
         samples = resolve_path(stage.samples)
         on_disk = samples.is_file() or (samples / f"{stage.samples_stage or stage.name}.parquet").is_file()
-        steps = _planned_steps(stage, samples if samples.is_file() else
-                               samples / f"{stage.samples_stage or stage.name}.parquet")
+        steps, steps_from, steps_note = _planned_steps(cfg, stage, samples if samples.is_file() else
+                                                       samples / f"{stage.samples_stage or stage.name}.parquet")
+        if steps_note:
+            notes.append(steps_note)
         step_s = estimated_step_s(cfg, stage)
         hours = steps * step_s / 3600 if steps else None
         if world == 1 and memory.gib["phase"] == "optimizer step":
@@ -264,7 +297,7 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "working_gib": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["weight_copies"]
                                  + mem["root_head_grad"] + mem["embedding_end"] + mem["offload_staging"], 1),
             "gpu_gib": round(mem["total"], 1), "host_gib": round(mem["host"], 1), "gpu_limit_gib": cfg.gpu_memory_gb,
-            "steps": steps or "?", "hours": round(hours, 1) if hours else "?",
+            "steps": steps or "?", "hours": round(hours, 1) if hours else "?", "steps_from": steps_from,
             "ckpt_disk_gib": round(12 * dims.params * (cfg.keep_checkpoints + 1) / 2**30),
             "step_s_est": round(step_s, 1), "usr1_s": usr1_margin_s(cfg, stage),
             "fits": memory.fits, "samples_on_disk": on_disk, "notes": "; ".join(notes),
