@@ -267,9 +267,9 @@ def test_stage_2_reads_the_new_type_and_fields(book, tmp_path):
 
 
 def test_manifest_counts_rejections_by_gate_and_category(tmp_path):
-    """stage._assemble sums the documents' rejects by gate and by question category; a reject
+    """outputs.assemble sums the documents' rejects by gate and by question category; a reject
     written before gates were named (no "gate" key) is grouped from its reason."""
-    from longctx.generate.stage import _assemble
+    from longctx.generate.outputs import assemble as _assemble
 
     record = {"summaries": {"fallbacks": []}, "n_tokens": 100, "hierarchical_qa": [{"level": "chunk"}],
               "diverse_qa": [{"type": "multi_hop"}]}
@@ -290,10 +290,10 @@ def test_manifest_counts_rejections_by_gate_and_category(tmp_path):
 
 
 def test_manifest_reports_the_walk_planned_and_kept(book, tmp_path):
-    """Each document records walk_summary of its planned walk and of the QA it kept; stage._assemble
+    """Each document records walk_summary of its planned walk and of the QA it kept; outputs.assemble
     averages them into the manifest's "walk" (a document file from before has none and is left out)."""
     from longctx.generate.pipeline import walk_summary
-    from longctx.generate.stage import _assemble
+    from longctx.generate.outputs import assemble as _assemble
 
     sections = [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
     planned = [("global", None, list(range(11)), False), ("section", 1, [3, 4, 5], False),

@@ -21,7 +21,7 @@ from longctx.core.tokenizer import load_tokenizer
 from longctx.generate.chunking import chunk_document
 from longctx.generate.corpus import Document
 from longctx.generate.params import GenerateParams
-from longctx.generate import stage as stage1
+from longctx.generate import outputs as stage1_outputs
 from longctx.generate.stage import fingerprint
 from longctx.generate.windows import (DEFAULT_WINDOW_TOKENS, PAPER_STAGE_SLOTS, QA_TOKENS_PER_DOCUMENT,
                                       split_windows, window_bounds, window_tokens_for_slots)
@@ -176,7 +176,7 @@ def test_stage1_writes_windows_that_stage2_places_whole(tmp_path, capsys, monkey
     run = tmp_path / "out" / "dry-run"
     # first whole documents, as a run from before windows existed wrote them (same fingerprint); with
     # the paper's slot scaled down to 1,000 tokens they are too long for it, and stage 1 says so
-    monkeypatch.setattr(stage1, "DEFAULT_WINDOW_TOKENS", 1000)
+    monkeypatch.setattr(stage1_outputs, "DEFAULT_WINDOW_TOKENS", 1000)
     assert generate.main(["--params", str(path), "--dry-run", "--set", "max_window_tokens=0"]) == 0
     whole = [json.loads(line) for line in (run / "qa.jsonl").read_text().splitlines()]
     assert len(whole) == 2 and not any("window" in r for r in whole) and whole[0]["n_tokens"] > 1024
