@@ -68,6 +68,9 @@ def tiny(output_dir: Path, base_url: str, **extra) -> dict:
         # one request at a time: the server has one slot, and queued requests would count their
         # waiting time against the timeout
         "max_concurrency": 1,
+        # six injected transport faults and the proxy's spoiled answers may all land on one call
+        # (a small run has few calls): enough attempts that none is given up on
+        "max_http_attempts": 16,
         **extra,
     }
 
@@ -94,7 +97,9 @@ def test_output_follows_the_contract(reference):
     assert len(r["summaries"]["chunks"]) == len(r["chunks"])
     assert len(r["summaries"]["sections"]) == len(r["sections"]) and r["summaries"]["global"]
     # counts never exceed the plan; everything kept passes the gates
-    assert 0 < len(r["hierarchical_qa"]) <= 2 and 0 < len(r["diverse_qa"]) <= 2
+    # SmolLM2 may keep no diverse QA of two (its answers fail the gates): what is missing is
+    # counted as shortfall, never silently dropped
+    assert 0 < len(r["hierarchical_qa"]) <= 2 and len(r["diverse_qa"]) <= 2
     seen = QuestionIndex()
     for qa in r["hierarchical_qa"] + r["diverse_qa"]:
         assert qa_problem(qa["question"], qa["answer"], seen) is None
@@ -110,6 +115,8 @@ def test_output_follows_the_contract(reference):
     # the manifest adds up
     counts = manifest["counts"]
     assert counts["documents_written"] == 1 and counts["hierarchical_qa"] == len(hier)
+    assert counts["hierarchical_qa"] + counts["shortfall_hierarchical"] == 2
+    assert counts["diverse_qa"] + counts["shortfall_diverse"] == 2
     rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
     assert counts["rejected_total"] == len(rejected) and all(x["reason"] for x in rejected)
     totals = manifest["totals"]

@@ -25,7 +25,8 @@ def test_notebook_01_runs_on_the_tiny_profile(tmp_path, capsys):
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[QA generation]")]
     assert progress and progress[-1].startswith("[QA generation] 1 documents done,") and "finished in" in progress[-1]
     assert rec["documents"] == 1
-    assert 0 < rec["hierarchical_per_document"][0] <= 2 and 0 < rec["diverse_per_document"][0] <= 2
+    # SmolLM2 may keep no diverse QA of two (the manifest counts them as shortfall)
+    assert 0 < rec["hierarchical_per_document"][0] <= 2 and rec["diverse_per_document"][0] <= 2
     assert "global" in rec["levels"]
     assert rec["chunks_cover_document"] is True
     assert rec["max_chunk_tokens"] <= 256
