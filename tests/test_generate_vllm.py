@@ -147,7 +147,7 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
         result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MAX": "1",
                              "SHARDS": "2", "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
         base_url = server.base_url
-    assert f"generator healthy at {server.base_url[:-3]}/health; shard 0/2" in result.stdout
+    assert f"generator healthy at {base_url[:-3]}/health; shard 0/2" in result.stdout
     shard = out / "shards" / "00000-of-00002"
     manifest = json.loads((shard / "manifest.json").read_text())
     assert manifest["generator"]["endpoint"] == base_url and manifest["shard"] == "0/2"
