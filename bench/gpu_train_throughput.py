@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_train_variants import (ANSWER_FRACTION, GIB, LLAMA_31_8B, TINY, VARIANTS, Variant,  # noqa: E402
+from gpu_train_variants import (GIB, LLAMA_31_8B, TINY, VARIANTS, Variant,  # noqa: E402
                                 batch, one_rank_fake_group)
 
 SMOKE_HEADROOM = 384 * 2**20     # bytes of address space the smoke run may add: hf's full logits hit it first
