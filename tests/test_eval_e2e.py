@@ -13,7 +13,7 @@ from test_eval_fixtures import corpus_dir, longbench_rows, mmlu_rows, prose, tin
 
 from longctx.core.config import from_mapping
 from longctx.eval import hub
-from longctx.eval.backends import HFBackend
+from longctx.eval.hf_backend import HFBackend
 from longctx.eval.params import EvalConfig
 from longctx.eval.results import COLUMNS, read_results
 from longctx.eval.runner import open_backend, run_suite

@@ -18,7 +18,8 @@ import pytest
 from test_eval_fixtures import corpus_dir, prose, tiny_hf_model, write_jsonl
 
 from longctx.core.config import from_mapping
-from longctx.eval.backends import HFBackend, OpenAIBackend, _top_logprobs
+from longctx.eval.backends import OpenAIBackend, _top_logprobs
+from longctx.eval.hf_backend import HFBackend
 from longctx.eval.mmlu import LETTERS, load_mmlu
 from longctx.eval.params import EvalConfig
 from longctx.eval.runner import open_backend, run_suite

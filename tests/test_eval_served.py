@@ -137,7 +137,8 @@ def test_two_checkpoints_served_under_one_name_get_their_own_answers(tmp_path):
         # the stand-in answers as the checkpoint loaded in-process does (HF backend: template +
         # continued answer prefix; raw prompt with BOS for /completions), token for token, RULER's
         # leading space in the prefix included (both render it through the template, which trims it)
-        from longctx.eval.backends import HFBackend, OpenAIBackend
+        from longctx.eval.backends import OpenAIBackend
+        from longctx.eval.hf_backend import HFBackend
         from longctx.eval.sample import Sample
 
         samples = [Sample("ruler", "niah_single_1", 0, 512, "What is the special magic number for Emma?", ["7"], 12,
@@ -218,7 +219,7 @@ def test_hf_backend_renders_the_answer_prefix_as_servers_do(tmp_path):
     and Llama-3's template trims it; the HF backend gives the model the same tokens, where it used
     to append the raw prefix, space included, after the generation prompt. The scorer sees the
     continuation only, whichever way it was asked."""
-    from longctx.eval.backends import HFBackend
+    from longctx.eval.hf_backend import HFBackend
     from longctx.eval.runner import score_sample
     from longctx.eval.ruler_spec import ANSWER_PREFIXES
     from longctx.eval.sample import Sample

@@ -29,7 +29,7 @@ CROSS_STAGE = {
     ("concat.synthetic_books", "generate.walk"): "synthetic QA records follow stage 1's question plan",
     ("concat.stage", "generate.windows"): "the too-long warning names the window cap (stage 1) that fits a slot",
     ("eval.haystack", "generate.corpus"): "RULER's essay haystack reads a corpus the way stage 1 does",
-    ("eval.backends", "train.rope"): "the HF backend applies a checkpoint's RoPE settings as training wrote them",
+    ("eval.hf_backend", "train.rope"): "the HF backend applies a checkpoint's RoPE settings as training wrote them",
     ("eval.params", "train.rope_settings"): "EvalConfig's rope override has training's type",
     ("eval.hf_server", "train.rope"): "the CPU stand-in server applies a checkpoint's RoPE as the HF backend does",
     ("eval.launch", "train.config"): "evaluation jobs chain after the training jobs of a stage-3 params file",

@@ -7,7 +7,7 @@
 rehearsal of the evaluation job on a CPU node, a tiny export in a test), with the same flags it
 gives vLLM, so the job, the health wait and the evaluation client are the ones a GPU run uses.
 It runs the real model (``AutoModelForCausalLM`` with the export's own RoPE, float64 frequencies as
-in :class:`~longctx.eval.backends.HFBackend`), one request at a time, greedy only.
+in :class:`~longctx.eval.hf_backend.HFBackend`), one request at a time, greedy only.
 
 Why not ``transformers serve``: it needs fastapi, uvicorn and openai (none is a dependency of the
 project), its ``/v1/models`` does not report the window, and it has no ``continue_final_message``,

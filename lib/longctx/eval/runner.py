@@ -30,7 +30,8 @@ from ..core.config import resolve_path
 from ..core.progress import Progress
 from . import metrics as M
 from .babilong import length_tokens, load_babilong, score_babilong
-from .backends import Backend, HFBackend, OpenAIBackend
+from .backends import Backend, OpenAIBackend
+from .hf_backend import HFBackend
 from .fit import fit_sample
 from .hub import Unavailable
 from .infinitebench import IB_SYNTHETIC, load_infinitebench_hub, prepare_infinitebench_synthetic, score_infinitebench
