@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,15 +10,12 @@ from longctx import generate
 from longctx.core.config import from_mapping
 from longctx.generate.params import GenerateParams
 
-FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
+from austen_books import FIXTURE, write_openings
 
 
 @pytest.fixture
 def corpus(tmp_path):
-    folder = tmp_path / "books"
-    folder.mkdir()
-    for i, doc in enumerate(json.loads(FIXTURE.read_text())["documents"][:4]):
-        (folder / f"{i}_{doc['id']}.txt").write_text(doc["text"])
+    folder = write_openings(tmp_path / "books", 4)
     (folder / "9_empty.txt").write_text("   \n")
     (folder / "9_short.txt").write_text("Only a line.")
     return folder

@@ -25,9 +25,9 @@ from longctx.generate.stage import RunStopped, describe_limits, task_limits
 from longctx.generate.status import format_status, main as status_main, read_run
 from longctx.llm.dry_run import DryRunServer
 from scripted_llm import ScriptedServer, passage_words
+from austen_books import write_openings
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
 
 
 def answer(prompt: str, seed: int) -> dict:
@@ -58,11 +58,7 @@ class CountingServer(ScriptedServer):
 
 @pytest.fixture
 def corpus(tmp_path):
-    folder = tmp_path / "books"
-    folder.mkdir()
-    for i, doc in enumerate(json.loads(FIXTURE.read_text())["documents"][:4]):
-        (folder / f"{i}_{doc['id']}.txt").write_text(doc["text"])
-    return folder
+    return write_openings(tmp_path / "books", 4)
 
 
 def params(corpus, out, base_url, **extra) -> GenerateParams:

@@ -25,9 +25,9 @@ import yaml
 
 from llm_proxy import CONTENT_FAULTS, Proxy
 from longctx.llm.dry_run import DryRunServer
+from austen_books import write_openings
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
 EVERY = 3
 
 
@@ -39,10 +39,8 @@ def upstream():
 
 def _params(tmp_path: Path, out: Path, base_url: str) -> Path:
     folder = tmp_path / "books"
-    if not folder.exists():
-        folder.mkdir()
-        for i, doc in enumerate(json.loads(FIXTURE.read_text())["documents"][:2]):
-            (folder / f"{i}_{doc['id']}.txt").write_text(doc["text"])
+    if not folder.is_dir():
+        write_openings(folder, 2)
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump({
         "corpus": str(folder), "output_dir": str(out), "small_chunk_tokens": 512, "medium_chunk_tokens": 1024,

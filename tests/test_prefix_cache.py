@@ -4,7 +4,6 @@ layout against transformers' apply_chat_template, and the real stage-1 prompts o
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,9 @@ from longctx.core.config import from_mapping
 from longctx.core.tokenizer import load_tokenizer
 from longctx.generate.params import GenerateParams
 from longctx.llm.prefix_cache import BlockCache, PrefixCacheMeter, TokenTrie, llama31_chat_ids
+from austen_books import write_openings
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = ROOT / "tests" / "fixtures" / "austen_openings.json"
 BEFORE = ROOT / "bench" / "prompts_before_prefix_layout"
 
 
@@ -78,9 +77,7 @@ def test_chat_ids_equal_the_stock_llama31_template():
 def _tiny(tmp_path: Path, name: str, **extra) -> dict:
     folder = tmp_path / "books"
     if not folder.is_dir():
-        folder.mkdir()
-        for i, doc in enumerate(json.loads(FIXTURE.read_text())["documents"][:2]):
-            (folder / f"{i}_{doc['id']}.txt").write_text(doc["text"])
+        write_openings(folder, 2)
     params = from_mapping(GenerateParams, {
         "corpus": str(folder), "output_dir": str(tmp_path / name), "small_chunk_tokens": 512,
         "medium_chunk_tokens": 1536, "max_document_tokens": 3584, "n_hierarchical": 8, "n_diverse": 16,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -11,8 +10,8 @@ from longctx import generate
 from longctx.core.config import from_mapping
 from longctx.generate.params import GenerateParams
 from longctx.generate.projection import format_projection, project
+from austen_books import write_openings
 
-FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
 
 
 def test_projection_matches_a_hand_computation():
@@ -43,10 +42,7 @@ def test_projection_matches_a_hand_computation():
 
 
 def test_dry_run_prints_the_projection(tmp_path, capsys):
-    folder = tmp_path / "books"
-    folder.mkdir()
-    for i, doc in enumerate(json.loads(FIXTURE.read_text())["documents"][:2]):
-        (folder / f"{i}_{doc['id']}.txt").write_text(doc["text"])
+    folder = write_openings(tmp_path / "books", 2)
     path = tmp_path / "p.yaml"
     path.write_text(f"corpus: {folder}\noutput_dir: {tmp_path / 'out'}\nsmall_chunk_tokens: 512\n"
                     "medium_chunk_tokens: 1024\nmax_document_tokens: 2048\nn_hierarchical: 4\nn_diverse: 4\n"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from longctx.generate.stage import fingerprint
 from longctx.generate.windows import (DEFAULT_WINDOW_TOKENS, PAPER_STAGE_SLOTS, QA_TOKENS_PER_DOCUMENT,
                                       split_windows, window_bounds, window_tokens_for_slots)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "austen_openings.json"
+from austen_books import FIXTURE, write_openings
 
 
 def test_window_bounds_by_hand():
@@ -164,10 +163,7 @@ def test_stage1_writes_windows_that_stage2_places_whole(tmp_path, capsys, monkey
     """The joint: a dry run of stage 1 with a window smaller than the documents writes one record
     per window (own id, own hierarchy, ``window`` field), counts them in the manifest and the
     projection; stage 2 reads them and fills a sample of two windows without a cut."""
-    folder = tmp_path / "books"
-    folder.mkdir()
-    for i, doc in enumerate(json.loads(FIXTURE.read_text())["documents"][:2]):
-        (folder / f"{i}_{doc['id']}.txt").write_text(doc["text"])
+    folder = write_openings(tmp_path / "books", 2)
     path = tmp_path / "p.yaml"
     path.write_text(f"corpus: {folder}\noutput_dir: {tmp_path / 'out'}\nsmall_chunk_tokens: 256\n"
                     "medium_chunk_tokens: 512\nmax_document_tokens: 2048\nmax_window_tokens: 1024\n"
