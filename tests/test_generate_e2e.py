@@ -7,7 +7,10 @@
 * 429 / 5xx / hangs / dropped connections / broken bodies are survived, counted, and change
   nothing in the output (injected into the resumed run above: two llama.cpp runs in all, the
   reference and the killed-then-resumed one, instead of three);
-* the API key never reaches an output file.
+* the API key never reaches an output file;
+* notebook 01 runs it: the reference run IS the notebook executed headless by papermill with these
+  params (what it records, the progress lines it streams), so the suite pays for two llama.cpp runs
+  in all, not three.
 
 Every run goes through a proxy that spoils about one answer in four (cut at max_tokens, prose,
 off-schema; chosen by request hash, so the same in every run): a weak generator, as in the field.
@@ -18,6 +21,8 @@ the per-request timeout is an hour. A loaded machine makes these tests slower, n
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -30,8 +35,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from longctx import generate
-from longctx.core.config import from_mapping
+from longctx.core.notebook import execute
 from longctx.generate.params import GenerateParams
 from longctx.llm.server import EmbeddedServer
 from longctx.generate.quality import QuestionIndex, qa_problem
@@ -39,6 +43,7 @@ from longctx.generate.quality import QuestionIndex, qa_problem
 from llm_proxy import Proxy
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "01_generate_qa.ipynb"
 SECRET = "sk-longctx-test-secret-0123456789abcdef"
 
 CONTENT_FAULT_EVERY = 4
@@ -54,14 +59,16 @@ def server():
 
 
 def tiny(output_dir: Path, base_url: str, **extra) -> dict:
-    # Two chunks, one section, two questions of each kind: ~24 requests a run (the resumed run
+    # Two chunks, one section, two questions of each kind: ~22 requests a run (the resumed run
     # needs 12 after the kill for its transport faults). A run of 768 tokens with four of each
     # sent twice as many requests and took 5 min of an idle 2-core machine, the suite's largest
-    # cost; nothing checked here needs more than one section.
+    # cost; nothing checked here needs more than one section. Summaries may take 256 tokens:
+    # with 160, SmolLM2's section summaries were cut at the limit and re-asked six times in a run
+    # (28 requests, 126 s; 22 requests, 95 s with 256, same seed).
     return {
         "corpus": "austen", "max_documents": 1, "max_document_tokens": 512, "output_dir": str(output_dir),
         "small_chunk_tokens": 256, "medium_chunk_tokens": 512, "n_hierarchical": 2, "n_diverse": 2,
-        "max_summary_tokens": 160, "max_qa_tokens": 160, "llm_base_url": base_url,
+        "max_summary_tokens": 256, "max_qa_tokens": 160, "llm_base_url": base_url,
         "llm_api_key_env": "LONGCTX_TEST_KEY", "progress": False, "seed": 0,
         # no normal answer may time out however loaded the machine; the injected hang is a stall
         "request_timeout_s": 3600.0, "stall_timeout_s": 5.0,
@@ -71,22 +78,46 @@ def tiny(output_dir: Path, base_url: str, **extra) -> dict:
         # six injected transport faults and the proxy's spoiled answers may all land on one call
         # (a small run has few calls): enough attempts that none is given up on
         "max_http_attempts": 16,
+        # notebook 01's own values of the keys its parameter cell sets and this dict would not, so
+        # the notebook (the reference run) and the CLI runs send the same requests
+        "multi_hop_max_chunks": 3, "max_qa_attempts": 2, "qa_budget": 1.6, "embedded_threads": 2,
         **extra,
     }
 
 
 @pytest.fixture(scope="module")
 def reference(server, tmp_path_factory):
-    """An uninterrupted run: its output and the proxy's log."""
+    """An uninterrupted run, as a user starts it from notebook 01 (papermill, the tiny params
+    injected, its output streamed): its output, manifest, the proxy's log, what the notebook
+    recorded and the lines it printed to stderr."""
     out = tmp_path_factory.mktemp("reference")
-    os.environ["LONGCTX_TEST_KEY"] = SECRET
-    with Proxy(server.base_url, content_fault_every=CONTENT_FAULT_EVERY) as proxy:
-        manifest = generate.run(from_mapping(GenerateParams, tiny(out, proxy.base_url)))
-    return out, manifest, proxy.entries()
+    os.environ["LONGCTX_TEST_KEY"] = SECRET    # the kernel inherits it
+    streamed = io.StringIO()
+    with Proxy(server.base_url, content_fault_every=CONTENT_FAULT_EVERY) as proxy, \
+            contextlib.redirect_stderr(streamed):
+        rec = execute(NOTEBOOK, tiny(out, proxy.base_url, progress=True), output=out / "01_generate_qa.ipynb",
+                      timeout=3000, stream_output=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    return out, manifest, proxy.entries(), rec, streamed.getvalue().splitlines()
+
+
+def test_notebook_01_records_and_streams_its_run(reference):
+    """./dev demo streams the notebook's progress lines to the terminal as they are printed; what
+    the notebook records describes the run's output."""
+    out, manifest, _, rec, streamed = reference
+    progress = [line for line in streamed if line.startswith("[QA generation]")]
+    assert progress and progress[-1].startswith("[QA generation] 1 documents done,") and "finished in" in progress[-1]
+    assert rec["documents"] == 1 and rec["qa_path"] == str(out / "qa.jsonl")
+    # SmolLM2 may keep no diverse QA of two (the manifest counts them as shortfall)
+    assert 0 < rec["hierarchical_per_document"][0] <= 2 and rec["diverse_per_document"][0] <= 2
+    assert "global" in rec["levels"]
+    assert rec["chunks_cover_document"] is True and rec["max_chunk_tokens"] <= 256
+    assert rec["rejected_total"] == manifest["counts"]["rejected_total"]
+    assert rec["rejected_by_gate"] == manifest["counts"]["rejected_by_gate"]
 
 
 def test_output_follows_the_contract(reference):
-    out, manifest, log = reference
+    out, manifest, log, _, _ = reference
     records = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
     assert len(records) == 1
     r = records[0]
@@ -125,7 +156,7 @@ def test_output_follows_the_contract(reference):
 
 
 def test_api_key_never_written(reference):
-    out, _, _ = reference
+    out = reference[0]          # the executed notebook is in it too
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.suffix == ".sqlite" for p in files)
     for path in files:
@@ -149,7 +180,7 @@ def test_sigkill_then_faulty_resume_resends_nothing_and_changes_nothing(server, 
     server completed before the kill, survives and counts every fault, and ends with the same
     qa.jsonl and failures as the reference run, which saw neither. One resumed run proves both
     (it used to be two runs: the three llama.cpp runs of this file were half of the suite's time)."""
-    ref_out, _, ref_log = reference
+    ref_out, ref_manifest, ref_log, _, _ = reference
     # Kill right after a rejected answer (the runs send the same requests in the same order, one
     # at a time): its retry is the request in flight, and the rerun must replay the rejection.
     kill_after = next(i + 1 for i, e in enumerate(ref_log) if i >= 3 and e.fault in ("length", "notjson", "schema"))
@@ -188,6 +219,10 @@ def test_sigkill_then_faulty_resume_resends_nothing_and_changes_nothing(server, 
     assert kill_after + delivered_after == sum(e.delivered for e in ref_log)
     assert (out / "qa.jsonl").read_bytes() == (ref_out / "qa.jsonl").read_bytes()
     manifest = json.loads((out / "manifest.json").read_text())
+    # the notebook and the command line ran the same params (all of them, defaults included)
+    differ = {"output_dir", "llm_base_url", "progress"}
+    assert {k: v for k, v in manifest["params"].items() if k not in differ} == \
+        {k: v for k, v in ref_manifest["params"].items() if k not in differ}
     this = manifest["this_invocation"]["llm_total"]
     assert this["requests"] == len(second.entries()) and this["replayed_failures"] >= 1
     # the transport faults: all injected, each retried and counted by its reason

@@ -142,7 +142,7 @@ def test_array_task_runs_its_shard_against_a_live_server(tmp_path):
     out = tmp_path / "gen"
     smaller = ("--set max_concurrency=1 --set max_document_tokens=256 --set n_hierarchical=1 "
                "--set n_global_questions=1 --set n_diverse=1 --set max_qa_attempts=1 "
-               "--set max_qa_tokens=96 --set max_summary_tokens=96")
+               "--set max_qa_tokens=96 --set max_summary_tokens=256")  # 96: section summaries cut and re-asked four times (11 requests; 8 with 256)
     with EmbeddedServer(n_ctx=8192, n_parallel=1, n_threads=os.cpu_count()) as server:
         result = run_script({"GENERATOR_URL": server.base_url, "SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_MAX": "1",
                              "SHARDS": "2", "GENERATE_ARGS": f"--set output_dir={out} {smaller}"}, params=TINY, timeout=1700)
