@@ -13,6 +13,7 @@ first run's predictions.
 from __future__ import annotations
 
 import json
+import os
 import urllib.request
 
 import pytest
@@ -193,7 +194,7 @@ def test_second_run_over_the_same_output_dir_is_answered_from_the_cache(tmp_path
     from longctx.llm.server import EmbeddedServer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with EmbeddedServer(n_ctx=2048) as server:
+    with EmbeddedServer(n_ctx=2048, n_threads=os.cpu_count()) as server:   # every core: prompts are the cost
         cfg = from_mapping(EvalConfig, {
             "llm_base_url": server.base_url, "benchmarks": ["ruler", "mmlu"],  # mmlu: /completions
             "ruler_tasks": ["niah_single_1"], "ruler_lengths": [512], "n_samples": 1,
