@@ -198,6 +198,42 @@ def test_slurm_script_is_generic():
     assert (ROOT / "slurm/cluster.env.example").is_file()
 
 
+def test_slurm_script_picks_and_reserves_its_rendezvous_port(tmp_path):
+    """train.sbatch's rendezvous port is picked on the head node and reserved as the servers'
+    ports are (slurm/ports.sh): a port another job holds is skipped, the reservation goes at the
+    script's exit, and an RDZV_PORT in use is an error before anything starts."""
+    import os
+    import re
+    import socket
+    import subprocess
+    import sys
+
+    locks = tmp_path / "locks"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "RDZV_PORT"}
+    env.update(PARAMS="params/paper/03_train.yaml", STAGE="180K", SLURM_JOB_ID="5", DRY_RUN="1",
+               LONGCTX_PYTHON=sys.executable, SLURM_SUBMIT_DIR=str(ROOT), LONGCTX_PORT_LOCKS=str(locks),
+               LONGCTX_RUNS=str(tmp_path / "runs"), PYTHONPATH=str(ROOT / "lib"))
+
+    def dry(**extra) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(ROOT / "slurm/train.sbatch")], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60)
+
+    def port_of(done: subprocess.CompletedProcess) -> int:
+        assert done.returncode == 0, done.stderr
+        return int(re.search(r"--rdzv-endpoint=localhost:(\d+)", done.stdout).group(1))
+
+    first = port_of(dry())
+    assert 20000 <= first < 32000 and first != 29500 and list(locks.iterdir()) == []   # released at exit
+    (locks / str(first)).write_text(str(os.getpid()))     # another job (alive: this process) holds it
+    second = port_of(dry())
+    assert second != first and (locks / str(first)).read_text() == str(os.getpid())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        taken = busy.getsockname()[1]
+        refused = dry(RDZV_PORT=str(taken))
+    assert refused.returncode != 0 and f"PORT={taken} is in use" in refused.stderr and "train:" not in refused.stdout
+
+
 def _stage_dict(stage: Stage) -> dict:
     from longctx.core.config import to_dict
 
