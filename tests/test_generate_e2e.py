@@ -163,6 +163,28 @@ def test_api_key_never_written(reference):
         assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_the_demo_path_starts_the_embedded_server_itself(tmp_path):
+    """``llm_base_url`` empty, as in the demo profile: the command starts the embedded llama.cpp
+    server itself, with the params' threads, and sends no more requests at once than it has slots
+    (one), whatever max_concurrency says. The smallest run that shows it: one 256-token chunk, one
+    global question, one attempt (a few requests)."""
+    out = tmp_path / "demo"
+    params = tiny(out, "", max_document_tokens=256, n_hierarchical=1, n_global_questions=1, n_diverse=0,
+                  max_qa_attempts=1, qa_budget=1.0, max_concurrency=32, embedded_threads=os.cpu_count(),
+                  progress=True, llm_api_key_env="")          # the demo profile's: no key
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = subprocess.run([sys.executable, "-m", "longctx.generate", "--params", str(tmp_path / "params.yaml")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "limits of this task: 1 requests in flight" in done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["generator"]["endpoint"] == "embedded llama.cpp server (SmolLM2-135M-Instruct)"
+    assert manifest["generator"]["effective_concurrency"] == 1
+    assert manifest["counts"]["documents_written"] == 1 and manifest["totals"]["requests"] > 0
+    [record] = [json.loads(line) for line in (out / "qa.jsonl").read_text().splitlines()]
+    assert record["n_tokens"] <= 256 and len(record["chunks"]) == 1
+
+
 def _recorded(cache_dir: Path) -> int:
     """Answers on disk in the run's cache: valid ones and recorded rejections."""
     total = 0
