@@ -164,7 +164,7 @@ def test_plan_strides_only_where_the_host_needs_it():
     short = plan(LLAMA_8B, 32768, 1, 1, 75.6, 96, "always", offload="auto", checkpoint_stride="auto", **kw)
     assert short.fits and short.checkpoint_stride == 1
     tiny_host = plan(LLAMA_8B, 524288, 1, 1, 75.6, 20, "always", offload="auto", checkpoint_stride="auto", **kw)
-    assert not tiny_host.fits and tiny_host.checkpoint_stride > 2          # the least host it could get to
+    assert not tiny_host.fits and tiny_host.checkpoint_stride == 4         # the least host auto gets to
     assert tiny_host.gib["host"] < h100.gib["host"]
     k = h100.offload_layers
     assert f"checkpoint_stride 2: {(k + 1) // 2} stored, {k // 2} recomputed" in h100.stride_note()
@@ -185,8 +185,8 @@ def test_estimate_stages_a_group_of_inputs():
 
 
 def test_dry_run_prints_the_stride():
-    """Training at 512K with AdamW on the host: 202 GiB of host with every offloaded input stored, 156
-    with every other (then the pinned states and AdamW's temporaries at the step are the peak)."""
+    """Training at 512K with AdamW on the host: 256 GiB of host with every offloaded input stored, 208
+    with every other."""
     from longctx.core.config import ParamsError, load_params
     from longctx.train.config import TrainConfig
     from longctx.train.launch import dry_run
@@ -197,7 +197,7 @@ def test_dry_run_prints_the_stride():
             "host_memory_gb": 256, "offload_params": True, "mlp_tile_tokens": 16384, "norm_tile_tokens": 65536}
     row = dry_run(load_params(TrainConfig, ROOT / "params/paper/03_train.yaml", over))[0]
     assert row["ckpt_stride"] == 1 and "checkpoint_stride" not in row["notes"]
-    row = dry_run(load_params(TrainConfig, ROOT / "params/paper/03_train.yaml", {**over, "host_memory_gb": 190}))[0]
+    row = dry_run(load_params(TrainConfig, ROOT / "params/paper/03_train.yaml", {**over, "host_memory_gb": 220}))[0]
     assert row["ckpt_stride"] == 2 and row["fits"] and "checkpoint_stride 2" in row["notes"]
     with pytest.raises(ParamsError, match="checkpoint_stride"):
         load_params(TrainConfig, ROOT / "params/paper/03_train.yaml", {"checkpoint_stride": 0})

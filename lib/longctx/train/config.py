@@ -80,7 +80,7 @@ class TrainConfig:
     checkpoint_stride: Literal["auto"] | int = param(
         "auto", "of the offloaded layer checkpoints store every this-many-th only (1: all; 2: every other, half the "
         "host memory for one more layer forward per skipped layer, ~12 % of a step); the others' inputs are "
-        "recomputed from the previous layer's in backward; auto: the smallest stride at which the host fits")
+        "recomputed from the previous layer's in backward; auto: the smallest stride (up to 4) at which the host fits")
     host_pool: bool = param(True, "the offloaded layer checkpoints share one host buffer of exactly their size, "
                             "pinned once (cudaHostRegister) and reused every step; false: torch's caching host "
                             "allocator pins each in a power-of-two block (up to twice the bytes above 512K tokens)")

@@ -287,22 +287,19 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     parts["host_checkpoints"] = stored * pinned_layer / GIB
     resident, at_end = host_state_bytes(dims, world_size, b, optimizer) if offload_states else (0, 0)
     parts["host_states"] = (resident + at_end) / GIB
-    # the host peaks when backward reaches the offloaded layers (every offloaded checkpoint, and the
-    # gradients of the layers on the device, already copied over; the root's come at the end) or at its end
-    # (all gradients). Tracked at 512K with 13 of 32 offloaded: 78.0 GiB, this 77.1: on the fake CPU FSDP's
-    # copy to the host is a no-op, so a layer's gradients stay one flat block there (512 MiB pinned), while
-    # a GPU copies them tensor by tensor (464 MiB)
-    grads_first = 0
-    if offload_states:
-        w = 4 if optimizer else b
-        pinned = [_pow2(-(-x // world_size) * w) for x in param_numels(dims)]
-        grads_first = (L - k) * sum(pinned[:len(pinned) // L])   # one decoder layer's tensors each
-    parts["host"] = (resident + max(stored * pinned_layer + grads_first, at_end)) / GIB
+    # the checkpoints' host memory stays pinned for the whole step, next to the gradients arriving at the end
+    # of backward: the host pool by design (tracked on fake tensors: 512K, stride 2: 88.5 GiB, this 88.5),
+    # torch's caching host allocator because it caches freed blocks (the gradients' blocks, of other sizes, do
+    # not reuse them; the tracker, counting live storages, frees them first: 512K with 13 of 32 stored, 78.0)
+    parts["host"] = (resident + stored * pinned_layer + at_end) / GIB
     parts["host_tensor_bytes"] = stored * per_layer
     parts["host_pool_bytes"] = stored * pool_slice_bytes(per_layer)
     parts["tokens_per_gpu"] = t
     parts["phase"] = phase
     return parts
+
+
+AUTO_MAX_STRIDE = 4   # checkpoint_stride: auto goes no further (one layer forward more per 4/3 layers: ~19 %)
 
 
 def recompute_fraction(skipped: int, n_layers: int) -> float:
@@ -350,7 +347,8 @@ def plan(dims: ModelDims, seq_len: int, sp: int, world_size: int, gpu_gib: float
     ``none``/``auto``) and the checkpoint stride (an int, or ``auto``) for a stage. ``auto`` tiles
     the MLP only if the untiled estimate does not fit ``gpu_gib``, then offloads the fewest layers
     that make it fit (as many layers stay on the device as fit); a stride of ``auto`` is the
-    smallest (1 first: no recompute) at which that plan also fits ``host_gib_per_gpu``; where none
+    smallest (1 first: no recompute; at most ``AUTO_MAX_STRIDE``) at which that plan also fits
+    ``host_gib_per_gpu``; where none
     does, the plan returned is the one that needs the least host memory within the GPU budget (or
     stride 1 if none fits the GPU), marked unfit. ``kw`` goes to :func:`estimate`."""
     checkpointing = kw.get("activation_checkpointing", True)
@@ -380,7 +378,7 @@ def plan(dims: ModelDims, seq_len: int, sp: int, world_size: int, gpu_gib: float
             raise ValueError(f"checkpoint_stride must be 'auto' or an int >= 1, got {checkpoint_stride!r}")
         return one(checkpoint_stride)
     best = last = one(1)
-    for stride in range(2, dims.layers + 1):
+    for stride in range(2, min(AUTO_MAX_STRIDE, dims.layers) + 1):
         if best.fits or stored_layers(last.offload_layers, stride - 1) <= 1:   # fits, or nothing left to skip
             break
         last = one(stride)
