@@ -203,6 +203,35 @@ def test_dry_run_prints_the_stride():
         load_params(TrainConfig, ROOT / "params/paper/03_train.yaml", {"checkpoint_stride": 0})
 
 
+def test_build_prints_and_wires_the_plan(capsys, tmp_path):
+    """The trainer's build (one process, no FSDP) says what the plan chose where the run starts, and wires it:
+    the stride, and the host pool sized as the estimate says, which the step uses without a miss."""
+    from longctx.core.config import load_params
+    from longctx.train import dist
+    from longctx.train.config import TrainConfig
+    from longctx.train.loss import shift_labels
+    from longctx.train.model import build_model
+
+    tiny = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+            "num_attention_heads": 4, "num_key_value_heads": 2}
+    stage = [{"name": "a", "seq_len": 64, "sp": 1, "global_batch": 1, "rope": {"type": "default", "theta": 1e4}}]
+    cfg = load_params(TrainConfig, ROOT / "params/demo/03_train.yaml",
+                      {"tiny": tiny, "stages": stage, "output_dir": str(tmp_path), "gpus_per_node": 1, "dtype": "float32",
+                       "offload_checkpoints": "all", "checkpoint_stride": 2})
+    with dist.use(dist.current()):
+        model = build_model(cfg, cfg.stages[0], dist.init(sp=1))
+        ids = torch.randint(0, 96, (1, 64), generator=torch.Generator().manual_seed(6))
+        pos = torch.arange(64)[None]
+        loss, _, _ = model(ids, shift_labels(ids, pos), pos, loss_scale=1 / 63)
+        store = model.checkpoint_store
+        assert store.pool.live == 2 and store.pool.offset == store.pool.capacity == 2 * 64 * 32 * 4
+        loss.backward()
+    out = capsys.readouterr().out
+    assert "4/4 layer checkpoints in host memory, checkpoint_stride 2: 2 stored, 2 recomputed" in out
+    assert f"in one host pool of {2 * 64 * 32 * 4 / 2**30:.2f} GiB" in out
+    assert (store.skipped, store.recomputed, store.pool.misses, store.pool.live) == (2, 2, 0, 0)
+
+
 # ------------------------------------------------------------------ FSDP2 and Ulysses through the trainer's build
 
 
@@ -240,6 +269,7 @@ def _build_worker(sp: int, root: str) -> dict:
             result[(offload_params, stride)] = {
                 "loss": float(loss), "plan": model.memory_plan.checkpoint_stride,
                 "counts": (store.offloaded, store.skipped, store.recomputed),
+                "pool": (store.pool.capacity, store.pool.misses, store.pool.live),   # all slices back after backward
                 "grads": {n.replace("_checkpoint_wrapped_module.", ""): p.grad.full_tensor().numpy()
                           for n, p in model.named_parameters()}}
     return result
@@ -254,6 +284,8 @@ def test_fsdp2_and_ulysses_keep_the_gradients(ranks):
             plain, strided = rank[(offload_params, 1)], rank[(offload_params, 2)]
             assert plain["plan"] == 1 and strided["plan"] == 2
             assert plain["counts"] == (4, 0, 0) and strided["counts"] == (2, 2, 2)
+            shard = 64 * 32 * 4 // ranks                        # a rank's 64 / ranks tokens x 32 x fp32
+            assert plain["pool"] == (4 * shard, 0, 0) and strided["pool"] == (2 * shard, 0, 0)
             assert strided["loss"] == plain["loss"]
             for name, g in plain["grads"].items():
                 torch.testing.assert_close(torch.from_numpy(strided["grads"][name]), torch.from_numpy(g), atol=1e-6,
