@@ -203,7 +203,7 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
     the tracked peak beside the estimate (``longctx.train.memtrack``). ``offload``: layers whose
     checkpoints go to host memory, ``stride``: every how-many-th of them is stored; default what
     the plan chooses for ``gpu_gib``/``host_gib``; ``host_pool``: the stored ones in one exact host
-    buffer (``longctx.train.offload.HostPool``)."""
+    buffer (``longctx.train.host_pool.HostPool``)."""
     from longctx.train import memtrack
     from longctx.train.loss import shift_labels
 

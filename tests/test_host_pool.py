@@ -1,4 +1,4 @@
-"""One host buffer for the offloaded layer checkpoints (``longctx.train.offload.HostPool``).
+"""One host buffer for the offloaded layer checkpoints (``longctx.train.host_pool.HostPool``).
 
 Torch's caching host allocator pins each layer input in a power-of-two block; the pool holds them
 all in one buffer of exactly their bytes, allocated once and sliced per layer in the order they are

@@ -141,7 +141,7 @@ POOL_ALIGN = 512   # bytes: each layer input's slice of the host pool starts on 
 
 
 def pool_slice_bytes(nbytes: int) -> int:
-    """Bytes a layer input of ``nbytes`` takes in the host pool (``longctx.train.offload.HostPool``)."""
+    """Bytes a layer input of ``nbytes`` takes in the host pool (``longctx.train.host_pool.HostPool``)."""
     return -(-nbytes // POOL_ALIGN) * POOL_ALIGN
 
 

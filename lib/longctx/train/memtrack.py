@@ -27,7 +27,7 @@ What the fake run cannot do, and how it stands in:
   the layer inputs :mod:`longctx.train.offload` moves to host memory are told apart by the store:
   they count as host bytes, rounded as torch's caching host allocator pins them (the next power
   of two, :func:`pinned_bytes`), or at their size when they are slices of the store's one host
-  pool (:class:`longctx.train.offload.HostPool`, registered as one exact buffer).
+  pool (:class:`longctx.train.host_pool.HostPool`, registered as one exact buffer).
 
 Why hand-written rather than ``torch.distributed._tools.mem_tracker.MemTracker``: that tracker
 attributes memory per device and per module, but here host and device are the same fake device
