@@ -11,7 +11,8 @@ saves the layer's positional inputs (``hidden_states``) through ``saved_tensors_
 it a :class:`CheckpointStore` installs its own pack/unpack pair, which
 
 * keeps the input where it is for layers on the device, and moves it to host memory for the
-  offloaded ones: on CUDA into a pinned buffer on a side stream (the copy overlaps the next
+  offloaded ones (into a slice of the store's one host buffer, :mod:`longctx.train.host_pool`,
+  or else a block of torch's pinned allocator): on CUDA on a side stream (the copy overlaps the next
   layer's forward; ``record_stream`` keeps the source alive until the copy is done), and back in
   backward, prefetching the previous offloaded layer's input while this one is recomputed;
   without CUDA into a separate CPU tensor (the same logic, so it is tested on CPU);
