@@ -11,7 +11,9 @@ across GPUs in real runs). Variants, side by side in one run:
   checkpoint per decoder layer, chunked answer-only loss (``longctx.train.loss``);
 * ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.train.tiled_mlp``) and as
   many layer checkpoints offloaded to pinned host memory as ``longctx.train.memory.plan`` says are
-  needed at each length (``longctx.train.offload``), within the host memory available;
+  needed at each length (``longctx.train.offload``), within the host memory available: every
+  ``s``-th of them stored where the host needs it (``checkpoint_stride: auto``), in one exactly sized
+  pinned buffer (``longctx.train.host_pool``, as ``host_pool: true`` trains);
 * ``ours_offload_params``: ``ours_tiled_offload`` with weights and gradients in host memory too
   (FSDP2 ``fully_shard`` with ``CPUOffloadPolicy`` on one rank, as ``offload_params: true``
   trains): the GPU holds the layers being computed and their gradients in flight;
