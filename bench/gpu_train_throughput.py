@@ -11,7 +11,9 @@ across GPUs in real runs). Variants, side by side in one run:
   checkpoint per decoder layer, chunked answer-only loss (``longctx.train.loss``);
 * ``ours_tiled_offload``: ``ours`` with tiled MLP (8K-token tiles, ``longctx.train.tiled_mlp``) and as
   many layer checkpoints offloaded to pinned host memory as ``longctx.train.memory.plan`` says are
-  needed at each length (``longctx.train.offload``), within the host memory available;
+  needed at each length (``longctx.train.offload``), within the host memory available: every
+  ``s``-th of them stored where the host needs it (``checkpoint_stride: auto``), in one exactly sized
+  pinned buffer (``longctx.train.host_pool``, as ``host_pool: true`` trains);
 * ``ours_offload_params``: ``ours_tiled_offload`` with weights and gradients in host memory too
   (FSDP2 ``fully_shard`` with ``CPUOffloadPolicy`` on one rank, as ``offload_params: true``
   trains): the GPU holds the layers being computed and their gradients in flight;
@@ -118,7 +120,7 @@ def probe(var: Variant, length: int, peak_flops: float) -> dict:
     reserved = torch.cuda.max_memory_reserved(var.device) / GIB if var.device.type == "cuda" else float("nan")
     row.update(status="ok", step_s=round(seconds, 3), tokens_per_s=round(tps, 1), mfu=round(mfu, 4),
                hfu=round(hfu, 4), peak_gib=round(peak, 2), reserved_gib=round(reserved, 2))
-    fake = _FAKE_TABLE.get((var.name, length, row.get("offloaded", "")))
+    fake = _FAKE_TABLE.get((var.name, length, row.get("offloaded", ""), row.get("stride", 1)))
     if fake:
         row["fake_gib"] = fake
     if var.store is not None:
@@ -129,13 +131,13 @@ def probe(var: Variant, length: int, peak_flops: float) -> dict:
 
 
 def _fake_table() -> dict:
-    """(variant, tokens, offloaded) -> tracked peak GiB from the committed ``--fake`` table."""
+    """(variant, tokens, offloaded, stride) -> tracked peak GiB from the committed ``--fake`` table."""
     path = ROOT / "bench/results/gpu_train_memory_fake.csv"
     if not path.is_file():
         return {}
     with open(path, newline="") as f:
-        return {(r["variant"], int(r["tokens"]), int(r["offloaded"]) if r["offloaded"] else ""): float(r["peak_gib"])
-                for r in csv.DictReader(f)}
+        return {(r["variant"], int(r["tokens"]), int(r["offloaded"]) if r["offloaded"] else "",
+                 int(r.get("stride") or 1)): float(r["peak_gib"]) for r in csv.DictReader(f)}
 
 
 _FAKE_TABLE = _fake_table()
@@ -197,10 +199,13 @@ def summary(rows: list[dict], variants: list[str]) -> list[str]:
 
 
 def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float = 75.6, host_gib: float = 96.0,
-               tile_tokens: int = 8192, offload: int | None = None, norm_tile_tokens: int = 8192) -> dict:
+               tile_tokens: int = 8192, offload: int | None = None, norm_tile_tokens: int = 8192,
+               stride: int | None = None, host_pool: bool = False) -> dict:
     """One forward + backward of ``name`` at ``length`` tokens on fake tensors (no memory, no GPU):
     the tracked peak beside the estimate (``longctx.train.memtrack``). ``offload``: layers whose
-    checkpoints go to host memory, default what the plan chooses for ``gpu_gib``/``host_gib``."""
+    checkpoints go to host memory, ``stride``: every how-many-th of them is stored; default what
+    the plan chooses for ``gpu_gib``/``host_gib``; ``host_pool``: the stored ones in one exact host
+    buffer (``longctx.train.host_pool.HostPool``)."""
     from longctx.train import memtrack
     from longctx.train.loss import shift_labels
 
@@ -216,7 +221,7 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
         dist.init(sp=1, one_rank_group=True)
     with memtrack.fake_mode() as mode:
         var = Variant(name, dims, length, torch.device("cpu"), torch.bfloat16, gpu_gib, host_gib, tile_tokens,
-                      offload=offload, norm_tile_tokens=norm_tile_tokens)
+                      offload=offload, norm_tile_tokens=norm_tile_tokens, stride=stride, host_pool=host_pool)
         row = {"variant": name, "tokens": length, "mlp_tile": var.tile, "norm_tile": norm_tile_tokens,
                **var.prepare(length)}
         fake_ids, fake_shifted, fake_rows = (mode.from_tensor(t) for t in (ids, shifted, rows))
@@ -235,8 +240,8 @@ def fake_probe(name: str, length: int, dims: dict = LLAMA_31_8B, gpu_gib: float 
     return row
 
 
-FAKE_KEYS = ["variant", "tokens", "mlp_tile", "norm_tile", "offloaded", "peak_gib", "est_gib", "est_over_peak", "weights_gib", "grads_gib",
-             "act_gib", "host_pinned_gib", "est_host_gib", "where", "fake_s"]
+FAKE_KEYS = ["variant", "tokens", "mlp_tile", "norm_tile", "offloaded", "stride", "host_pool", "peak_gib", "est_gib", "est_over_peak",
+             "weights_gib", "grads_gib", "act_gib", "host_pinned_gib", "est_host_gib", "where", "fake_s"]
 
 
 def fake_main(args, argv) -> None:
@@ -315,7 +320,8 @@ def main(argv=None) -> None:
         if args.smoke:
             resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         try:
-            var = Variant(name, dims, args.max_len, device, dtype, gpu_gib, host_gib, args.tile_tokens)
+            var = Variant(name, dims, args.max_len, device, dtype, gpu_gib, host_gib, args.tile_tokens,
+                          host_pool=True)    # as training does (host_pool: true)
         except ImportError as err:
             rows.append({"variant": name, "tokens": "", "status": f"not installed: {err}"})
             print(rows[-1], flush=True)
@@ -341,7 +347,7 @@ def _write(rows, variants, out: Path, device, command: str, seconds: float, gpu_
     from longctx.train.ulysses import HAS_FLASH_ATTN
 
     keys = ["variant", "tokens", "status", "step_s", "tokens_per_s", "mfu", "hfu", "peak_gib", "reserved_gib",
-            "est_gib", "fake_gib", "est_over_peak", "offloaded", "host_gib", "est_host_gib"]
+            "est_gib", "fake_gib", "est_over_peak", "offloaded", "stride", "host_gib", "est_host_gib"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=keys)

@@ -38,13 +38,14 @@ class Variant:
 
     def __init__(self, name: str, dims: dict, max_len: int, device: torch.device, dtype: torch.dtype,
                  gpu_gib: float, host_gib: float, tile_tokens: int, offload: int | None = None,
-                 norm_tile_tokens: int = 8192):
+                 norm_tile_tokens: int = 8192, stride: int | None = None, host_pool: bool = False):
         from longctx.train import dist, rope, ulysses
         from longctx.train.memory import ModelDims
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         self.name, self.dims, self.device, self.dtype = name, dims, device, dtype
         self.gpu_gib, self.host_gib, self.tile_tokens, self.force_offload = gpu_gib, host_gib, tile_tokens, offload
+        self.force_stride, self.host_pool = stride, host_pool
         self.model_dims = ModelDims(dims["hidden_size"], dims["intermediate_size"], dims["num_hidden_layers"],
                                     dims["num_attention_heads"], dims["num_key_value_heads"], dims["vocab_size"],
                                     dims["hidden_size"] // dims["num_attention_heads"])
@@ -54,7 +55,7 @@ class Variant:
         with torch.device(device):  # random init straight on the GPU (8B on the CPU takes minutes)
             self.lm = AutoModelForCausalLM.from_config(config, dtype=dtype)
         self.lm.train()
-        self.store, self.offloaded, self.tile = None, 0, 0
+        self.store, self.offloaded, self.tile, self.stride = None, 0, 0, 1
         if name in ("hf", "alst"):
             if hasattr(self.lm, "activation_checkpointing_enable"):      # transformers >= 5.2x
                 self.lm.activation_checkpointing_enable({"use_reentrant": False})
@@ -113,34 +114,37 @@ class Variant:
             use_pin_memory=self.device.type == "cuda", use_streams=self.device.type == "cuda")
 
     def prepare(self, length: int) -> dict:
-        """Per-length setup (layers offloaded for this length); the estimate's GiB for ours."""
+        """Per-length setup (layers offloaded for this length, and the checkpoint stride); the
+        estimate's GiB for ours."""
         if self.name in ("hf", "alst"):
             return {}
         from longctx.train.memory import estimate, plan
         from longctx.train.offload import checkpoint_layers
 
-        self.offloaded = 0
+        self.offloaded, self.stride = 0, 1
         if self.name in TILED and self.force_offload is not None:
-            self.offloaded = self.force_offload
+            self.offloaded, self.stride = self.force_offload, self.force_stride or 1
         elif self.name in TILED:
-            self.offloaded = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always",
-                                  self.tile_tokens, "auto", compute_bytes=self.dtype.itemsize, optimizer=False,
-                                  norm_tile_tokens=self.norm_tile, offload_states=self.offload_params).offload_layers
-        if self.offload_params:      # FSDP wraps the checkpoint wrappers: re-point them at a new store
-            import functools
-
-            from longctx.train.offload import CheckpointStore, offloaded_layers
-
-            self.store = CheckpointStore()
-            for wrapper, flag in zip(self.wrappers, offloaded_layers(len(self.wrappers), self.offloaded)):
-                wrapper.checkpoint_fn = functools.partial(self.store.checkpoint_fn, offload=flag)
-        else:
-            self.lm.model.layers = torch.nn.ModuleList(self.raw_layers)
-            self.store = checkpoint_layers(self.lm.model.layers, self.offloaded)
+            chosen = plan(self.model_dims, length, 1, 1, self.gpu_gib, self.host_gib, "always", self.tile_tokens, "auto",
+                          checkpoint_stride=self.force_stride or "auto", compute_bytes=self.dtype.itemsize,
+                          optimizer=False, norm_tile_tokens=self.norm_tile, offload_states=self.offload_params,
+                          host_pool=self.host_pool)
+            self.offloaded, self.stride = chosen.offload_layers, chosen.checkpoint_stride
         gib = estimate(self.model_dims, length, 1, 1, self.dtype.itemsize, tiled_mlp_tokens=self.tile,
                        offload_layers=self.offloaded, optimizer=False, norm_tile_tokens=self.norm_tile,
-                       offload_states=self.offload_params)
-        return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded,
+                       offload_states=self.offload_params, checkpoint_stride=self.stride, host_pool=self.host_pool)
+        from longctx.train.offload import CheckpointStore, HostPool, attach
+
+        if self.offload_params:      # FSDP wraps the checkpoint wrappers: re-point them at a new store
+            self.store = CheckpointStore()
+            attach(self.wrappers, self.store, self.offloaded, self.stride)
+        else:
+            self.lm.model.layers = torch.nn.ModuleList(self.raw_layers)
+            self.store = checkpoint_layers(self.lm.model.layers, self.offloaded, stride=self.stride)
+        if self.host_pool and gib["host_pool_bytes"]:   # one exactly sized pinned buffer per length
+            self.store.pool = HostPool(gib["host_pool_bytes"])
+        return {"est_gib": round(gib["total"], 2), "offloaded": self.offloaded, "stride": self.stride,
+                "host_pool": self.host_pool,
                 "est_host_gib": float(f"{gib['host']:.3g}"), "est_phase": gib["phase"],
                 "est_terms": " ".join(f"{k}={gib[k]:.1f}" for k in _TERMS if gib[k] >= 0.05)}
 

@@ -77,6 +77,13 @@ class TrainConfig:
                                   min=0)
     offload_checkpoints: Literal["auto", "all", "none"] = param(
         "auto", "keep layer checkpoints in pinned host memory; auto: the fewest layers the estimate needs")
+    checkpoint_stride: Literal["auto"] | int = param(
+        "auto", "of the offloaded layer checkpoints store every this-many-th only (1: all; 2: every other, half the "
+        "host memory for one more layer forward per skipped layer, ~12 % of a step); the others' inputs are "
+        "recomputed from the previous layer's in backward; auto: the smallest stride (up to 4) at which the host fits")
+    host_pool: bool = param(True, "the offloaded layer checkpoints share one host buffer of exactly their size, "
+                            "pinned once (cudaHostRegister) and reused every step; false: torch's caching host "
+                            "allocator pins each in a power-of-two block (up to twice the bytes above 512K tokens)")
     offload_params: bool = param(False, "weights, gradients and AdamW state in host memory (FSDP2's CPUOffloadPolicy, "
                                  "one rank too): the GPU holds the layers being computed and their gradients in "
                                  "flight; the optimizer steps on the CPU. One GPU cannot hold an 8B model's fp32 "
@@ -115,6 +122,9 @@ class TrainConfig:
         if self.offload_checkpoints == "all" and not self.activation_checkpointing:
             raise bad("offload_checkpoints", "offloads activation checkpoints: needs activation_checkpointing: true "
                       "(or offload_checkpoints: none)")
+
+        if self.checkpoint_stride != "auto" and self.checkpoint_stride < 1:
+            raise bad("checkpoint_stride", f"must be 'auto' or an int >= 1, got {self.checkpoint_stride}")
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:

@@ -192,7 +192,7 @@ def _offload_offer(cfg: TrainConfig, stage, world: int, bytes_per: int, dims) ->
     verdict = "fits" if mem.fits else "does not fit either" + ("" if mem.fits_host else " (host)")
     return (f"with offload_params: true (weights, gradients and AdamW state in host memory) it needs "
             f"{mem.gib['total']:.1f} GiB per GPU and {mem.gib['host']:.1f} GiB host per GPU "
-            f"({mem.offload_layers}/{dims.layers} checkpoints offloaded): {verdict}")
+            f"({mem.offload_layers}/{dims.layers} checkpoints offloaded{mem.stride_note()}): {verdict}")
 
 
 def _concat_samples(cfg: TrainConfig, stage: Stage) -> tuple[int, str]:
@@ -268,6 +268,8 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
                 "offloaded checkpoints"
             notes.append(f"{what} need {mem['host']:.1f} GiB of host memory per GPU, more than "
                          f"host_memory_gb={cfg.host_memory_gb:g} per node allows")
+        if memory.checkpoint_stride > 1:
+            notes.append("layer checkpoints" + memory.stride_note()[1:])
         offer = "" if cfg.offload_params or memory.fits_gpu else _offload_offer(cfg, stage, world, bytes_per, dims)
         if offer:
             notes.append(offer)
@@ -293,6 +295,7 @@ def dry_run(cfg: TrainConfig) -> list[dict[str, Any]]:
             "rope": f"{stage.rope.type} theta={stage.rope.theta:.3g} {stage.rope.precision}",
             "rope_gap_rad": float(f"{gap:.3g}"),
             "mlp_tile": memory.tiled_mlp_tokens or "off", "offloaded": f"{memory.offload_layers}/{dims.layers}",
+            "ckpt_stride": memory.checkpoint_stride,
             "states_gib": round(mem["states"], 1), "checkpoints_gib": round(mem["checkpoints"], 1),
             "working_gib": round(mem["layer_working_set"] + mem["loss_chunk"] + mem["weight_copies"]
                                  + mem["root_head_grad"] + mem["embedding_end"] + mem["offload_staging"], 1),

@@ -8,7 +8,8 @@ peak of the real 8B step on fake tensors (``longctx.train.memtrack``, ``bench/gp
 ``W`` ranks, ``t = ceil(S / sp)`` tokens per rank, hidden ``d``, MLP width ``I``, ``Hq``/``Hk``
 heads of size ``D``, vocabulary ``V``, ``L`` layers, ``b`` bytes of the compute dtype, ``r`` bytes
 of the residual stream (``b``; 4 on one rank with fp32 weights under autocast), ``c = t d r`` one
-residual-stream tensor, ``k`` layers offloaded, ``tau`` MLP tile tokens.
+residual-stream tensor, ``k`` layers offloaded, ``s`` the checkpoint stride (of the offloaded
+layers every ``s``-th stores its input, ``ceil(k / s)`` of them), ``tau`` MLP tile tokens.
 
 * ``states``: FSDP over ``W`` ranks: fp32 weights, gradients and AdamW's moments, ``16 N / W``; one
   rank with the optimizer: the same, ``16 N`` (no GPU holds it for 8B: use ``offload_states``);
@@ -24,8 +25,15 @@ residual-stream tensor, ``k`` layers offloaded, ``tau`` MLP tile tokens.
   ``i+1 .. L-1``'s, plus what layer ``i`` has produced so far.
 * ``checkpoints``: the inputs of layers ``k .. i`` still on the device at layer ``i`` (all
   ``L - k`` at the head); ``offload_staging``: an offloaded layer's input restored and the
-  previous one prefetched, ``2 c``. Host: ``k`` layer inputs, each pinned as the caching host
-  allocator rounds it (the next power of two): ``host``; ``host_tensor_bytes`` unrounded.
+  previous one prefetched, ``2 c``; with a stride, at a skipped layer ``i`` the inputs of its
+  group from the stored one up to ``i`` (``s c`` at the top of a group: each recomputed input
+  stays on the device for its own layer's backward). Host: ``ceil(k / s)`` layer inputs, each
+  pinned as the caching host allocator rounds it (the next power of two), or with ``host_pool``
+  at its size in one buffer (``host_pool_bytes``): ``host``; ``host_tensor_bytes`` unrounded.
+* ``recompute_forward`` (stride > 1): at a skipped layer, before its backward, the previous layer
+  runs once more without saving anything: the incoming gradient, the group's inputs so far, and
+  that forward's transient tensors (normalised input, q, k, v, attention output and log-sum-exp;
+  the MLP's are smaller, one tile), next to the gradients so far.
 * ``layer_working_set``: the largest of three moments of a layer's recompute and backward:
   the attention backward (saved: normalised input ``c``, q, k, v, output, fp32 log-sum-exp;
   the residual gradient ``c``, the output gradient, and flash-attention 2's workspace: dq/dk/dv,
@@ -55,8 +63,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelDims", "KNOWN", "dims_of", "dims_from_config", "checkpoint_bytes", "estimate", "MemoryPlan", "plan",
-           "plan_stage", "GIB", "param_numels", "host_state_bytes"]
+__all__ = ["ModelDims", "KNOWN", "dims_of", "dims_from_config", "checkpoint_bytes", "stored_layers", "recompute_fraction",
+           "estimate", "MemoryPlan", "plan", "plan_stage", "GIB", "param_numels", "host_state_bytes", "pool_slice_bytes"]
 
 GIB = 2**30
 
@@ -116,11 +124,25 @@ def dims_of(cfg) -> ModelDims:
                      f"{sorted(KNOWN)}")
 
 
-def checkpoint_bytes(dims: ModelDims, tokens: int, compute_bytes: int, offload_layers: int = 0) -> tuple[int, int]:
+def stored_layers(offload_layers: int, checkpoint_stride: int = 1) -> int:
+    """Offloaded layers that store their input: layers 0, s, 2 s, ... below ``offload_layers``."""
+    return len(range(0, offload_layers, max(1, checkpoint_stride)))
+
+
+def checkpoint_bytes(dims: ModelDims, tokens: int, compute_bytes: int, offload_layers: int = 0,
+                     checkpoint_stride: int = 1) -> tuple[int, int]:
     """Bytes of the layer inputs activation checkpointing keeps for ``tokens`` tokens on a rank:
     ``(on the device, in host memory)``."""
     per_layer = tokens * dims.hidden * compute_bytes
-    return (dims.layers - offload_layers) * per_layer, offload_layers * per_layer
+    return (dims.layers - offload_layers) * per_layer, stored_layers(offload_layers, checkpoint_stride) * per_layer
+
+
+POOL_ALIGN = 512   # bytes: each layer input's slice of the host pool starts on this boundary
+
+
+def pool_slice_bytes(nbytes: int) -> int:
+    """Bytes a layer input of ``nbytes`` takes in the host pool (``longctx.train.host_pool.HostPool``)."""
+    return -(-nbytes // POOL_ALIGN) * POOL_ALIGN
 
 
 def _pow2(n: int) -> int:
@@ -154,18 +176,21 @@ OVERHEAD_GIB, OVERHEAD_FRACTION = 2.0, 0.03
 def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_bytes: int = 2,
              activation_checkpointing: bool = True, loss_chunk_tokens: int = 1024, tiled_mlp_tokens: int = 0,
              offload_layers: int = 0, optimizer: bool = True, norm_tile_tokens: int = 0,
-             offload_states: bool = False) -> dict[str, float]:
+             offload_states: bool = False, checkpoint_stride: int = 1, host_pool: bool = False) -> dict[str, float]:
     """GiB per GPU by term at the peak phase, ``total`` (device, as ``max_memory_allocated``),
     ``reserved`` (``total`` + ``overhead``), ``host`` (pinned host memory per GPU), ``phase`` and
     ``tokens_per_gpu``. ``tiled_mlp_tokens`` 0: MLP not tiled; ``norm_tile_tokens`` 0:
     transformers' eager RMSNorm; ``optimizer`` False: the benchmark's forward + backward in
     ``compute_bytes`` weights and gradients; ``offload_states``: weights, gradients and optimizer
-    state in host memory (FSDP2 CPU offload), the device holding two gathered layers and the head."""
+    state in host memory (FSDP2 CPU offload), the device holding two gathered layers and the head;
+    ``checkpoint_stride``: of the offloaded layers every ``s``-th stores its input, the others'
+    are recomputed; ``host_pool``: the stored inputs share one exactly sized pinned buffer
+    (``host_pool_bytes``) instead of a power-of-two block each."""
     if offload_layers and not activation_checkpointing:
         raise ValueError("offloading checkpoints needs activation_checkpointing")
     b, t = compute_bytes, math.ceil(seq_len / sp)
     d, i_, dh, v, n, p_layer = dims.hidden, dims.intermediate, dims.head_dim, dims.vocab, dims.params, dims.layer_params
-    hq, hk, L, k = dims.heads, dims.kv_heads, dims.layers, offload_layers
+    hq, hk, L, k, s = dims.heads, dims.kv_heads, dims.layers, offload_layers, max(1, checkpoint_stride)
     fsdp = (world_size > 1 and optimizer) or offload_states    # FSDP2 wraps every layer (CPU offload: one rank too)
     one_rank_fp32 = optimizer and not fsdp and not offload_states and b < 4
     r = 4 if one_rank_fp32 else b                    # autocast keeps the residual stream in fp32
@@ -195,6 +220,9 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     # and ~5 fp32 temporaries of one tile (tracked: 64K tokens in one 64K-token tile, 3 layers: 14.7 GiB, this
     # term 14.6; with the default 8K-token tiles 0.6 GiB, rarely the peak)
     norm_bwd = attn_saved + c + 7 * t * d * 4 if eager else attn_saved + 4 * c + 5 * min(norm_tile_tokens, t) * d * 4
+    # a layer's forward saving nothing (a skipped layer's input recomputed): its output, and at the attention
+    # the normalised input, q, k, v (and their rotated copies), the attention output and log-sum-exp
+    forward_ws = c + c + 2 * (qb + kvb) + qb + 4 * t * hq
     layer_grads = {"attention": (3 * d * i_ + hq * dh * d + d) * grad_b, "mlp": 0, "norm": 3 * d * i_ * grad_b}
     if fsdp or offload_states:                       # the current layer's unsharded gradients before reduce-scatter
         layer_grads = {key: p_layer * (b + 4) for key in layer_grads}
@@ -205,18 +233,25 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
                                "layer_working_set": max(attention_bwd, mlp_bwd, norm_bwd) - attn_saved}}
     else:
         phases = {}
-        for i in (L - 1, k, k - 1, 0):              # gradients grow and checkpoints shrink linearly in i
+        # gradients grow and checkpoints shrink linearly in i; the staging peaks at the top of a group
+        for i in sorted({L - 1, k, k - 1, 0, 1, min(s, k) - 1}, reverse=True):
             if not 0 <= i < L:
                 continue
             on_device = max(0, i - k + 1) * c
             # restored + prefetched (c at layer 0: nothing left to prefetch; op by op so at 64K). At 512K and
             # 1M with all 32 layers offloaded and weights + gradients on the device the tracker finds about one
             # more c at layer 0's attention backward (the estimate 5-6 % low), not yet explained
-            staging = (2 * c if i > 0 else c) if i < k else 0
+            skipped_below = i % s if i < k else 0         # recomputed inputs of this group up to layer i
+            staging = ((skipped_below + 1) * c if skipped_below else 2 * c if i >= s else c) if i < k else 0
+            done = head_grads + (L - 1 - i) * p_layer * grad_b
             for name, ws in (("attention", attention_bwd), ("mlp", mlp_bwd), ("norm", norm_bwd)):
                 phases[f"layer {i} {name} backward"] = {
-                    "gradients": head_grads + (L - 1 - i) * p_layer * grad_b + layer_grads[name],
+                    "gradients": done + layer_grads[name],
                     "checkpoints": on_device, "offload_staging": staging, "layer_working_set": ws}
+            if skipped_below:                            # the previous layer run again, saving nothing
+                phases[f"layer {i} recompute forward"] = {
+                    "gradients": done, "checkpoints": on_device, "offload_staging": skipped_below * c,
+                    "layer_working_set": c + forward_ws}
         final_norm = 2 * t * d * 4 + 5 * t * d * 4 if eager else 4 * t
         phases["head backward"] = {"gradients": head_grads, "checkpoints": (L - k) * c, "offload_staging": 0,
                                    "layer_working_set": 3 * c + final_norm,
@@ -247,66 +282,113 @@ def estimate(dims: ModelDims, seq_len: int, sp: int, world_size: int, compute_by
     parts["total"] = sum(parts.values())
     parts["overhead"] = OVERHEAD_GIB + OVERHEAD_FRACTION * parts["total"]
     parts["reserved"] = parts["total"] + parts["overhead"]
-    per_layer = t * d * r
-    parts["host_checkpoints"] = k * _pow2(per_layer) / GIB
+    per_layer, stored = t * d * r, stored_layers(k, s)
+    pinned_layer = pool_slice_bytes(per_layer) if host_pool else _pow2(per_layer)
+    parts["host_checkpoints"] = stored * pinned_layer / GIB
     resident, at_end = host_state_bytes(dims, world_size, b, optimizer) if offload_states else (0, 0)
     parts["host_states"] = (resident + at_end) / GIB
-    # the host peaks when backward reaches the offloaded layers (every offloaded checkpoint, and the
-    # gradients of the layers on the device, already copied over; the root's come at the end) or at its end
-    # (all gradients). Tracked at 512K with 13 of 32 offloaded: 78.0 GiB, this 77.1: on the fake CPU FSDP's
-    # copy to the host is a no-op, so a layer's gradients stay one flat block there (512 MiB pinned), while
-    # a GPU copies them tensor by tensor (464 MiB)
-    grads_first = 0
-    if offload_states:
-        w = 4 if optimizer else b
-        pinned = [_pow2(-(-x // world_size) * w) for x in param_numels(dims)]
-        grads_first = (L - k) * sum(pinned[:len(pinned) // L])   # one decoder layer's tensors each
-    parts["host"] = (resident + max(k * _pow2(per_layer) + grads_first, at_end)) / GIB
-    parts["host_tensor_bytes"] = k * per_layer
+    # the checkpoints' host memory stays pinned for the whole step, next to the gradients arriving at the end
+    # of backward: the host pool by design (tracked on fake tensors: 512K, stride 2: 88.5 GiB, this 88.5),
+    # torch's caching host allocator because it caches freed blocks (the gradients' blocks, of other sizes, do
+    # not reuse them; the tracker, counting live storages, frees them first: 512K with 13 of 32 stored, 78.0)
+    parts["host"] = (resident + stored * pinned_layer + at_end) / GIB
+    parts["host_tensor_bytes"] = stored * per_layer
+    parts["host_pool_bytes"] = stored * pool_slice_bytes(per_layer)
     parts["tokens_per_gpu"] = t
     parts["phase"] = phase
     return parts
 
 
+AUTO_MAX_STRIDE = 4   # checkpoint_stride: auto goes no further (one layer forward more per 4/3 layers: ~19 %)
+
+
+def recompute_fraction(skipped: int, n_layers: int) -> float:
+    """Compute that ``skipped`` layer reruns (a checkpoint stride) add to a checkpointed step, as a
+    fraction of its layers' work: forward, recompute and backward (about two forwards) make four
+    forwards per layer; the output head and the tiled MLP's extra forward make the real fraction a
+    little lower (``tests/test_checkpoint_stride.py`` counts it with ``FlopCounterMode``)."""
+    return skipped / (4 * n_layers) if n_layers else 0.0
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Tiling and offload chosen for one stage, and the estimate they give."""
+    """Tiling, offload and checkpoint stride chosen for one stage, and the estimate they give."""
 
     tiled_mlp_tokens: int      # 0: the MLP is not tiled
     offload_layers: int        # decoder layers whose checkpoint lives in host memory (the first ones)
     gib: dict                  # :func:`estimate` of this choice
     fits_gpu: bool
     fits_host: bool
+    checkpoint_stride: int = 1  # of the offloaded layers every this-many-th stores its input (1: all)
+    layers: int = 0             # decoder layers of the model
 
     @property
     def fits(self) -> bool:
         return self.fits_gpu and self.fits_host
 
+    @property
+    def stored_layers(self) -> int:
+        return stored_layers(self.offload_layers, self.checkpoint_stride)
+
+    def stride_note(self) -> str:
+        """The checkpoint stride as the launch and the dry run print it ('' without one)."""
+        if self.checkpoint_stride <= 1:
+            return ""
+        skipped = self.offload_layers - self.stored_layers
+        return (f", checkpoint_stride {self.checkpoint_stride}: {self.stored_layers} stored, {skipped} recomputed "
+                f"in backward (one more layer forward each, ~{recompute_fraction(skipped, self.layers):.0%} "
+                "more compute)")
+
 
 def plan(dims: ModelDims, seq_len: int, sp: int, world_size: int, gpu_gib: float, host_gib_per_gpu: float,
-         tiled_mlp: str = "auto", mlp_tile_tokens: int = 8192, offload: str = "auto", **kw) -> MemoryPlan:
-    """Choose tiling (``always``/``never``/``auto``) and the number of offloaded layers (``all``/
-    ``none``/``auto``) for a stage. ``auto`` tiles the MLP only if the untiled estimate does not fit
-    ``gpu_gib``, then offloads the fewest layers that make it fit (as many layers stay on the
-    device as fit); ``kw`` goes to :func:`estimate`."""
-    def est(tile: int, k: int) -> dict:
-        return estimate(dims, seq_len, sp, world_size, tiled_mlp_tokens=tile, offload_layers=k, **kw)
-
+         tiled_mlp: str = "auto", mlp_tile_tokens: int = 8192, offload: str = "auto",
+         checkpoint_stride: str | int = 1, **kw) -> MemoryPlan:
+    """Choose tiling (``always``/``never``/``auto``), the number of offloaded layers (``all``/
+    ``none``/``auto``) and the checkpoint stride (an int, or ``auto``) for a stage. ``auto`` tiles
+    the MLP only if the untiled estimate does not fit ``gpu_gib``, then offloads the fewest layers
+    that make it fit (as many layers stay on the device as fit); a stride of ``auto`` is the
+    smallest (1 first: no recompute; at most ``AUTO_MAX_STRIDE``) at which that plan also fits
+    ``host_gib_per_gpu``; where none
+    does, the plan returned is the one that needs the least host memory within the GPU budget (or
+    stride 1 if none fits the GPU), marked unfit. ``kw`` goes to :func:`estimate`."""
     checkpointing = kw.get("activation_checkpointing", True)
-    base_k = dims.layers if offload == "all" and checkpointing else 0
-    if tiled_mlp == "always":
-        tile = mlp_tile_tokens
-    elif tiled_mlp == "auto" and est(0, base_k)["reserved"] > gpu_gib:
-        tile = mlp_tile_tokens
-    else:
-        tile = 0
-    k = base_k
-    if offload == "auto" and checkpointing:
-        while k < dims.layers and est(tile, k)["reserved"] > gpu_gib:
-            k += 1
-    gib = est(tile, k)
-    return MemoryPlan(tile if tile < gib["tokens_per_gpu"] else 0, k, gib, gib["reserved"] <= gpu_gib,
-                      gib["host"] <= host_gib_per_gpu)
+
+    def one(stride: int) -> MemoryPlan:
+        def est(tile: int, k: int) -> dict:
+            return estimate(dims, seq_len, sp, world_size, tiled_mlp_tokens=tile, offload_layers=k,
+                            checkpoint_stride=stride, **kw)
+
+        base_k = dims.layers if offload == "all" and checkpointing else 0
+        if tiled_mlp == "always":
+            tile = mlp_tile_tokens
+        elif tiled_mlp == "auto" and est(0, base_k)["reserved"] > gpu_gib:
+            tile = mlp_tile_tokens
+        else:
+            tile = 0
+        k = base_k
+        if offload == "auto" and checkpointing:
+            while k < dims.layers and est(tile, k)["reserved"] > gpu_gib:
+                k += 1
+        gib = est(tile, k)
+        return MemoryPlan(tile if tile < gib["tokens_per_gpu"] else 0, k, gib, gib["reserved"] <= gpu_gib,
+                          gib["host"] <= host_gib_per_gpu, stride if stored_layers(k, stride) < k else 1, dims.layers)
+
+    if checkpoint_stride != "auto":
+        if not isinstance(checkpoint_stride, int) or checkpoint_stride < 1:
+            raise ValueError(f"checkpoint_stride must be 'auto' or an int >= 1, got {checkpoint_stride!r}")
+        return one(checkpoint_stride)
+    best = last = one(1)
+    for stride in range(2, min(AUTO_MAX_STRIDE, dims.layers) + 1):
+        if best.fits or stored_layers(last.offload_layers, stride - 1) <= 1:   # fits, or nothing left to skip
+            break
+        last = one(stride)
+        if last.fits:
+            return last
+        if last.fits_gpu and (not best.fits_gpu or last.gib["host"] < best.gib["host"]):
+            best = last
+        elif not last.fits_gpu and last.offload_layers == dims.layers:
+            break                      # a longer stride only adds to the GPU
+    return best
 
 
 def plan_stage(cfg, stage, world_size: int, compute_bytes: int, dims: ModelDims | None = None) -> MemoryPlan:
@@ -314,6 +396,8 @@ def plan_stage(cfg, stage, world_size: int, compute_bytes: int, dims: ModelDims 
     training build and the dry run make the same choice)."""
     host_per_gpu = cfg.host_memory_gb / min(cfg.gpus_per_node, world_size)
     return plan(dims or dims_of(cfg), stage.seq_len, stage.sp, world_size, cfg.gpu_memory_gb, host_per_gpu,
-                cfg.tiled_mlp, cfg.mlp_tile_tokens, cfg.offload_checkpoints, compute_bytes=compute_bytes,
+                cfg.tiled_mlp, cfg.mlp_tile_tokens, cfg.offload_checkpoints,
+                checkpoint_stride=getattr(cfg, "checkpoint_stride", 1), compute_bytes=compute_bytes,
                 activation_checkpointing=cfg.activation_checkpointing, loss_chunk_tokens=cfg.loss_chunk_tokens,
-                norm_tile_tokens=cfg.norm_tile_tokens, offload_states=getattr(cfg, "offload_params", False))
+                norm_tile_tokens=cfg.norm_tile_tokens, offload_states=getattr(cfg, "offload_params", False),
+                host_pool=getattr(cfg, "host_pool", False))

@@ -26,7 +26,8 @@ What the fake run cannot do, and how it stands in:
 * the device is a fake CPU (autograd on fake CUDA tensors aborts in a CPU-only torch build), so
   the layer inputs :mod:`longctx.train.offload` moves to host memory are told apart by the store:
   they count as host bytes, rounded as torch's caching host allocator pins them (the next power
-  of two, :func:`pinned_bytes`).
+  of two, :func:`pinned_bytes`), or at their size when they are slices of the store's one host
+  pool (:class:`longctx.train.host_pool.HostPool`, registered as one exact buffer).
 
 Why hand-written rather than ``torch.distributed._tools.mem_tracker.MemTracker``: that tracker
 attributes memory per device and per module, but here host and device are the same fake device
@@ -95,6 +96,7 @@ class Tracker(TorchDispatchMode):
         super().__init__()
         self.live: dict[int, tuple[object, int]] = {}    # storage key -> (weak ref, bytes)
         self.host_keys: set[int] = set()
+        self.exact_keys: set[int] = set()            # host storages pinned at their size
         self.total = 0
         self.result = TrackResult()
         self.params = list(params)
@@ -109,15 +111,17 @@ class Tracker(TorchDispatchMode):
                 self.register(_local(p))
 
     @contextlib.contextmanager
-    def host_allocations(self):
-        """Storages created inside count as host memory (the offload store's copies)."""
-        self.on_host = True
+    def host_allocations(self, exact: bool = False):
+        """Storages created inside count as host memory (the offload store's copies); ``exact``:
+        pinned at their size (the store's one host pool, ``cudaHostRegister``), not rounded up as
+        torch's caching host allocator rounds its blocks."""
+        self.on_host, self.exact = True, exact
         try:
             yield
         finally:
-            self.on_host = False
+            self.on_host, self.exact = False, False
 
-    on_host = False
+    on_host = exact = False
 
     def register(self, t: torch.Tensor) -> None:
         s = t.untyped_storage()
@@ -133,6 +137,8 @@ class Tracker(TorchDispatchMode):
             return
         if self.on_host:
             self.host_keys.add(k)
+            if self.exact:
+                self.exact_keys.add(k)
         from torch.multiprocessing.reductions import StorageWeakRef
 
         self.live[k] = (StorageWeakRef(s), s.nbytes())
@@ -153,6 +159,7 @@ class Tracker(TorchDispatchMode):
             if k not in self.host_keys:
                 self.total -= n
             self.host_keys.discard(k)
+            self.exact_keys.discard(k)
         for k, (ref, n) in self.live.items():   # storages resized in place since (FSDP2's resize_(0) frees)
             now = torch.UntypedStorage._new_with_weak_ptr(ref.cdata).nbytes()
             if now != n:
@@ -162,7 +169,8 @@ class Tracker(TorchDispatchMode):
         host = sum(self.live[k][1] for k in self.host_keys)
         if host > self.result.host:
             self.result.host = host
-            self.result.host_pinned = sum(pinned_bytes(self.live[k][1]) for k in self.host_keys)
+            self.result.host_pinned = sum(self.live[k][1] if k in self.exact_keys else pinned_bytes(self.live[k][1])
+                                          for k in self.host_keys)
         if self.total > self.result.peak:
             r = self.result
             r.peak, r.where = self.total, self._op
@@ -265,6 +273,7 @@ def track(step, params, answer_rows=None, stores=(), host_params=()) -> TrackRes
     ``host_params``: parameters in host memory (FSDP2's CPU offload: their shards, and their
     gradients once FSDP has assigned them, count as host)."""
     tracker = Tracker(params, host_params)
+    before = [store.host_allocations for store in stores]
     for store in stores:
         store.host_allocations = tracker.host_allocations
     t0 = time.perf_counter()
@@ -272,8 +281,8 @@ def track(step, params, answer_rows=None, stores=(), host_params=()) -> TrackRes
         with _stand_ins(answer_rows), tracker:
             step()
     finally:
-        for store in stores:
-            store.host_allocations = contextlib.nullcontext
+        for store, allocations in zip(stores, before):
+            store.host_allocations = allocations
     result = tracker.finish()
     result.seconds = time.perf_counter() - t0
     return result

@@ -58,10 +58,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.get_decoder().layers
 
 
-def apply_activation_checkpointing(model: nn.Module, offload_layers: int = 0) -> offload.CheckpointStore:
+def apply_activation_checkpointing(model: nn.Module, offload_layers: int = 0,
+                                   checkpoint_stride: int = 1) -> offload.CheckpointStore:
     """Checkpoint every decoder layer (non-reentrant; FSDP's hooks stay outside the recompute), the
-    inputs of the first ``offload_layers`` kept in host memory; the store counts their bytes."""
-    return offload.checkpoint_layers(decoder_layers(model), offload_layers)
+    inputs of the first ``offload_layers`` kept in host memory, every ``checkpoint_stride``-th of
+    them stored (the others recomputed in backward); the store counts their bytes."""
+    return offload.checkpoint_layers(decoder_layers(model), offload_layers, stride=checkpoint_stride)
 
 
 def _apply_fsdp(wrapper: AnswerOnlyLM, par: dist.Parallel, dtype: torch.dtype, offload_params: bool = False) -> None:
@@ -84,7 +86,7 @@ def refuse_unfit(cfg: TrainConfig, stage: Stage, memory, device_type: str) -> No
         return
     raise ValueError(f"stage {stage.name}: estimated {memory.gib['reserved']:.1f} GiB per GPU (gpu_memory_gb="
                      f"{cfg.gpu_memory_gb:g}) and {memory.gib['host']:.1f} GiB host per GPU (host_memory_gb="
-                     f"{cfg.host_memory_gb:g} per node): does not fit" +
+                     f"{cfg.host_memory_gb:g} per node{memory.stride_note()}): does not fit" +
                      ("" if cfg.offload_params else "; offload_params: true keeps weights, gradients and AdamW state "
                       "in host memory (python -m longctx.train --dry-run shows what it needs)"))
 
@@ -119,13 +121,18 @@ def build_model(cfg: TrainConfig, stage: Stage, par: dist.Parallel, init_from: P
         tile_norms(lm, cfg.norm_tile_tokens)      # before the checkpoint wrappers: every norm, the final one too
     if memory.tiled_mlp_tokens:
         tile_mlps(decoder_layers(lm), memory.tiled_mlp_tokens)
-    store = apply_activation_checkpointing(lm, memory.offload_layers) if cfg.activation_checkpointing else None
+    store = (apply_activation_checkpointing(lm, memory.offload_layers, memory.checkpoint_stride)
+             if cfg.activation_checkpointing else None)
+    if store is not None and cfg.host_pool and memory.stored_layers:   # exactly their bytes, pinned once
+        store.pool = offload.HostPool(memory.gib["host_pool_bytes"])
     wrapper = AnswerOnlyLM(lm, cfg.loss_chunk_tokens)
     wrapper.memory_plan, wrapper.checkpoint_store = memory, store   # what the estimate chose; saved-bytes counts
     if memory.tiled_mlp_tokens or memory.offload_layers:
+        pool = f", in one host pool of {memory.gib['host_pool_bytes'] / 2**30:.2f} GiB" if store and store.pool else ""
         dist.print0(f"stage {stage.name}: MLP tiles of {memory.tiled_mlp_tokens or 'off'} tokens, "
-                    f"{memory.offload_layers}/{config.num_hidden_layers} layer checkpoints in host memory "
-                    f"(estimate {memory.gib['total']:.1f} GiB GPU, {memory.gib['host']:.1f} GiB host per rank)")
+                    f"{memory.offload_layers}/{config.num_hidden_layers} layer checkpoints in host memory"
+                    f"{memory.stride_note()}{pool} (estimate {memory.gib['total']:.1f} GiB GPU, "
+                    f"{memory.gib['host']:.1f} GiB host per rank)")
     offload_params = cfg.offload_params
     if offload_params and par.fsdp_mesh is None:
         raise ValueError("offload_params needs a process group: dist.init(one_rank_group=True) on one rank")
