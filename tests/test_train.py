@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import spawned_worlds
 import torch
 from longctx.train import dist, rope
 from longctx import train
@@ -294,8 +295,12 @@ def _accumulation_worker():
     return [_one_step_gradients(sp, check_sharded=True) for sp in (2, 1)]   # sp=2 dp=1, then sp=1 dp=2
 
 
+# on the 2 ranks test_loss.py and test_ulysses.py use too (tests/spawned_worlds.py)
+spawned_worlds.register(2, "test_train", _accumulation_worker)
+
+
 def test_accumulated_gradients_stay_sharded_and_equal_one_process(one_thread):
-    per_rank = dist.spawn(_accumulation_worker, 2, timeout_s=240)
+    per_rank = spawned_worlds.results(2, "test_train")
     count, norm, reference = _one_step_gradients(1, check_sharded=False)   # this process: world 1, no FSDP
     assert reference and norm > 0
     for sp, (n, dist_norm, grads) in zip((2, 1), per_rank[0]):
