@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import spawned_worlds
 from longctx.train import dist, loss, rope, ulysses
 
 LOSS_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -160,12 +161,17 @@ def _sp_case(par, n, packed, answer_fraction):
     return par.sp_rank, local_n, count
 
 
+# odd length (padded), packed documents, and a step with no answers at all; at sp=4 the first
+# shard of the 0.02-answer sample usually holds no answer token
+SP_CASES = [(45, False, 0.3), (38, True, 0.3), (27, False, 0.0)]
+for _world in (2, 4):   # run on the ranks test_ulysses.py's cases use too (tests/spawned_worlds.py)
+    spawned_worlds.register(_world, "test_loss", _sp_worker, SP_CASES)
+
+
 @pytest.mark.parametrize("world", [2, 4])
 def test_sp_loss_and_grads_equal_hf(world):
-    # odd length (padded), packed documents, and a step with no answers at all; at sp=4 the first
-    # shard of the 0.02-answer sample usually holds no answer token
-    cases = [(45, False, 0.3), (38, True, 0.3), (27, False, 0.0)]
-    per_rank = dist.spawn(_sp_worker, world, cases, timeout_s=240)
+    per_rank = spawned_worlds.results(world, "test_loss")
+    cases = SP_CASES
     for i in range(len(cases)):
         results = [rank_results[i] for rank_results in per_rank]
         counts = {c for _, _, c in results}

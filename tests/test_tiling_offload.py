@@ -10,9 +10,11 @@ prefetch order and the byte counts are the same as on a GPU.
 from __future__ import annotations
 
 import copy
+import tempfile
 from pathlib import Path
 
 import pytest
+import spawned_worlds
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -171,13 +173,16 @@ def _fsdp_worker(root: str, out_dir: str) -> dict:
     return result
 
 
-def test_fsdp_and_ulysses_keep_the_gradients(tmp_path):
+# on the 2 ranks other files' sharded tests use too (tests/spawned_worlds.py); the output_dir is
+# only a config value here (building and running the model writes nothing)
+spawned_worlds.register(2, "test_tiling_offload", _fsdp_worker, str(Path(__file__).resolve().parents[1]),
+                        tempfile.gettempdir())
+
+
+def test_fsdp_and_ulysses_keep_the_gradients():
     """Two gloo ranks, sp=2, FSDP2: tiled MLP (3 tiles of a 32-token shard), tiled RMSNorms (7 tiles)
     and all layers offloaded."""
-    from longctx.train import dist
-
-    root = Path(__file__).resolve().parents[1]
-    per_rank = dist.spawn(_fsdp_worker, 2, str(root), str(tmp_path), timeout_s=240)
+    per_rank = spawned_worlds.results(2, "test_tiling_offload")
     for rank in per_rank:
         assert rank["both_offloaded"] == 2 and rank["plain_offloaded"] == 0
         assert sorted(rank["both"]) == sorted(rank["plain"])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import spawned_worlds
 import torch
 
 from longctx.core.config import load_params
@@ -120,9 +121,14 @@ def _worker(sp: int):
     return plain, offloaded, (_resumed_step(sp) if sp == 1 else None)
 
 
+# sp=2 on the 2 ranks other files' sharded tests use too (tests/spawned_worlds.py); sp=1 alone
+# (it drops the rank variables: a plain process)
+spawned_worlds.register(2, "test_train_offload", _worker, 2)
+
+
 @pytest.mark.parametrize("sp", [1, 2])
 def test_offloaded_params_train_as_the_plain_path(sp):
-    results = dist.spawn(_worker, sp, sp, timeout_s=240)
+    results = dist.spawn(_worker, sp, sp, timeout_s=240) if sp == 1 else spawned_worlds.results(2, "test_train_offload")
     (plain_losses, plain_w, plain_wrapped, _), (losses, weights, wrapped, moments_on_cpu), resumed = results[0]
     assert plain_wrapped == 0 and wrapped == 2 + 2   # both decoder layers, the embedding, the root
     assert moments_on_cpu

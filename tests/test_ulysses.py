@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+import spawned_worlds
 from longctx.train import dist, ulysses
 
 ATOL = RTOL = 1e-5
@@ -168,7 +169,7 @@ def _ulysses_worker(cases, with_deepspeed):
     return report
 
 
-@pytest.mark.parametrize("world,cases", [
+WORLD_CASES = [
     (2, [(1, 16, 4, 2, 8, False),      # split KV heads
          (2, 29, 4, 1, 8, False),      # odd length (padded), one KV head replicated
          (1, 30, 4, 2, 8, True)]),     # packed documents, positions restart
@@ -176,9 +177,14 @@ def _ulysses_worker(cases, with_deepspeed):
          (1, 40, 8, 8, 8, False),      # GQA 8 KV heads at sp 4: split
          (2, 35, 16, 8, 4, True),      # packed, odd, split
          (1, 33, 8, 2, 8, True)]),     # packed, odd, replicate
-])
+]
+for _world, _cases in WORLD_CASES:   # run on the ranks test_loss.py's cases use too (tests/spawned_worlds.py)
+    spawned_worlds.register(_world, "test_ulysses", _ulysses_worker, _cases, HAS_DEEPSPEED)
+
+
+@pytest.mark.parametrize("world,cases", WORLD_CASES)
 def test_ulysses_matches_single_process_and_deepspeed(world, cases):
-    report = dist.spawn(_ulysses_worker, world, cases, HAS_DEEPSPEED, timeout_s=240)
+    report = spawned_worlds.results(world, "test_ulysses")
     assert all(len(r) == len(cases) for r in report)
     compared = [c for c, ds in report[0] if ds]
     assert compared or not HAS_DEEPSPEED, "no case was compared with DeepSpeed"
