@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import pytest
+import spawned_worlds
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -275,11 +276,16 @@ def _build_worker(sp: int, root: str) -> dict:
     return result
 
 
+spawned_worlds.register(2, "test_checkpoint_stride", _build_worker, 2, str(ROOT))   # on the suite's shared 2 ranks
+
+
 @pytest.mark.parametrize("ranks", [1, 2], ids=["one-rank-offload-params", "fsdp2-ulysses-sp2"])
 def test_fsdp2_and_ulysses_keep_the_gradients(ranks):
     from longctx.train import dist
 
-    for rank in dist.spawn(_build_worker, ranks, ranks, str(ROOT), timeout_s=240):
+    per_rank = dist.spawn(_build_worker, 1, 1, str(ROOT), timeout_s=240) if ranks == 1 else \
+        spawned_worlds.results(2, "test_checkpoint_stride")
+    for rank in per_rank:
         for offload_params in {key[0] for key in rank}:
             plain, strided = rank[(offload_params, 1)], rank[(offload_params, 2)]
             assert plain["plan"] == 1 and strided["plan"] == 2
