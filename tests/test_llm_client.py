@@ -69,6 +69,32 @@ def test_every_fault_is_retried_counted_and_answered():
     assert accounting.for_stage("diverse")["calls"] == len(scripts)
 
 
+def test_content_failures_retry_at_once_transport_faults_back_off(monkeypatch):
+    """A weak answer (prose, off the schema, cut) is retried with the next seed at once: the server
+    answered, so there is nothing to back off from (at concurrency 1 a wait idles the whole run).
+    A 5xx waits its full-jitter backoff. The client's waits are recorded, not timed."""
+    import longctx.llm.client as client_module
+
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(delay, *args, **kwargs):
+        if delay > 0:          # sleep(0) is a yield to the event loop, not a wait
+            waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(client_module.asyncio, "sleep", recording_sleep)
+    with FaultServer() as server:
+        async def run(name, faults):
+            async with LLMClient(config(server, backoff_base_s=30.0, backoff_max_s=30.0)) as llm:
+                return await llm.chat(messages(name, faults), schema=SCHEMA, seed=7, max_tokens=50)
+        weak = [asyncio.run(run(name, faults)) for name, faults in
+                (("prose", "notjson"), ("shape", "schema"), ("cut", "length"))]
+        assert [r.attempts for r in weak] == [2, 2, 2] and waits == []
+        flaky = asyncio.run(run("server", "500"))
+    assert flaky.attempts == 2 and len(waits) == 1 and 0 <= waits[0] <= 30.0
+
+
 def test_an_answer_that_never_comes_times_out_and_is_retried():
     # The one test of the whole-attempt timeout: it must be short to be caught, so a loaded
     # machine may time out the retries too; only "at least once, then answered" is asserted.

@@ -22,8 +22,9 @@ What a call does, in order:
    limits (:class:`~longctx.llm.limits.RateLimiter`) when they are set.
 4. Classify any failure (:data:`~longctx.llm.errors.Reason`) and retry transient ones after
    full-jitter backoff or the server's ``Retry-After``. Content failures (not JSON, schema
-   mismatch, cut at ``max_tokens``) are retried too, with ``seed + n``: a deterministic server
-   would otherwise return the same broken text. Only transient failures leave the seed alone,
+   mismatch, cut at ``max_tokens``) are retried too, at once (the server did answer: backoff is
+   for a server that did not), with ``seed + n``: a deterministic server would otherwise return
+   the same broken text. Only transient failures leave the seed alone,
    so on a deterministic server the stored answer is a function of the request alone. A
    rejected answer is recorded durably before its retry is sent.
 5. Validate the content against ``schema`` client-side, always (:mod:`longctx.llm.schema`),
@@ -316,7 +317,11 @@ class LLMClient:
                     raise LLMCallFailed(err.reason, attempts, self._redact(err.detail),
                                         stage=stage, doc_id=doc_id) from None
                 self.accounting.retry(stage, doc_id, err.reason)
-                content_failures += err.reason in CONTENT_REASONS
+                if err.reason in CONTENT_REASONS:
+                    # the server answered (a weak answer, not an overload): the retry, with the next
+                    # seed, goes at once; waiting would only idle a slot (a whole run at concurrency 1)
+                    content_failures += 1
+                    continue
                 consecutive += 1
                 await asyncio.sleep(next_delay(consecutive, err.retry_after_s, self.config.backoff_base_s,
                                                self.config.backoff_max_s, self._rng))
